@@ -1,0 +1,86 @@
+"""Export: fold masks into plain Keras layers, then `.keras` and SavedModel.
+
+`strip_scores` rebuilds a network with plain `Conv2D` / `Dense` layers whose
+kernels are the masked kernels (pruned entries exactly zero), so the result
+loads with `keras.saving.load_model(..., safe_mode=True)` and no custom
+objects, and runs wherever Keras or TensorFlow does.
+"""
+
+import os
+
+import keras
+import numpy as np
+
+from hydra_tf import layers as score_layers
+from hydra_tf import masks
+
+_PLAIN = {
+    score_layers.ScoredConv2D: keras.layers.Conv2D,
+    score_layers.ScoredDense: keras.layers.Dense,
+}
+
+
+def _plain_layer(layer):
+    for scored_cls, plain_cls in _PLAIN.items():
+        if isinstance(layer, scored_cls):
+            config = layer.get_config()
+            for key in score_layers.PRUNING_CONFIG_KEYS:
+                config.pop(key)
+            return plain_cls.from_config(config)
+    return layer.__class__.from_config(layer.get_config())
+
+
+def strip_scores(network):
+    """A plain copy of `network` with every mask folded into its kernel.
+
+    Args:
+      network: a functional model, possibly with score layers.
+
+    Returns:
+      A new functional model with the same layer names and only built-in
+      layers; its outputs equal the network's in inference mode.
+    """
+    plain = keras.models.clone_model(network, clone_function=_plain_layer)
+    for layer in network.layers:
+        target = plain.get_layer(layer.name)
+        if isinstance(layer, tuple(_PLAIN)):
+            values = [np.asarray(layer.masked_kernel())]
+            if layer.use_bias:
+                values.append(layer.bias.numpy())
+            target.set_weights(values)
+        elif layer.weights:
+            target.set_weights(layer.get_weights())
+    return plain
+
+
+def kernels(model):
+    """The conv and dense kernels of a plain model (the prunable weights)."""
+    return [
+        layer.kernel
+        for layer in model.layers
+        if isinstance(layer, (keras.layers.Conv2D, keras.layers.Dense))
+    ]
+
+
+def layer_sparsity(model):
+    """{layer name: fraction of zero kernel entries} for a plain model."""
+    return {
+        layer.name: masks.sparsity([layer.kernel])
+        for layer in model.layers
+        if isinstance(layer, (keras.layers.Conv2D, keras.layers.Dense))
+    }
+
+
+def export(network, directory, name="model"):
+    """Writes `<directory>/<name>.keras` (plain) and `<directory>/<name>_savedmodel`.
+
+    Returns:
+      (keras_path, saved_model_path, plain_model).
+    """
+    os.makedirs(directory, exist_ok=True)
+    plain = strip_scores(network)
+    keras_path = os.path.join(directory, f"{name}.keras")
+    saved_model_path = os.path.join(directory, f"{name}_savedmodel")
+    plain.save(keras_path)
+    plain.export(saved_model_path, verbose=False)
+    return keras_path, saved_model_path, plain

@@ -1,0 +1,236 @@
+"""Score layers: convolution and dense layers pruned by trainable importance scores.
+
+Each layer holds a `kernel`, an optional `bias` and a `score` of the kernel's
+shape. The forward pass uses `kernel * topk_mask(score, keep_ratio)`; the mask
+is computed by `hydra_tf.masks.topk_mask`, the single mask function. The
+argument names follow `keras.layers.Conv2D` / `keras.layers.Dense`, so that
+`hydra_tf.export` can turn a score layer into its plain counterpart by
+dropping the pruning arguments from the config.
+"""
+
+import keras
+from keras import ops
+
+from hydra_tf import masks
+
+# Config keys that exist only on score layers; removing them from a score
+# layer's config leaves a valid config of the plain Keras layer.
+PRUNING_CONFIG_KEYS = ("keep_ratio", "score_initializer")
+
+
+class _Scored(keras.layers.Layer):
+    """Shared part of the score layers: score variable, mask, config."""
+
+    def __init__(
+        self,
+        keep_ratio=1.0,
+        activation=None,
+        use_bias=True,
+        kernel_initializer="glorot_uniform",
+        bias_initializer="zeros",
+        score_initializer="he_uniform",
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.keep_ratio = masks.validate_keep_ratio(keep_ratio)
+        self.activation = keras.activations.get(activation)
+        self.use_bias = bool(use_bias)
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.bias_initializer = keras.initializers.get(bias_initializer)
+        self.score_initializer = keras.initializers.get(score_initializer)
+
+    def _add_variables(self, kernel_shape, bias_size):
+        self.kernel = self.add_weight(
+            name="kernel", shape=kernel_shape, initializer=self.kernel_initializer
+        )
+        if self.use_bias:
+            self.bias = self.add_weight(
+                name="bias", shape=(bias_size,), initializer=self.bias_initializer
+            )
+        else:
+            self.bias = None
+        self.score = self.add_weight(
+            name="score", shape=kernel_shape, initializer=self.score_initializer
+        )
+
+    @property
+    def fan_in(self):
+        """Number of inputs to one output unit (all kernel dims but the last)."""
+        shape = self.kernel.shape
+        size = 1
+        for dim in shape[:-1]:
+            size *= int(dim)
+        return size
+
+    def mask(self):
+        """The current 0/1 mask of the kernel (straight-through to `score`)."""
+        return masks.topk_mask(self.score, self.keep_ratio)
+
+    def masked_kernel(self):
+        """The kernel the forward pass uses."""
+        if self.keep_ratio >= 1.0:
+            return ops.convert_to_tensor(self.kernel)
+        return self.kernel * self.mask()
+
+    def _finish(self, outputs):
+        if self.use_bias:
+            outputs = ops.add(outputs, self.bias)
+        if self.activation is not None:
+            outputs = self.activation(outputs)
+        return outputs
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "keep_ratio": self.keep_ratio,
+                "activation": keras.activations.serialize(self.activation),
+                "use_bias": self.use_bias,
+                "kernel_initializer": keras.initializers.serialize(
+                    self.kernel_initializer
+                ),
+                "bias_initializer": keras.initializers.serialize(self.bias_initializer),
+                "score_initializer": keras.initializers.serialize(
+                    self.score_initializer
+                ),
+            }
+        )
+        return config
+
+
+@keras.saving.register_keras_serializable(package="hydra_tf")
+class ScoredDense(_Scored):
+    """A dense layer whose kernel is pruned to the top-k |score| entries.
+
+    Args:
+      units: output size.
+      keep_ratio: fraction of kernel entries kept, in (0, 1]. 1 means dense.
+      activation, use_bias, kernel_initializer, bias_initializer: as in
+        `keras.layers.Dense`.
+      score_initializer: initializer of the importance scores (a random init
+        for training from scratch; `hydra_tf.scores.scaled_init` overwrites it
+        from the kernel magnitude before pruning a trained network).
+    """
+
+    def __init__(self, units, **kwargs):
+        super().__init__(**kwargs)
+        if not isinstance(units, int) or units <= 0:
+            raise ValueError(
+                f"units must be a positive integer. Received: units={units!r}"
+            )
+        self.units = units
+        self.input_spec = keras.layers.InputSpec(min_ndim=2)
+
+    def build(self, input_shape):
+        in_features = input_shape[-1]
+        if in_features is None:
+            raise ValueError(
+                f"{self.name}: the last input dimension must be known. "
+                f"Received: input_shape={input_shape}"
+            )
+        self._add_variables((int(in_features), self.units), self.units)
+
+    def call(self, inputs):
+        return self._finish(ops.matmul(inputs, self.masked_kernel()))
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape[:-1]) + (self.units,)
+
+    def get_config(self):
+        config = super().get_config()
+        config["units"] = self.units
+        return config
+
+
+@keras.saving.register_keras_serializable(package="hydra_tf")
+class ScoredConv2D(_Scored):
+    """A 2-D convolution (channels last) whose kernel is pruned by scores.
+
+    Args:
+      filters, kernel_size, strides, padding: as in `keras.layers.Conv2D`.
+      **kwargs: `keep_ratio`, `score_initializer` and the arguments of
+        `ScoredDense` other than `units`.
+    """
+
+    def __init__(self, filters, kernel_size, strides=(1, 1), padding="valid", **kwargs):
+        super().__init__(**kwargs)
+        if not isinstance(filters, int) or filters <= 0:
+            raise ValueError(
+                f"filters must be a positive integer. Received: filters={filters!r}"
+            )
+        self.filters = filters
+        self.kernel_size = _pair(kernel_size, "kernel_size")
+        self.strides = _pair(strides, "strides")
+        padding = str(padding).lower()
+        if padding not in ("valid", "same"):
+            raise ValueError(
+                f"padding must be 'valid' or 'same'. Received: padding={padding!r}"
+            )
+        self.padding = padding
+        self.input_spec = keras.layers.InputSpec(ndim=4)
+
+    def build(self, input_shape):
+        channels = input_shape[-1]
+        if channels is None:
+            raise ValueError(
+                f"{self.name}: the channel dimension must be known. "
+                f"Received: input_shape={input_shape}"
+            )
+        self._add_variables(
+            self.kernel_size + (int(channels), self.filters), self.filters
+        )
+
+    def call(self, inputs):
+        outputs = ops.conv(
+            inputs,
+            self.masked_kernel(),
+            strides=self.strides,
+            padding=self.padding,
+            data_format="channels_last",
+        )
+        return self._finish(outputs)
+
+    def compute_output_shape(self, input_shape):
+        spatial = []
+        for size, k, s in zip(input_shape[1:3], self.kernel_size, self.strides):
+            if size is None:
+                spatial.append(None)
+            elif self.padding == "same":
+                spatial.append((size + s - 1) // s)
+            else:
+                spatial.append((size - k) // s + 1)
+        return (input_shape[0], *spatial, self.filters)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "filters": self.filters,
+                "kernel_size": self.kernel_size,
+                "strides": self.strides,
+                "padding": self.padding,
+            }
+        )
+        return config
+
+
+def _pair(value, name):
+    if isinstance(value, int):
+        value = (value, value)
+    value = tuple(value)
+    if len(value) != 2 or not all(isinstance(v, int) and v > 0 for v in value):
+        raise ValueError(
+            f"{name} must be a positive int or a pair of them. Received: {name}={value!r}"
+        )
+    return value
+
+
+def scored_layers(model):
+    """All score layers of `model`, in order (nested models included)."""
+    return [layer for layer in _walk(model) if isinstance(layer, _Scored)]
+
+
+def _walk(layer):
+    for sub in getattr(layer, "layers", []) or []:
+        yield sub
+        yield from _walk(sub)

@@ -1,0 +1,168 @@
+"""The three HYDRA phases: which network is built and which variables train.
+
+- pretrain: a plain (dense) network; every weight trains.
+- prune: a score network; kernels, biases and BatchNorm are frozen (BatchNorm
+  in inference mode); only the importance scores train. Scores start from the
+  source weights' scaled magnitude (or a random init).
+- finetune: a score network whose mask is frozen (scores do not train); the
+  surviving weights, biases and BatchNorm train. Starting finetune from a dense
+  source gives the LWM baseline (mask = top-k weight magnitude).
+"""
+
+import keras
+
+from hydra_tf import architectures
+from hydra_tf import layers as score_layers
+from hydra_tf import scores
+
+PHASES = ("pretrain", "prune", "finetune")
+SCORE_INITS = ("scaled",) + scores.RANDOM_INITS
+
+
+class CheckpointMismatchError(ValueError):
+    """A source checkpoint does not hold the network the run asks for."""
+
+
+def validate_phase(phase):
+    if phase not in PHASES:
+        raise ValueError(f"Unknown phase {phase!r}. Supported: {', '.join(PHASES)}.")
+    return phase
+
+
+def build_network(
+    phase, arch, input_shape, num_classes, keep_ratio=1.0, score_init="scaled"
+):
+    """Builds the network a phase trains (plain for pretrain, scored otherwise)."""
+    validate_phase(phase)
+    if score_init not in SCORE_INITS:
+        raise ValueError(
+            f"Unknown score init {score_init!r}. Supported: {', '.join(SCORE_INITS)}."
+        )
+    if phase == "pretrain":
+        return architectures.build(arch, input_shape, num_classes)
+    initializer = "he_uniform" if score_init == "scaled" else score_init
+    return architectures.build(
+        arch,
+        input_shape,
+        num_classes,
+        keep_ratio=keep_ratio,
+        score_initializer=initializer,
+    )
+
+
+def _weighted_layers(model):
+    """Layers that own variables, by name (nested models flattened)."""
+    found = {}
+    stack = list(model.layers)
+    while stack:
+        layer = stack.pop(0)
+        if isinstance(layer, keras.Model):
+            stack[:0] = list(layer.layers)
+        elif layer.weights:
+            found[layer.name] = layer
+    return found
+
+
+def _variables(layer):
+    return {v.name: v for v in layer.weights}
+
+
+def transfer_weights(source, target):
+    """Copies every variable of `target` that `source` has, by layer and name.
+
+    Args:
+      source: a trained model of the same architecture (plain or scored).
+      target: the model to fill.
+
+    Returns:
+      True if the source provided scores for every score layer of the target.
+
+    Raises:
+      CheckpointMismatchError: if a layer or variable of the target is missing
+        from the source or has another shape (another architecture).
+    """
+    if source.name != target.name:
+        raise CheckpointMismatchError(
+            f"The source checkpoint holds a {source.name!r} network, but this run "
+            f"builds {target.name!r}. Use a checkpoint of the same --arch."
+        )
+    source_layers = _weighted_layers(source)
+    problems = []
+    scores_found = True
+    for name, layer in _weighted_layers(target).items():
+        if name not in source_layers:
+            problems.append(f"layer {name!r} is missing")
+            continue
+        available = _variables(source_layers[name])
+        for var_name, var in _variables(layer).items():
+            if var_name not in available:
+                if var_name == "score":
+                    scores_found = False
+                    continue
+                problems.append(f"variable {name}/{var_name} is missing")
+            elif tuple(available[var_name].shape) != tuple(var.shape):
+                problems.append(
+                    f"{name}/{var_name} has shape {tuple(available[var_name].shape)}, "
+                    f"expected {tuple(var.shape)}"
+                )
+            else:
+                var.assign(available[var_name])
+    if problems:
+        shown = "; ".join(problems[:5])
+        more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
+        raise CheckpointMismatchError(
+            f"The source checkpoint does not match the {target.name!r} network being "
+            f"built: {shown}{more}. Was it trained with another --arch, dataset or "
+            "number of classes?"
+        )
+    return scores_found
+
+
+def prepare(network, phase, source=None, score_init="scaled"):
+    """Loads the source into `network` and sets what trains in `phase`.
+
+    Args:
+      network: built by `build_network` for `phase`.
+      phase: one of `PHASES`.
+      source: the model of the previous phase (required for prune and
+        finetune; optional for pretrain, which then continues from it).
+      score_init: "scaled" to set scores from the weight magnitude when the
+        source has none; a random init name keeps the layer's random scores.
+
+    Returns:
+      A short description of where the scores came from, for the logs.
+    """
+    validate_phase(phase)
+    if phase != "pretrain" and source is None:
+        raise ValueError(
+            f"The {phase} phase needs a source checkpoint (the model of the previous "
+            "phase): pass --source_checkpoint."
+        )
+    origin = "none (dense)"
+    if source is not None:
+        scores_found = transfer_weights(source, network)
+        if phase != "pretrain":
+            if scores_found:
+                origin = "source checkpoint"
+            elif score_init == "scaled":
+                scores.scaled_init(network)
+                origin = "scaled weight magnitude"
+            else:
+                origin = f"random ({score_init})"
+    for layer in _weighted_layers(network).values():
+        if isinstance(layer, keras.layers.BatchNormalization):
+            # trainable=False also puts Keras BatchNorm in inference mode.
+            layer.trainable = phase != "prune"
+    for layer in score_layers.scored_layers(network):
+        layer.score.trainable = phase == "prune"
+        layer.kernel.trainable = phase != "prune"
+        if layer.bias is not None:
+            layer.bias.trainable = phase != "prune"
+        if phase == "finetune":
+            # Zero the pruned weights: their gradient is exactly zero, so with
+            # them at zero weight decay cannot move them either.
+            layer.kernel.assign(layer.masked_kernel())
+    if phase == "pretrain":
+        for layer in _weighted_layers(network).values():
+            layer.trainable = True
+    return origin

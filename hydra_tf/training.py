@@ -1,0 +1,312 @@
+"""Runs one phase: data -> network -> objective -> `model.fit` -> checkpoint.
+
+`train(config)` is what `binaries/train.py` and the pipeline call. A run owns
+its work directory:
+
+    <workdir>/config.json     the resolved configuration
+    <workdir>/model.keras     the trained network (written when training ends)
+    <workdir>/history.csv     per-epoch metrics
+    <workdir>/backup/         state for resuming a killed run (Keras
+                              BackupAndRestore; removed when training ends)
+    <workdir>/tensorboard/    TensorBoard logs
+
+Running the same config again resumes a killed run from its last finished
+epoch, and returns at once if the run already finished.
+"""
+
+import dataclasses
+import json
+import math
+import os
+import time
+
+import keras
+from absl import logging
+
+from hydra_tf import data
+from hydra_tf import objectives
+from hydra_tf import phases
+from hydra_tf import trainer as trainer_lib
+
+OPTIMIZERS = ("sgd", "adam")
+SCHEDULES = ("cosine", "constant")
+MODEL_FILE = "model.keras"
+CONFIG_FILE = "config.json"
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training produced a NaN or infinite loss."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Everything one phase run needs; binaries build it from flags."""
+
+    workdir: str
+    phase: str = "pretrain"
+    arch: str = "cnn_small"
+    dataset: str = "fashion_mnist"
+    data_dir: str | None = None
+    train_limit: int | None = None
+    test_limit: int | None = None
+    objective: objectives.ObjectiveConfig = objectives.ObjectiveConfig()
+    keep_ratio: float = 1.0
+    score_init: str = "scaled"
+    source_checkpoint: str | None = None
+    epochs: int = 10
+    batch_size: int = 128
+    optimizer: str = "sgd"
+    learning_rate: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    schedule: str = "cosine"
+    seed: int = 0
+
+    def __post_init__(self):
+        phases.validate_phase(self.phase)
+        data.info(self.dataset)  # Raises on an unknown dataset.
+        if self.phase == "pretrain" and self.keep_ratio != 1.0:
+            raise ValueError(
+                f"pretrain trains a dense network; keep_ratio must be 1. "
+                f"Received: keep_ratio={self.keep_ratio}"
+            )
+        if self.phase != "pretrain" and not self.source_checkpoint:
+            raise ValueError(
+                f"The {self.phase} phase needs --source_checkpoint (the model of the "
+                "previous phase)."
+            )
+        if self.score_init not in phases.SCORE_INITS:
+            raise ValueError(
+                f"Unknown score init {self.score_init!r}. "
+                f"Supported: {', '.join(phases.SCORE_INITS)}."
+            )
+        if not 0.0 < self.keep_ratio <= 1.0:
+            raise ValueError(
+                f"keep_ratio must be in (0, 1]. Received: {self.keep_ratio}"
+            )
+        if self.epochs < 1:
+            raise ValueError(f"epochs must be >= 1. Received: epochs={self.epochs}")
+        if self.batch_size < 1:
+            raise ValueError(
+                f"batch_size must be >= 1. Received: batch_size={self.batch_size}"
+            )
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(
+                f"Unknown optimizer {self.optimizer!r}. Supported: {', '.join(OPTIMIZERS)}."
+            )
+        if self.schedule not in SCHEDULES:
+            raise ValueError(
+                f"Unknown schedule {self.schedule!r}. Supported: {', '.join(SCHEDULES)}."
+            )
+        if not self.learning_rate > 0:
+            raise ValueError(
+                f"learning_rate must be > 0. Received: {self.learning_rate}"
+            )
+
+    def to_json(self):
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, values):
+        values = dict(values)
+        values["objective"] = objectives.ObjectiveConfig(**values["objective"])
+        return cls(**values)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainResult:
+    model_path: str
+    history: dict
+    seconds: float
+    resumed: bool
+
+
+def load_network(path):
+    """Loads a network saved by a run (`model.keras`), with a clear error."""
+    # Importing hydra_tf.layers registers the score layers for deserialisation.
+    from hydra_tf import layers  # noqa: F401
+
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"Checkpoint not found: {path}")
+    return keras.saving.load_model(path, compile=False)
+
+
+def _optimizer(config, steps_per_epoch):
+    lr = config.learning_rate
+    if config.schedule == "cosine":
+        lr = keras.optimizers.schedules.CosineDecay(
+            lr, decay_steps=config.epochs * steps_per_epoch
+        )
+    decay = config.weight_decay or None
+    if config.optimizer == "sgd":
+        return keras.optimizers.SGD(lr, momentum=config.momentum, weight_decay=decay)
+    return keras.optimizers.Adam(lr, weight_decay=decay)
+
+
+class _StopOnNonFinite(keras.callbacks.Callback):
+    """Raises as soon as the loss is not finite, before anything is saved.
+
+    Raising (rather than setting `stop_training`) keeps the BackupAndRestore
+    state of the last finished epoch untouched, so the last good state survives.
+    """
+
+    def __init__(self, backup_dir):
+        super().__init__()
+        self._backup_dir = backup_dir
+        self._epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            raise NonFiniteLossError(
+                f"The training loss became {float(loss)} at epoch {self._epoch + 1}, "
+                f"batch {batch + 1}; training stopped. The state of the last finished "
+                f"epoch is kept in {self._backup_dir} and is resumed by rerunning the "
+                "same command; lower the learning rate (or check the data) first."
+            )
+
+
+class _LogProgress(keras.callbacks.Callback):
+    """One absl log line per epoch with the metrics and the time taken."""
+
+    def __init__(self, name, epochs):
+        super().__init__()
+        self._name = name
+        self._epochs = epochs
+        self._start = 0.0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._start = time.time()
+
+    def on_epoch_end(self, epoch, logs=None):
+        shown = ", ".join(f"{k}={v:.4f}" for k, v in sorted((logs or {}).items()))
+        logging.info(
+            "%s: epoch %d/%d done in %.1fs: %s",
+            self._name,
+            epoch + 1,
+            self._epochs,
+            time.time() - self._start,
+            shown,
+        )
+
+
+def _read_history(path):
+    if not os.path.exists(path):
+        return {}
+    with open(path) as f:
+        lines = [line.strip().split(",") for line in f if line.strip()]
+    if len(lines) < 2:
+        return {}
+    header, rows = lines[0], lines[1:]
+    return {key: [float(row[i]) for row in rows] for i, key in enumerate(header)}
+
+
+def write_json(path, value):
+    """Writes JSON atomically (a killed run never leaves half a file)."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(value, f, indent=2, sort_keys=True)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def train(config, verbose="auto"):
+    """Runs (or resumes, or skips if finished) one phase; see the module doc.
+
+    Args:
+      config: a `TrainConfig`.
+      verbose: passed to `model.fit` (progress bar).
+
+    Returns:
+      A `TrainResult`.
+
+    Raises:
+      ValueError: bad configuration, or a workdir holding another run's config.
+      CheckpointMismatchError: a source checkpoint of another architecture.
+      NonFiniteLossError: the loss became NaN/inf (last good state kept).
+    """
+    os.makedirs(config.workdir, exist_ok=True)
+    config_path = os.path.join(config.workdir, CONFIG_FILE)
+    model_path = os.path.join(config.workdir, MODEL_FILE)
+    history_path = os.path.join(config.workdir, "history.csv")
+    backup_dir = os.path.join(config.workdir, "backup")
+    name = f"{config.phase}[{config.arch}, keep={config.keep_ratio:g}]"
+
+    if os.path.exists(config_path):
+        with open(config_path) as f:
+            previous = json.load(f)
+        if previous != json.loads(json.dumps(config.to_json())):
+            raise ValueError(
+                f"{config.workdir} already holds a run with another configuration "
+                f"(see {config_path}). Use a new --workdir, or delete the old one."
+            )
+        if os.path.exists(model_path):
+            logging.info("%s: already finished in %s; skipping.", name, config.workdir)
+            return TrainResult(
+                model_path, _read_history(history_path), 0.0, resumed=True
+            )
+    write_json(config_path, config.to_json())
+    resumed = os.path.isdir(backup_dir)
+
+    keras.utils.set_random_seed(config.seed)
+    meta = data.info(config.dataset)
+    train_ds, num_train = data.load(
+        config.dataset, "train", config.data_dir, config.train_limit
+    )
+    test_ds, _ = data.load(config.dataset, "test", config.data_dir, config.test_limit)
+    train_ds = data.make_pipeline(
+        train_ds,
+        config.batch_size,
+        training=True,
+        augment=data.default_augment(config.dataset),
+        seed=config.seed,
+    )
+    test_ds = data.make_pipeline(test_ds, config.batch_size, training=False)
+    steps_per_epoch = math.ceil(num_train / config.batch_size)
+
+    network = phases.build_network(
+        config.phase,
+        config.arch,
+        meta.image_shape,
+        meta.num_classes,
+        keep_ratio=config.keep_ratio,
+        score_init=config.score_init,
+    )
+    source = (
+        load_network(config.source_checkpoint) if config.source_checkpoint else None
+    )
+    origin = phases.prepare(network, config.phase, source, config.score_init)
+    logging.info(
+        "%s: %d training examples, %d steps/epoch, objective %s, scores from %s%s",
+        name,
+        num_train,
+        steps_per_epoch,
+        config.objective.name,
+        origin,
+        "; resuming from backup" if resumed else "",
+    )
+
+    trainer = trainer_lib.RobustTrainer(network, objectives.make(config.objective))
+    trainer.compile(optimizer=_optimizer(config, steps_per_epoch))
+    callbacks = [
+        _StopOnNonFinite(backup_dir),
+        keras.callbacks.BackupAndRestore(backup_dir),
+        keras.callbacks.CSVLogger(history_path, append=True),
+        keras.callbacks.TensorBoard(os.path.join(config.workdir, "tensorboard")),
+        _LogProgress(name, config.epochs),
+    ]
+    start = time.time()
+    trainer.fit(
+        train_ds,
+        epochs=config.epochs,
+        validation_data=test_ds,
+        callbacks=callbacks,
+        verbose=verbose,
+    )
+    seconds = time.time() - start
+    network.save(model_path)
+    logging.info("%s: finished in %.1fs; saved %s", name, seconds, model_path)
+    return TrainResult(model_path, _read_history(history_path), seconds, resumed)
