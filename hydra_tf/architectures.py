@@ -23,9 +23,7 @@ class LayerFactory:
     """
 
     def __init__(self, keep_ratio=None, score_initializer="he_uniform"):
-        self.keep_ratio = (
-            None if keep_ratio is None else masks.validate_keep_ratio(keep_ratio)
-        )
+        self.keep_ratio = None if keep_ratio is None else masks.validate_keep_ratio(keep_ratio)
         self.score_initializer = score_initializer
 
     @property
@@ -40,9 +38,7 @@ class LayerFactory:
             "score_initializer": self.score_initializer,
         }
 
-    def conv(
-        self, filters, kernel_size, name, strides=1, padding="same", use_bias=True
-    ):
+    def conv(self, filters, kernel_size, name, strides=1, padding="same", use_bias=True):
         cls = score_layers.ScoredConv2D if self.scored else keras.layers.Conv2D
         return cls(
             filters,
@@ -124,9 +120,7 @@ def vgg16_bn(inputs, num_classes, factory):
     for item in _VGG16:
         if item == "M":
             pool_index += 1
-            x = keras.layers.MaxPooling2D(2, padding="same", name=f"pool{pool_index}")(
-                x
-            )
+            x = keras.layers.MaxPooling2D(2, padding="same", name=f"pool{pool_index}")(x)
             continue
         conv_index += 1
         x = factory.conv(item, 3, f"conv{conv_index}", use_bias=False)(x)
@@ -141,9 +135,9 @@ def _wide_block(x, filters, strides, name, factory):
     """Pre-activation wide residual block."""
     out = _relu(_bn(f"{name}_bn1")(x))
     if strides != 1 or x.shape[-1] != filters:
-        shortcut = factory.conv(
-            filters, 1, f"{name}_shortcut", strides=strides, use_bias=False
-        )(out)
+        shortcut = factory.conv(filters, 1, f"{name}_shortcut", strides=strides, use_bias=False)(
+            out
+        )
     else:
         shortcut = x
     y = factory.conv(filters, 3, f"{name}_conv1", strides=strides, use_bias=False)(out)
@@ -155,16 +149,12 @@ def _wide_block(x, filters, strides, name, factory):
 def wide_resnet(inputs, num_classes, factory, depth=28, width=4):
     """Wide ResNet WRN-depth-width (pre-activation), e.g. WRN-28-4, WRN-28-10."""
     if (depth - 4) % 6 != 0 or depth < 10:
-        raise ValueError(
-            f"WideResNet depth must be 6n+4 (>= 10). Received: depth={depth}"
-        )
+        raise ValueError(f"WideResNet depth must be 6n+4 (>= 10). Received: depth={depth}")
     if width < 1:
         raise ValueError(f"WideResNet width must be >= 1. Received: width={width}")
     blocks = (depth - 4) // 6
     x = factory.conv(16, 3, "conv1", use_bias=False)(inputs)
-    for group, (filters, strides) in enumerate(
-        ((16 * width, 1), (32 * width, 2), (64 * width, 2))
-    ):
+    for group, (filters, strides) in enumerate(((16 * width, 1), (32 * width, 2), (64 * width, 2))):
         for block in range(blocks):
             x = _wide_block(
                 x,
@@ -185,9 +175,7 @@ def _basic_block(x, filters, strides, name, factory):
     y = factory.conv(filters, 3, f"{name}_conv2", use_bias=False)(y)
     y = _bn(f"{name}_bn2")(y)
     if strides != 1 or x.shape[-1] != filters:
-        x = factory.conv(
-            filters, 1, f"{name}_shortcut", strides=strides, use_bias=False
-        )(x)
+        x = factory.conv(filters, 1, f"{name}_shortcut", strides=strides, use_bias=False)(x)
         x = _bn(f"{name}_shortcut_bn")(x)
     return _relu(keras.layers.Add(name=f"{name}_add")([y, x]))
 
@@ -219,9 +207,7 @@ ARCHITECTURES = {
 }
 
 
-def build(
-    arch, input_shape, num_classes, keep_ratio=None, score_initializer="he_uniform"
-):
+def build(arch, input_shape, num_classes, keep_ratio=None, score_initializer="he_uniform"):
     """Builds a functional model of `arch` that outputs logits.
 
     Args:
@@ -240,9 +226,7 @@ def build(
             f"Unknown architecture {arch!r}. Supported: {', '.join(sorted(ARCHITECTURES))}."
         )
     if int(num_classes) < 2:
-        raise ValueError(
-            f"num_classes must be >= 2. Received: num_classes={num_classes}"
-        )
+        raise ValueError(f"num_classes must be >= 2. Received: num_classes={num_classes}")
     factory = LayerFactory(keep_ratio, score_initializer)
     inputs = keras.Input(shape=tuple(input_shape), name="image")
     outputs = ARCHITECTURES[arch](inputs, int(num_classes), factory)

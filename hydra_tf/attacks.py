@@ -40,13 +40,9 @@ class PGDConfig:
         if self.steps < 0:
             raise ValueError(f"PGD steps must be >= 0. Received: steps={self.steps}")
         if self.restarts < 1:
-            raise ValueError(
-                f"PGD restarts must be >= 1. Received: restarts={self.restarts}"
-            )
+            raise ValueError(f"PGD restarts must be >= 1. Received: restarts={self.restarts}")
         if self.step_size is not None and not self.step_size > 0:
-            raise ValueError(
-                f"PGD step_size must be > 0. Received: step_size={self.step_size}"
-            )
+            raise ValueError(f"PGD step_size must be > 0. Received: step_size={self.step_size}")
 
     @property
     def alpha(self):
@@ -111,6 +107,7 @@ def pgd(model, x, y, config, loss="ce", target_probs=None, start=None):
         )
     else:
         x_adv = x
+
     def step(i, x_adv):
         with tf.GradientTape() as tape:
             tape.watch(x_adv)
@@ -138,7 +135,5 @@ def robust_correct(model, x, y, config):
     robust = clean
     for _ in range(config.restarts):
         x_adv = pgd(model, x, y, config)
-        robust = tf.logical_and(
-            robust, tf.equal(tf.argmax(model(x_adv, training=False), -1), y)
-        )
+        robust = tf.logical_and(robust, tf.equal(tf.argmax(model(x_adv, training=False), -1), y))
     return clean, robust

@@ -53,9 +53,7 @@ def evaluate(network, dataset, attack, log_every=20):
     @tf.function
     def batch_counts(x, y):
         clean, robust = attacks.robust_correct(network, x, y, attack)
-        return tf.reduce_sum(tf.cast(clean, tf.int64)), tf.reduce_sum(
-            tf.cast(robust, tf.int64)
-        )
+        return tf.reduce_sum(tf.cast(clean, tf.int64)), tf.reduce_sum(tf.cast(robust, tf.int64))
 
     start = time.time()
     clean_total = robust_total = seen = 0

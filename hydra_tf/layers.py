@@ -86,13 +86,9 @@ class _Scored(keras.layers.Layer):
                 "keep_ratio": self.keep_ratio,
                 "activation": keras.activations.serialize(self.activation),
                 "use_bias": self.use_bias,
-                "kernel_initializer": keras.initializers.serialize(
-                    self.kernel_initializer
-                ),
+                "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
                 "bias_initializer": keras.initializers.serialize(self.bias_initializer),
-                "score_initializer": keras.initializers.serialize(
-                    self.score_initializer
-                ),
+                "score_initializer": keras.initializers.serialize(self.score_initializer),
             }
         )
         return config
@@ -115,9 +111,7 @@ class ScoredDense(_Scored):
     def __init__(self, units, **kwargs):
         super().__init__(**kwargs)
         if not isinstance(units, int) or units <= 0:
-            raise ValueError(
-                f"units must be a positive integer. Received: units={units!r}"
-            )
+            raise ValueError(f"units must be a positive integer. Received: units={units!r}")
         self.units = units
         self.input_spec = keras.layers.InputSpec(min_ndim=2)
 
@@ -155,17 +149,13 @@ class ScoredConv2D(_Scored):
     def __init__(self, filters, kernel_size, strides=(1, 1), padding="valid", **kwargs):
         super().__init__(**kwargs)
         if not isinstance(filters, int) or filters <= 0:
-            raise ValueError(
-                f"filters must be a positive integer. Received: filters={filters!r}"
-            )
+            raise ValueError(f"filters must be a positive integer. Received: filters={filters!r}")
         self.filters = filters
         self.kernel_size = _pair(kernel_size, "kernel_size")
         self.strides = _pair(strides, "strides")
         padding = str(padding).lower()
         if padding not in ("valid", "same"):
-            raise ValueError(
-                f"padding must be 'valid' or 'same'. Received: padding={padding!r}"
-            )
+            raise ValueError(f"padding must be 'valid' or 'same'. Received: padding={padding!r}")
         self.padding = padding
         self.input_spec = keras.layers.InputSpec(ndim=4)
 
@@ -176,9 +166,7 @@ class ScoredConv2D(_Scored):
                 f"{self.name}: the channel dimension must be known. "
                 f"Received: input_shape={input_shape}"
             )
-        self._add_variables(
-            self.kernel_size + (int(channels), self.filters), self.filters
-        )
+        self._add_variables(self.kernel_size + (int(channels), self.filters), self.filters)
 
     def call(self, inputs):
         outputs = ops.conv(

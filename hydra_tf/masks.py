@@ -31,7 +31,7 @@ def kept_count(size, keep_ratio):
     keep_ratio = validate_keep_ratio(keep_ratio)
     if size <= 0:
         raise ValueError(f"size must be positive. Received: size={size}")
-    return max(1, min(size, int(math.floor(keep_ratio * size + 0.5))))
+    return max(1, min(size, math.floor(keep_ratio * size + 0.5)))
 
 
 def _hard_topk(magnitude, keep_ratio):

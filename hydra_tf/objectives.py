@@ -69,9 +69,7 @@ class Trades(Natural):
         target = tf.nn.softmax(model(x, training=False))
         # TRADES starts from a small Gaussian perturbation of the clean input.
         start = x + 0.001 * tf.random.normal(tf.shape(x), dtype=x.dtype)
-        return attacks.pgd(
-            model, x, y, self.attack, loss="kl", target_probs=target, start=start
-        )
+        return attacks.pgd(model, x, y, self.attack, loss="kl", target_probs=target, start=start)
 
     def loss(self, model, x, y, perturbed):
         # Two forward passes, not one on the concatenation, so that BatchNorm

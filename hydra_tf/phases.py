@@ -11,9 +11,8 @@
 
 import keras
 
-from hydra_tf import architectures
+from hydra_tf import architectures, scores
 from hydra_tf import layers as score_layers
-from hydra_tf import scores
 
 PHASES = ("pretrain", "prune", "finetune")
 SCORE_INITS = ("scaled",) + scores.RANDOM_INITS
@@ -29,15 +28,11 @@ def validate_phase(phase):
     return phase
 
 
-def build_network(
-    phase, arch, input_shape, num_classes, keep_ratio=1.0, score_init="scaled"
-):
+def build_network(phase, arch, input_shape, num_classes, keep_ratio=1.0, score_init="scaled"):
     """Builds the network a phase trains (plain for pretrain, scored otherwise)."""
     validate_phase(phase)
     if score_init not in SCORE_INITS:
-        raise ValueError(
-            f"Unknown score init {score_init!r}. Supported: {', '.join(SCORE_INITS)}."
-        )
+        raise ValueError(f"Unknown score init {score_init!r}. Supported: {', '.join(SCORE_INITS)}.")
     if phase == "pretrain":
         return architectures.build(arch, input_shape, num_classes)
     initializer = "he_uniform" if score_init == "scaled" else score_init

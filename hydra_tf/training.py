@@ -23,9 +23,7 @@ import time
 import keras
 from absl import logging
 
-from hydra_tf import data
-from hydra_tf import objectives
-from hydra_tf import phases
+from hydra_tf import data, objectives, phases
 from hydra_tf import trainer as trainer_lib
 
 OPTIMIZERS = ("sgd", "adam")
@@ -49,7 +47,9 @@ class TrainConfig:
     data_dir: str | None = None
     train_limit: int | None = None
     test_limit: int | None = None
-    objective: objectives.ObjectiveConfig = objectives.ObjectiveConfig()
+    objective: objectives.ObjectiveConfig = dataclasses.field(
+        default_factory=objectives.ObjectiveConfig
+    )
     keep_ratio: float = 1.0
     score_init: str = "scaled"
     source_checkpoint: str | None = None
@@ -81,15 +81,11 @@ class TrainConfig:
                 f"Supported: {', '.join(phases.SCORE_INITS)}."
             )
         if not 0.0 < self.keep_ratio <= 1.0:
-            raise ValueError(
-                f"keep_ratio must be in (0, 1]. Received: {self.keep_ratio}"
-            )
+            raise ValueError(f"keep_ratio must be in (0, 1]. Received: {self.keep_ratio}")
         if self.epochs < 1:
             raise ValueError(f"epochs must be >= 1. Received: epochs={self.epochs}")
         if self.batch_size < 1:
-            raise ValueError(
-                f"batch_size must be >= 1. Received: batch_size={self.batch_size}"
-            )
+            raise ValueError(f"batch_size must be >= 1. Received: batch_size={self.batch_size}")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(
                 f"Unknown optimizer {self.optimizer!r}. Supported: {', '.join(OPTIMIZERS)}."
@@ -99,9 +95,7 @@ class TrainConfig:
                 f"Unknown schedule {self.schedule!r}. Supported: {', '.join(SCHEDULES)}."
             )
         if not self.learning_rate > 0:
-            raise ValueError(
-                f"learning_rate must be > 0. Received: {self.learning_rate}"
-            )
+            raise ValueError(f"learning_rate must be > 0. Received: {self.learning_rate}")
 
     def to_json(self):
         return dataclasses.asdict(self)
@@ -134,9 +128,7 @@ def load_network(path):
 def _optimizer(config, steps_per_epoch):
     lr = config.learning_rate
     if config.schedule == "cosine":
-        lr = keras.optimizers.schedules.CosineDecay(
-            lr, decay_steps=config.epochs * steps_per_epoch
-        )
+        lr = keras.optimizers.schedules.CosineDecay(lr, decay_steps=config.epochs * steps_per_epoch)
     decay = config.weight_decay or None
     if config.optimizer == "sgd":
         return keras.optimizers.SGD(lr, momentum=config.momentum, weight_decay=decay)
@@ -245,17 +237,13 @@ def train(config, verbose="auto"):
             )
         if os.path.exists(model_path):
             logging.info("%s: already finished in %s; skipping.", name, config.workdir)
-            return TrainResult(
-                model_path, _read_history(history_path), 0.0, resumed=True
-            )
+            return TrainResult(model_path, _read_history(history_path), 0.0, resumed=True)
     write_json(config_path, config.to_json())
     resumed = os.path.isdir(backup_dir)
 
     keras.utils.set_random_seed(config.seed)
     meta = data.info(config.dataset)
-    train_ds, num_train = data.load(
-        config.dataset, "train", config.data_dir, config.train_limit
-    )
+    train_ds, num_train = data.load(config.dataset, "train", config.data_dir, config.train_limit)
     test_ds, _ = data.load(config.dataset, "test", config.data_dir, config.test_limit)
     train_ds = data.make_pipeline(
         train_ds,
@@ -275,9 +263,7 @@ def train(config, verbose="auto"):
         keep_ratio=config.keep_ratio,
         score_init=config.score_init,
     )
-    source = (
-        load_network(config.source_checkpoint) if config.source_checkpoint else None
-    )
+    source = load_network(config.source_checkpoint) if config.source_checkpoint else None
     origin = phases.prepare(network, config.phase, source, config.score_init)
     logging.info(
         "%s: %d training examples, %d steps/epoch, objective %s, scores from %s%s",

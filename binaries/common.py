@@ -1,0 +1,72 @@
+"""Flags shared by the binaries (data, architecture, objective) and helpers.
+
+Importing this module defines the flags; `objective_config()` and friends turn
+them into the library's frozen config objects. The library never reads flags.
+"""
+
+import sys
+
+from absl import flags, logging
+
+from hydra_tf import architectures, data, objectives
+
+DATASET = flags.DEFINE_enum("dataset", "fashion_mnist", data.SUPPORTED_DATASETS, "Dataset.")
+DATA_DIR = flags.DEFINE_string(
+    "data_dir",
+    None,
+    "Directory with local IDX files (mnist / fashion_mnist) or the TFDS data "
+    "directory. Fashion-MNIST is read from /usr/share/datasets/fashion-mnist "
+    "(apt-get install dataset-fashion-mnist) when this is not set.",
+)
+TRAIN_LIMIT = flags.DEFINE_integer(
+    "train_limit", None, "Use only the first N training examples.", lower_bound=1
+)
+TEST_LIMIT = flags.DEFINE_integer(
+    "test_limit", None, "Use only the first N test examples.", lower_bound=1
+)
+ARCH = flags.DEFINE_enum(
+    "arch", "cnn_small", sorted(architectures.ARCHITECTURES), "Network architecture."
+)
+BATCH_SIZE = flags.DEFINE_integer("batch_size", 128, "Batch size.", lower_bound=1)
+OBJECTIVE = flags.DEFINE_enum("objective", "trades", objectives.OBJECTIVES, "Training objective.")
+EPS = flags.DEFINE_float("eps", 0.1, "L-inf radius of the training attack.", lower_bound=0.0)
+ATTACK_STEPS = flags.DEFINE_integer(
+    "attack_steps", 10, "PGD steps of the training attack.", lower_bound=0
+)
+ATTACK_STEP_SIZE = flags.DEFINE_float(
+    "attack_step_size", None, "PGD step size of the training attack (default eps / 4)."
+)
+BETA = flags.DEFINE_float("beta", 6.0, "TRADES trade-off weight.", lower_bound=0.0)
+SEED = flags.DEFINE_integer("seed", 0, "Random seed.")
+
+
+def objective_config():
+    """The `ObjectiveConfig` the flags describe."""
+    step = ATTACK_STEP_SIZE.value
+    if step is None:
+        step = EPS.value / 4 if EPS.value > 0 else None
+    return objectives.ObjectiveConfig(
+        name=OBJECTIVE.value,
+        eps=EPS.value,
+        steps=ATTACK_STEPS.value,
+        step_size=step,
+        beta=BETA.value,
+    )
+
+
+def run_or_exit(fn, *args):
+    """Runs `fn`; expected failures end with a one-line error, not a traceback."""
+    from hydra_tf import phases, training
+
+    expected = (
+        ValueError,
+        FileNotFoundError,
+        phases.CheckpointMismatchError,
+        training.NonFiniteLossError,
+        data.DatasetUnavailableError,
+    )
+    try:
+        return fn(*args)
+    except expected as error:
+        logging.error("%s: %s", type(error).__name__, error)
+        sys.exit(1)

@@ -1,0 +1,66 @@
+"""Evaluates a trained network: clean accuracy and L-inf PGD accuracy, as JSON.
+
+Example:
+  python -m binaries.evaluate --checkpoint=runs/finetune/model.keras \
+      --eps=0.1 --steps=50 --restarts=2 --output=runs/finetune/eval.json
+
+The network runs in inference mode. The JSON holds clean_acc, robust_acc, the
+attack settings, the number of examples and the measured kernel sparsity.
+"""
+
+import json
+import os
+
+from absl import app, flags, logging
+
+from binaries import common
+from hydra_tf import attacks, data, evaluation, export, masks, training
+
+_CHECKPOINT = flags.DEFINE_string("checkpoint", None, "model.keras to evaluate.", required=True)
+_STEPS = flags.DEFINE_integer(
+    "steps",
+    evaluation.DEFAULT_STEPS,
+    "PGD steps of the evaluation attack.",
+    lower_bound=0,
+)
+_RESTARTS = flags.DEFINE_integer(
+    "restarts", evaluation.DEFAULT_RESTARTS, "PGD random restarts.", lower_bound=1
+)
+_STEP_SIZE = flags.DEFINE_float("step_size", None, "PGD step size (default 2.5 * eps / steps).")
+_OUTPUT = flags.DEFINE_string("output", None, "Where to write the JSON (default: print it).")
+
+
+def _evaluate():
+    network = training.load_network(_CHECKPOINT.value)
+    test_ds, _ = data.load(
+        common.DATASET.value, "test", common.DATA_DIR.value, common.TEST_LIMIT.value
+    )
+    attack = attacks.PGDConfig(
+        eps=common.EPS.value,
+        steps=_STEPS.value,
+        restarts=_RESTARTS.value,
+        step_size=_STEP_SIZE.value,
+    )
+    result = evaluation.evaluate(
+        network,
+        data.make_pipeline(test_ds, common.BATCH_SIZE.value, training=False),
+        attack,
+    )
+    report = result.to_json()
+    report["checkpoint"] = os.path.abspath(_CHECKPOINT.value)
+    report["sparsity"] = masks.sparsity(export.kernels(export.strip_scores(network)))
+    text = json.dumps(report, indent=2, sort_keys=True)
+    if _OUTPUT.value:
+        training.write_json(_OUTPUT.value, report)
+        logging.info("Wrote %s", _OUTPUT.value)
+    logging.info("Evaluation:\n%s", text)
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    common.run_or_exit(_evaluate)
+
+
+if __name__ == "__main__":
+    app.run(main)

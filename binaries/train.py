@@ -1,0 +1,89 @@
+"""Trains one HYDRA phase.
+
+  pretrain: robust training of a dense network.
+  prune:    weights frozen; importance scores trained on the objective
+            (needs --source_checkpoint, usually a pretrain model.keras).
+  finetune: mask frozen; surviving weights trained (from a prune model:
+            HYDRA; from a pretrain model: the LWM baseline).
+
+Example:
+  python -m binaries.train --phase=pretrain --workdir=runs/dense --epochs=5
+  python -m binaries.train --phase=prune --keep_ratio=0.1 \
+      --source_checkpoint=runs/dense/model.keras --workdir=runs/prune
+  python -m binaries.train --phase=finetune --keep_ratio=0.1 --learning_rate=0.01 \
+      --source_checkpoint=runs/prune/model.keras --workdir=runs/finetune
+
+The run writes config.json, model.keras, history.csv and TensorBoard logs to
+--workdir; rerunning the same command resumes a killed run.
+"""
+
+from absl import app, flags
+
+from binaries import common
+from hydra_tf import phases, training
+
+_PHASE = flags.DEFINE_enum("phase", "pretrain", phases.PHASES, "Which phase to run.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Output directory of this run.", required=True)
+_SOURCE = flags.DEFINE_string(
+    "source_checkpoint", None, "model.keras of the previous phase (prune, finetune)."
+)
+_KEEP_RATIO = flags.DEFINE_float(
+    "keep_ratio", 1.0, "Fraction of each layer's weights kept, in (0, 1]."
+)
+_SCORE_INIT = flags.DEFINE_enum(
+    "score_init", "scaled", phases.SCORE_INITS, "Initialisation of the scores."
+)
+_EPOCHS = flags.DEFINE_integer("epochs", 10, "Training epochs.", lower_bound=1)
+_OPTIMIZER = flags.DEFINE_enum("optimizer", "sgd", training.OPTIMIZERS, "Optimizer.")
+_LR = flags.DEFINE_float("learning_rate", 0.1, "Initial learning rate.", lower_bound=0.0)
+_MOMENTUM = flags.DEFINE_float("momentum", 0.9, "SGD momentum.")
+_WEIGHT_DECAY = flags.DEFINE_float("weight_decay", 1e-4, "Weight decay.", lower_bound=0.0)
+_SCHEDULE = flags.DEFINE_enum("schedule", "cosine", training.SCHEDULES, "LR schedule.")
+
+flags.register_validator(
+    "keep_ratio", lambda k: 0.0 < k <= 1.0, message="--keep_ratio must be in (0, 1]."
+)
+
+
+@flags.multi_flags_validator(["phase", "source_checkpoint", "keep_ratio"])
+def _check_phase(values):
+    if values["phase"] != "pretrain" and not values["source_checkpoint"]:
+        raise flags.ValidationError(
+            f"--phase={values['phase']} needs --source_checkpoint (the previous phase's model)."
+        )
+    if values["phase"] == "pretrain" and values["keep_ratio"] != 1.0:
+        raise flags.ValidationError(
+            "--phase=pretrain trains a dense network: leave --keep_ratio at 1."
+        )
+    return True
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    config = training.TrainConfig(
+        workdir=_WORKDIR.value,
+        phase=_PHASE.value,
+        arch=common.ARCH.value,
+        dataset=common.DATASET.value,
+        data_dir=common.DATA_DIR.value,
+        train_limit=common.TRAIN_LIMIT.value,
+        test_limit=common.TEST_LIMIT.value,
+        objective=common.objective_config(),
+        keep_ratio=_KEEP_RATIO.value,
+        score_init=_SCORE_INIT.value,
+        source_checkpoint=_SOURCE.value,
+        epochs=_EPOCHS.value,
+        batch_size=common.BATCH_SIZE.value,
+        optimizer=_OPTIMIZER.value,
+        learning_rate=_LR.value,
+        momentum=_MOMENTUM.value,
+        weight_decay=_WEIGHT_DECAY.value,
+        schedule=_SCHEDULE.value,
+        seed=common.SEED.value,
+    )
+    common.run_or_exit(training.train, config)
+
+
+if __name__ == "__main__":
+    app.run(main)

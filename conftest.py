@@ -1,0 +1,17 @@
+"""pytest setup shared by all tests.
+
+Splits the CPU into two logical devices before TensorFlow initialises, so the
+tf.distribute tests can run a MirroredStrategy on this CPU-only machine; the
+other tests use the default (single-device) strategy.
+"""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import tensorflow as tf  # noqa: E402
+
+_cpus = tf.config.list_physical_devices("CPU")
+tf.config.set_logical_device_configuration(
+    _cpus[0], [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()]
+)

@@ -1,0 +1,268 @@
+"""The main job: pretrain -> HYDRA prune -> finetune, and the LWM baseline.
+
+For each keep ratio k the pipeline derives two pruned networks from one robust
+dense network:
+
+- HYDRA: prune (scores trained on the robust objective, from the scaled weight
+  magnitude) then finetune the surviving weights;
+- LWM: finetune straight from the magnitude mask (least weight magnitude).
+
+Every network is evaluated (clean + PGD) and exported (plain `.keras` +
+SavedModel). Results go to `<workdir>/results.json` and `<workdir>/results.md`.
+Each stage lives in its own sub-directory and is skipped when already done, so
+a killed pipeline resumes where it stopped.
+"""
+
+import dataclasses
+import json
+import os
+import time
+
+from absl import logging
+
+from hydra_tf import attacks, data, evaluation, export, masks, objectives, training
+
+
+@dataclasses.dataclass(frozen=True)
+class PipelineConfig:
+    """Settings of a pipeline run (presets in `PRESETS`)."""
+
+    workdir: str
+    dataset: str = "fashion_mnist"
+    data_dir: str | None = None
+    arch: str = "cnn_small"
+    objective: objectives.ObjectiveConfig = dataclasses.field(
+        default_factory=lambda: objectives.ObjectiveConfig(
+            name="trades", eps=0.1, steps=10, step_size=0.025
+        )
+    )
+    keep_ratios: tuple = (0.1, 0.05, 0.01)
+    train_limit: int | None = None
+    test_limit: int | None = None
+    batch_size: int = 128
+    pretrain_epochs: int = 10
+    prune_epochs: int = 5
+    finetune_epochs: int = 5
+    optimizer: str = "sgd"
+    pretrain_lr: float = 0.1
+    prune_lr: float = 0.1
+    finetune_lr: float = 0.01
+    weight_decay: float = 1e-4
+    eval_steps: int = evaluation.DEFAULT_STEPS
+    eval_restarts: int = evaluation.DEFAULT_RESTARTS
+    eval_eps: float | None = None
+    seed: int = 0
+
+    def __post_init__(self):
+        if not self.keep_ratios:
+            raise ValueError("keep_ratios must name at least one ratio.")
+        for ratio in self.keep_ratios:
+            masks.validate_keep_ratio(ratio)
+        data.info(self.dataset)
+
+    @property
+    def attack(self):
+        eps = self.objective.eps if self.eval_eps is None else self.eval_eps
+        return attacks.PGDConfig(eps=eps, steps=self.eval_steps, restarts=self.eval_restarts)
+
+    def to_json(self):
+        return dataclasses.asdict(self)
+
+
+# Sizes for the three presets; the dataset, arch and eps come from the flags.
+PRESETS = {
+    # Seconds: for tests and a first look.
+    "tiny": {
+        "train_limit": 512,
+        "test_limit": 128,
+        "batch_size": 64,
+        "pretrain_epochs": 1,
+        "prune_epochs": 1,
+        "finetune_epochs": 1,
+        "eval_steps": 10,
+        "eval_restarts": 1,
+    },
+    # The default: under 15 minutes on a 2-core CPU.
+    "small": {
+        "train_limit": 10000,
+        "test_limit": 500,
+        "batch_size": 128,
+        "pretrain_epochs": 4,
+        "prune_epochs": 1,
+        "finetune_epochs": 1,
+    },
+    # The paper's schedule (needs a GPU): 100 / 20 / 20 epochs, full data.
+    "paper": {
+        "train_limit": None,
+        "test_limit": None,
+        "batch_size": 128,
+        "pretrain_epochs": 100,
+        "prune_epochs": 20,
+        "finetune_epochs": 20,
+    },
+}
+
+
+def _train_config(config, phase, workdir, keep_ratio=1.0, source=None, epochs=1, lr=0.1):
+    return training.TrainConfig(
+        workdir=workdir,
+        phase=phase,
+        arch=config.arch,
+        dataset=config.dataset,
+        data_dir=config.data_dir,
+        train_limit=config.train_limit,
+        test_limit=config.test_limit,
+        objective=config.objective,
+        keep_ratio=keep_ratio,
+        source_checkpoint=source,
+        epochs=epochs,
+        batch_size=config.batch_size,
+        optimizer=config.optimizer,
+        learning_rate=lr,
+        weight_decay=config.weight_decay,
+        seed=config.seed,
+    )
+
+
+def evaluate_and_export(config, model_path, out_dir, name):
+    """Evaluates a trained network and exports it; cached in `eval.json`."""
+    cache = os.path.join(out_dir, "eval.json")
+    if os.path.exists(cache):
+        with open(cache) as f:
+            return json.load(f)
+    network = training.load_network(model_path)
+    test_ds, _ = data.load(config.dataset, "test", config.data_dir, config.test_limit)
+    result = evaluation.evaluate(
+        network,
+        data.make_pipeline(test_ds, config.batch_size, training=False),
+        config.attack,
+    )
+    keras_path, saved_model_path, plain = export.export(network, out_dir, name)
+    row = {
+        "clean_acc": result.clean_acc,
+        "robust_acc": result.robust_acc,
+        "num_examples": result.num_examples,
+        "attack": result.attack,
+        "sparsity": masks.sparsity(export.kernels(plain)),
+        "layer_sparsity": export.layer_sparsity(plain),
+        "keras_path": os.path.relpath(keras_path, config.workdir),
+        "saved_model_path": os.path.relpath(saved_model_path, config.workdir),
+        "eval_seconds": result.seconds,
+    }
+    training.write_json(cache, row)
+    logging.info(
+        "%s: clean %.4f, PGD-%d robust %.4f, sparsity %.4f",
+        name,
+        row["clean_acc"],
+        config.attack.steps,
+        row["robust_acc"],
+        row["sparsity"],
+    )
+    return row
+
+
+def run(config):
+    """Runs (or resumes) the whole pipeline; returns the results dict."""
+    start = time.time()
+    os.makedirs(config.workdir, exist_ok=True)
+    training.write_json(os.path.join(config.workdir, "pipeline_config.json"), config.to_json())
+    stage = lambda *parts: os.path.join(config.workdir, *parts)
+
+    dense = training.train(
+        _train_config(
+            config,
+            "pretrain",
+            stage("dense", "pretrain"),
+            epochs=config.pretrain_epochs,
+            lr=config.pretrain_lr,
+        )
+    )
+    rows = [
+        dict(
+            method="dense",
+            keep_ratio=1.0,
+            **evaluate_and_export(config, dense.model_path, stage("dense"), "dense"),
+        )
+    ]
+    for ratio in config.keep_ratios:
+        tag = f"{ratio:g}"
+        pruned = training.train(
+            _train_config(
+                config,
+                "prune",
+                stage(f"hydra_{tag}", "prune"),
+                ratio,
+                dense.model_path,
+                config.prune_epochs,
+                config.prune_lr,
+            )
+        )
+        for method, source in (("hydra", pruned.model_path), ("lwm", dense.model_path)):
+            tuned = training.train(
+                _train_config(
+                    config,
+                    "finetune",
+                    stage(f"{method}_{tag}", "finetune"),
+                    ratio,
+                    source,
+                    config.finetune_epochs,
+                    config.finetune_lr,
+                )
+            )
+            name = f"{method}_{tag}"
+            rows.append(
+                dict(
+                    method=method,
+                    keep_ratio=ratio,
+                    **evaluate_and_export(config, tuned.model_path, stage(name), name),
+                )
+            )
+    results = {"config": config.to_json(), "rows": rows, "seconds": time.time() - start}
+    training.write_json(stage("results.json"), results)
+    with open(stage("results.md"), "w") as f:
+        f.write(results_markdown(results))
+    logging.info("Pipeline finished in %.1fs; results in %s", results["seconds"], config.workdir)
+    return results
+
+
+def results_markdown(results):
+    """The results as a Markdown table shaped like the paper's Table 1."""
+    config = results["config"]
+    rows = results["rows"]
+    ratios = sorted({r["keep_ratio"] for r in rows if r["method"] != "dense"}, reverse=True)
+    attack = rows[0]["attack"]
+    lines = [
+        f"# HYDRA vs LWM: {config['arch']} on {config['dataset']}",
+        "",
+        (
+            f"Objective {config['objective']['name']} (eps {config['objective']['eps']:g}); "
+            f"robust accuracy under L-inf PGD-{attack['steps']} with {attack['restarts']} "
+            f"restart(s) at eps {attack['eps']:g}, on {rows[0]['num_examples']} test "
+            "examples. Cells: robust % (clean %)."
+        ),
+        "",
+    ]
+    header = ["method", "0% (dense)"] + [f"{(1 - k) * 100:g}% pruned" for k in ratios]
+    lines.append("| " + " | ".join(header) + " |")
+    lines.append("|" + "---|" * len(header))
+    dense = next(r for r in rows if r["method"] == "dense")
+    cell = lambda r: f"{100 * r['robust_acc']:.1f} ({100 * r['clean_acc']:.1f})"
+    by_key = {(r["method"], r["keep_ratio"]): r for r in rows}
+    for method in ("lwm", "hydra"):
+        cells = [method.upper() if method == "lwm" else "HYDRA", cell(dense)]
+        cells += [cell(by_key[(method, k)]) if (method, k) in by_key else "-" for k in ratios]
+        lines.append("| " + " | ".join(cells) + " |")
+    deltas = ["HYDRA - LWM (robust)", ""]
+    for k in ratios:
+        if ("lwm", k) in by_key and ("hydra", k) in by_key:
+            gap = by_key[("hydra", k)]["robust_acc"] - by_key[("lwm", k)]["robust_acc"]
+            deltas.append(f"{100 * gap:+.1f}")
+        else:
+            deltas.append("-")
+    lines.append("| " + " | ".join(deltas) + " |")
+    lines += ["", "Measured sparsity of the exported kernels:", ""]
+    for r in rows:
+        lines.append(f"- {r['method']} keep {r['keep_ratio']:g}: {100 * r['sparsity']:.2f}% zeros")
+    if "seconds" in results:
+        lines += ["", f"Total time: {results['seconds'] / 60:.1f} min."]
+    return "\n".join(lines) + "\n"
