@@ -18,6 +18,7 @@ import dataclasses
 import json
 import math
 import os
+import sys
 import time
 
 import keras
@@ -205,12 +206,13 @@ def write_json(path, value):
     os.replace(tmp, path)
 
 
-def train(config, verbose="auto"):
+def train(config, verbose=None):
     """Runs (or resumes, or skips if finished) one phase; see the module doc.
 
     Args:
       config: a `TrainConfig`.
-      verbose: passed to `model.fit` (progress bar).
+      verbose: passed to `model.fit`; by default a progress bar on a terminal
+        and one line per epoch otherwise.
 
     Returns:
       A `TrainResult`.
@@ -284,6 +286,8 @@ def train(config, verbose="auto"):
         keras.callbacks.TensorBoard(os.path.join(config.workdir, "tensorboard")),
         _LogProgress(name, config.epochs),
     ]
+    if verbose is None:
+        verbose = 1 if sys.stdout.isatty() else 2
     start = time.time()
     trainer.fit(
         train_ds,

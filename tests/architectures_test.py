@@ -1,0 +1,64 @@
+"""Tests for hydra_tf.architectures: plain and scored builds of every network."""
+
+import keras
+import numpy as np
+import tensorflow as tf
+from absl.testing import parameterized
+
+from hydra_tf import architectures
+from hydra_tf import layers
+
+
+def _weight_shapes(model):
+    return {v.path.split("/", 1)[1]: tuple(v.shape) for v in model.weights}
+
+
+class BuildTest(tf.test.TestCase, parameterized.TestCase):
+    @parameterized.parameters(
+        ("cnn_small", (28, 28, 1)),
+        ("cnn_large", (28, 28, 1)),
+        ("vgg16_bn", (32, 32, 3)),
+        ("wrn_28_4", (32, 32, 3)),
+        ("resnet18", (32, 32, 3)),
+    )
+    def test_plain_and_scored_share_layer_names_and_shapes(self, arch, shape):
+        plain = architectures.build(arch, shape, 10)
+        scored = architectures.build(arch, shape, 10, keep_ratio=0.1)
+        self.assertEqual(plain.name, arch)
+        scored_shapes = _weight_shapes(scored)
+        for path, var_shape in _weight_shapes(plain).items():
+            self.assertEqual(scored_shapes[path], var_shape)
+        self.assertNotEmpty(layers.scored_layers(scored))
+        self.assertEmpty(layers.scored_layers(plain))
+        self.assertEqual(plain.output_shape, (None, 10))
+
+    def test_known_parameter_counts(self):
+        # WRN-28-4 has about 5.85M parameters (Zagoruyko & Komodakis).
+        wrn = architectures.build("wrn_28_4", (32, 32, 3), 10)
+        self.assertBetween(wrn.count_params(), 5.8e6, 5.9e6)
+        resnet = architectures.build("resnet18", (32, 32, 3), 10)
+        self.assertBetween(resnet.count_params(), 11.1e6, 11.3e6)
+
+    def test_small_models_run(self):
+        x = np.random.RandomState(0).rand(2, 28, 28, 1).astype(np.float32)
+        for arch in ("cnn_small", "cnn_large"):
+            model = architectures.build(arch, (28, 28, 1), 10, keep_ratio=0.05)
+            self.assertEqual(model(x).shape, (2, 10))
+
+    def test_unknown_arch(self):
+        with self.assertRaisesRegex(ValueError, "Unknown architecture 'vgg99'.*cnn_small"):
+            architectures.build("vgg99", (28, 28, 1), 10)
+
+    def test_bad_keep_ratio(self):
+        with self.assertRaisesRegex(ValueError, "keep_ratio"):
+            architectures.build("cnn_small", (28, 28, 1), 10, keep_ratio=1.5)
+
+    def test_bad_wrn_depth(self):
+        with self.assertRaisesRegex(ValueError, "6n\\+4"):
+            architectures.wide_resnet(
+                keras.Input((32, 32, 3)), 10, architectures.LayerFactory(), depth=27
+            )
+
+
+if __name__ == "__main__":
+    tf.test.main()

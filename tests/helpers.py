@@ -1,0 +1,31 @@
+"""Shared test fixtures: small real data and a naturally trained model."""
+
+import functools
+
+import keras
+import numpy as np
+
+from hydra_tf import architectures
+from hydra_tf import data
+
+
+@functools.lru_cache(maxsize=None)
+def fashion_arrays(split, limit):
+    """(images, labels) numpy arrays of real Fashion-MNIST."""
+    ds, _ = data.load("fashion_mnist", split, limit=limit)
+    images, labels = zip(*[(x.numpy(), y.numpy()) for x, y in ds])
+    return np.stack(images), np.array(labels)
+
+
+@functools.lru_cache(maxsize=None)
+def natural_cnn_small():
+    """A cnn_small trained naturally (no defence) on 3000 real examples."""
+    keras.utils.set_random_seed(0)
+    x, y = fashion_arrays("train", 3000)
+    model = architectures.build("cnn_small", (28, 28, 1), 10)
+    model.compile(
+        keras.optimizers.Adam(1e-3),
+        keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    model.fit(x, y, batch_size=64, epochs=3, verbose=0)
+    return model

@@ -1,0 +1,83 @@
+"""Tests for hydra_tf.objectives: losses against hand computations."""
+
+import keras
+import numpy as np
+import tensorflow as tf
+from absl.testing import parameterized
+
+from hydra_tf import attacks
+from hydra_tf import objectives
+
+
+def _linear_model():
+    keras.utils.set_random_seed(1)
+    return keras.Sequential([keras.Input((2, 2, 1)), keras.layers.Flatten(), keras.layers.Dense(3)])
+
+
+def _ce(logits, y):
+    logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    return -np.mean(logp[np.arange(len(y)), y])
+
+
+class ObjectiveTest(tf.test.TestCase, parameterized.TestCase):
+    def setUp(self):
+        super().setUp()
+        rng = np.random.RandomState(0)
+        self.x = rng.rand(5, 2, 2, 1).astype(np.float32)
+        self.y = np.array([0, 1, 2, 1, 0])
+
+    def test_natural_is_cross_entropy(self):
+        model = _linear_model()
+        objective = objectives.Natural()
+        loss, logits = objective.loss(
+            model, self.x, self.y, objective.perturb(model, self.x, self.y)
+        )
+        self.assertAllClose(loss, _ce(model(self.x).numpy(), self.y), rtol=1e-5)
+        self.assertAllClose(logits, model(self.x))
+
+    def test_pgd_at_trains_on_adversarial_inputs(self):
+        model = _linear_model()
+        attack = attacks.PGDConfig(eps=0.2, steps=3)
+        objective = objectives.PGDAdversarial(attack)
+        x_adv = objective.perturb(model, self.x, self.y)
+        self.assertLessEqual(float(tf.reduce_max(tf.abs(x_adv - self.x))), 0.2 + 1e-6)
+        loss, _ = objective.loss(model, self.x, self.y, x_adv)
+        self.assertAllClose(loss, _ce(model(x_adv).numpy(), self.y), rtol=1e-5)
+        self.assertGreater(float(loss), _ce(model(self.x).numpy(), self.y))
+
+    def test_trades_hand_computed(self):
+        model = _linear_model()
+        objective = objectives.Trades(attacks.PGDConfig(eps=0.1, steps=2), beta=6.0)
+        x_adv = objective.perturb(model, self.x, self.y)
+        loss, logits = objective.loss(model, self.x, self.y, x_adv)
+        clean = model(self.x).numpy()
+        adv = model(x_adv).numpy()
+        p = np.exp(clean) / np.exp(clean).sum(-1, keepdims=True)
+        q = np.exp(adv) / np.exp(adv).sum(-1, keepdims=True)
+        kl = np.mean(np.sum(p * np.log(p / q), -1))
+        self.assertAllClose(loss, _ce(clean, self.y) + 6.0 * kl, rtol=1e-4)
+        self.assertAllClose(logits, clean)
+        self.assertGreater(kl, 0.0)
+
+    def test_trades_with_zero_beta_is_clean_cross_entropy(self):
+        model = _linear_model()
+        objective = objectives.Trades(attacks.PGDConfig(eps=0.1, steps=2), beta=0.0)
+        loss, _ = objective.loss(model, self.x, self.y, objective.perturb(model, self.x, self.y))
+        self.assertAllClose(loss, _ce(model(self.x).numpy(), self.y), rtol=1e-5)
+
+    @parameterized.parameters("natural", "pgd_at", "trades")
+    def test_make(self, name):
+        objective = objectives.make(objectives.ObjectiveConfig(name=name, eps=0.1))
+        self.assertEqual(objective.name, name)
+
+    def test_unknown_objective(self):
+        with self.assertRaisesRegex(ValueError, "Unknown objective 'fgsm'.*trades"):
+            objectives.ObjectiveConfig(name="fgsm")
+
+    def test_negative_beta(self):
+        with self.assertRaisesRegex(ValueError, "beta"):
+            objectives.Trades(attacks.PGDConfig(eps=0.1), beta=-1.0)
+
+
+if __name__ == "__main__":
+    tf.test.main()

@@ -1,0 +1,71 @@
+"""Tests for hydra_tf.pipeline: the main job end to end on a tiny setting."""
+
+import json
+import os
+import tempfile
+
+import keras
+import tensorflow as tf
+
+from hydra_tf import objectives
+from hydra_tf import pipeline
+
+
+def _tiny(workdir):
+    settings = dict(pipeline.PRESETS["tiny"])
+    settings.update(train_limit=256, test_limit=64, eval_steps=5)
+    return pipeline.PipelineConfig(
+        workdir=workdir,
+        keep_ratios=(0.1, 0.01),
+        objective=objectives.ObjectiveConfig(name="trades", eps=0.1, steps=2, step_size=0.05),
+        **settings,
+    )
+
+
+class PipelineTest(tf.test.TestCase):
+    def test_end_to_end_results_contract_and_resume(self):
+        workdir = tempfile.mkdtemp()
+        results = pipeline.run(_tiny(workdir))
+        with open(os.path.join(workdir, "results.json")) as f:
+            saved = json.load(f)
+        self.assertEqual(saved["rows"], json.loads(json.dumps(results["rows"])))
+        self.assertEqual(saved["config"]["keep_ratios"], [0.1, 0.01])
+        methods = [(r["method"], r["keep_ratio"]) for r in saved["rows"]]
+        self.assertEqual(
+            methods, [("dense", 1.0), ("hydra", 0.1), ("lwm", 0.1), ("hydra", 0.01), ("lwm", 0.01)]
+        )
+        for row in saved["rows"]:
+            for key in ("clean_acc", "robust_acc", "sparsity", "keras_path", "saved_model_path"):
+                self.assertIn(key, row)
+            self.assertEqual(set(row["attack"]) >= {"name", "eps", "steps", "restarts"}, True)
+            self.assertBetween(row["robust_acc"], 0.0, row["clean_acc"])
+            self.assertFalse(os.path.isabs(row["keras_path"]))
+            self.assertTrue(os.path.exists(os.path.join(workdir, row["saved_model_path"])))
+            model = keras.saving.load_model(
+                os.path.join(workdir, row["keras_path"]), safe_mode=True
+            )
+            self.assertEqual(model.name, "cnn_small")
+            # Sparsity is measured on the exported kernels: 1 - k up to rounding.
+            self.assertAlmostEqual(row["sparsity"], 1 - row["keep_ratio"], delta=1e-3)
+        with open(os.path.join(workdir, "results.md")) as f:
+            table = f.read()
+        self.assertIn("| HYDRA |", table)
+        self.assertIn("| LWM |", table)
+        self.assertIn("99% pruned", table)
+
+        # A second run finds every stage done and only rewrites the results.
+        again = pipeline.run(_tiny(workdir))
+        self.assertEqual(
+            json.loads(json.dumps(again["rows"])), json.loads(json.dumps(results["rows"]))
+        )
+        self.assertLess(again["seconds"], results["seconds"])
+
+    def test_bad_keep_ratios(self):
+        with self.assertRaisesRegex(ValueError, "keep_ratio"):
+            pipeline.PipelineConfig(workdir="/tmp/x", keep_ratios=(0.1, 1.5))
+        with self.assertRaisesRegex(ValueError, "at least one"):
+            pipeline.PipelineConfig(workdir="/tmp/x", keep_ratios=())
+
+
+if __name__ == "__main__":
+    tf.test.main()
