@@ -293,6 +293,7 @@ def train(config, verbose=None):
         train_ds,
         epochs=config.epochs,
         validation_data=test_ds,
+        shuffle=False,  # the tf.data pipeline shuffles
         callbacks=callbacks,
         verbose=verbose,
     )

@@ -5,8 +5,7 @@ import numpy as np
 import tensorflow as tf
 from absl.testing import parameterized
 
-from hydra_tf import architectures
-from hydra_tf import layers
+from hydra_tf import architectures, layers
 
 
 def _weight_shapes(model):

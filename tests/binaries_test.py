@@ -16,6 +16,7 @@ def _run(module, *args):
     env = dict(os.environ, PYTHONPATH=_ROOT, TF_CPP_MIN_LOG_LEVEL="2")
     return subprocess.run(
         [sys.executable, "-m", f"binaries.{module}", *args],
+        check=False,
         cwd=_ROOT,
         env=env,
         capture_output=True,

@@ -3,8 +3,7 @@
 import numpy as np
 import tensorflow as tf
 
-from hydra_tf import attacks
-from hydra_tf import evaluation
+from hydra_tf import attacks, evaluation
 from tests import helpers
 
 

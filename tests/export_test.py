@@ -11,10 +11,7 @@ import numpy as np
 import tensorflow as tf
 from absl.testing import parameterized
 
-from hydra_tf import architectures
-from hydra_tf import export
-from hydra_tf import layers
-from hydra_tf import masks
+from hydra_tf import architectures, export, layers, masks
 
 
 def _pruned_cnn(keep_ratio):
@@ -79,7 +76,8 @@ class ExportFilesTest(tf.test.TestCase):
         )
         self.assertAllClose(np.load(result_path), expected, atol=1e-5)
 
-        served = tf.saved_model.load(saved_model_path).serve(tf.constant(x))
+        loaded = tf.saved_model.load(saved_model_path)  # keep a reference: it owns the variables
+        served = loaded.serve(tf.constant(x))
         self.assertAllClose(served, expected, atol=1e-5)
 
 

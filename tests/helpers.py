@@ -5,11 +5,10 @@ import functools
 import keras
 import numpy as np
 
-from hydra_tf import architectures
-from hydra_tf import data
+from hydra_tf import architectures, data
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def fashion_arrays(split, limit):
     """(images, labels) numpy arrays of real Fashion-MNIST."""
     ds, _ = data.load("fashion_mnist", split, limit=limit)
@@ -17,7 +16,7 @@ def fashion_arrays(split, limit):
     return np.stack(images), np.array(labels)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def natural_cnn_small():
     """A cnn_small trained naturally (no defence) on 3000 real examples."""
     keras.utils.set_random_seed(0)

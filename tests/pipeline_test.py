@@ -7,8 +7,7 @@ import tempfile
 import keras
 import tensorflow as tf
 
-from hydra_tf import objectives
-from hydra_tf import pipeline
+from hydra_tf import objectives, pipeline
 
 
 def _tiny(workdir):

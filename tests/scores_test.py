@@ -6,9 +6,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from hydra_tf import architectures
-from hydra_tf import layers
-from hydra_tf import scores
+from hydra_tf import architectures, layers, scores
 
 
 class ScaledInitTest(tf.test.TestCase):

@@ -7,11 +7,7 @@ import numpy as np
 import tensorflow as tf
 from absl.testing import parameterized
 
-from hydra_tf import architectures
-from hydra_tf import attacks
-from hydra_tf import objectives
-from hydra_tf import phases
-from hydra_tf import trainer
+from hydra_tf import architectures, attacks, objectives, phases, trainer
 
 
 def _data():
@@ -52,7 +48,7 @@ def _train(strategy, objective_name, phase):
     return [v.numpy() for v in network.trainable_variables], history.history["loss"]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _mirrored():
     # One strategy per process: separate MirroredStrategy objects reuse
     # collective instance keys and can pair up each other's all-reduces.

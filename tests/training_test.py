@@ -2,26 +2,25 @@
 
 import os
 import tempfile
+from unittest import mock
 
 import numpy as np
 import tensorflow as tf
 from absl.testing import parameterized
 
-from hydra_tf import objectives
-from hydra_tf import phases
-from hydra_tf import training
+from hydra_tf import objectives, phases, training
 
 
 def _config(workdir, **overrides):
-    values = dict(
-        workdir=workdir,
-        train_limit=256,
-        test_limit=64,
-        batch_size=64,
-        epochs=3,
-        learning_rate=0.05,
-        objective=objectives.ObjectiveConfig(name="natural"),
-    )
+    values = {
+        "workdir": workdir,
+        "train_limit": 256,
+        "test_limit": 64,
+        "batch_size": 64,
+        "epochs": 3,
+        "learning_rate": 0.05,
+        "objective": objectives.ObjectiveConfig(name="natural"),
+    }
     values.update(overrides)
     return training.TrainConfig(**values)
 
@@ -57,14 +56,16 @@ class TrainTest(tf.test.TestCase, parameterized.TestCase):
             if epoch == 1:
                 raise _Killed()
 
-        with self.assertRaises(_Killed):
-            with tf.test.mock.patch.object(
+        with (
+            self.assertRaises(_Killed),
+            mock.patch.object(
                 training._LogProgress, "on_epoch_end", kill_after_second_epoch
-            ):
-                training.train(config, verbose=0)
+            ),
+        ):
+            training.train(config, verbose=0)
         self.assertFalse(os.path.exists(os.path.join(workdir, "model.keras")))
 
-        with tf.test.mock.patch.object(training._LogProgress, "on_epoch_begin") as begin:
+        with mock.patch.object(training._LogProgress, "on_epoch_begin") as begin:
             result = training.train(config, verbose=0)
         self.assertTrue(result.resumed)
         self.assertEqual([call.args[0] for call in begin.call_args_list], [2])  # only epoch 3 ran
@@ -80,11 +81,13 @@ class TrainTest(tf.test.TestCase, parameterized.TestCase):
         workdir = tempfile.mkdtemp()
         config = _config(workdir)
         steps_per_epoch = 4  # 256 examples / batch 64
-        with tf.test.mock.patch.object(
-            training.objectives, "make", lambda _: _NaNAfter(steps_per_epoch + 1)
+        with (
+            mock.patch.object(
+                training.objectives, "make", lambda _: _NaNAfter(steps_per_epoch + 1)
+            ),
+            self.assertRaisesRegex(training.NonFiniteLossError, "epoch 2, batch 2.*backup"),
         ):
-            with self.assertRaisesRegex(training.NonFiniteLossError, "epoch 2, batch 2.*backup"):
-                training.train(config, verbose=0)
+            training.train(config, verbose=0)
         self.assertFalse(os.path.exists(os.path.join(workdir, "model.keras")))
         self.assertTrue(os.path.isdir(os.path.join(workdir, "backup")))
         # Rerunning (here with a sane loss) resumes from the last good epoch.
