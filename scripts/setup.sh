@@ -10,7 +10,8 @@ if [ ! -f /usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz ]; then
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"
   $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq dataset-fashion-mnist >/dev/null
+  # --reinstall also restores the files if the package is installed but they were removed.
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --reinstall dataset-fashion-mnist >/dev/null
 fi
 
 python=${PYTHON:-python3}
