@@ -6,9 +6,12 @@ them into the library's frozen config objects. The library never reads flags.
 
 import sys
 
-from absl import flags, logging
+from absl import flags
+from absl import logging
 
-from hydra_tf import architectures, data, objectives
+from hydra_tf import architectures
+from hydra_tf import data
+from hydra_tf import objectives
 
 DATASET = flags.DEFINE_enum("dataset", "fashion_mnist", data.SUPPORTED_DATASETS, "Dataset.")
 DATA_DIR = flags.DEFINE_string(
@@ -56,7 +59,8 @@ def objective_config():
 
 def run_or_exit(fn, *args):
     """Runs `fn`; expected failures end with a one-line error, not a traceback."""
-    from hydra_tf import phases, training
+    from hydra_tf import phases
+    from hydra_tf import training
 
     expected = (
         ValueError,

@@ -11,10 +11,17 @@ attack settings, the number of examples and the measured kernel sparsity.
 import json
 import os
 
-from absl import app, flags, logging
+from absl import app
+from absl import flags
+from absl import logging
 
 from binaries import common
-from hydra_tf import attacks, data, evaluation, export, masks, training
+from hydra_tf import attacks
+from hydra_tf import data
+from hydra_tf import evaluation
+from hydra_tf import export
+from hydra_tf import masks
+from hydra_tf import training
 
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "model.keras to evaluate.", required=True)
 _STEPS = flags.DEFINE_integer(

@@ -9,10 +9,14 @@ Example:
       --output_dir=runs/export
 """
 
-from absl import app, flags, logging
+from absl import app
+from absl import flags
+from absl import logging
 
 from binaries import common
-from hydra_tf import export, masks, training
+from hydra_tf import export
+from hydra_tf import masks
+from hydra_tf import training
 
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "model.keras to export.", required=True)
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Output directory.", required=True)

@@ -19,7 +19,9 @@ Example:
 
 import dataclasses
 
-from absl import app, flags, logging
+from absl import app
+from absl import flags
+from absl import logging
 
 from binaries import common
 from hydra_tf import pipeline

@@ -17,10 +17,12 @@ The run writes config.json, model.keras, history.csv and TensorBoard logs to
 --workdir; rerunning the same command resumes a killed run.
 """
 
-from absl import app, flags
+from absl import app
+from absl import flags
 
 from binaries import common
-from hydra_tf import phases, training
+from hydra_tf import phases
+from hydra_tf import training
 
 _PHASE = flags.DEFINE_enum("phase", "pretrain", phases.PHASES, "Which phase to run.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory of this run.", required=True)

@@ -7,19 +7,40 @@ Data flows one way through the package:
        -> evaluation -> export; pipeline runs them all.
 """
 
-from hydra_tf.architectures import ARCHITECTURES, LayerFactory, build
-from hydra_tf.attacks import PGDConfig, pgd, robust_correct
-from hydra_tf.data import DatasetInfo, DatasetUnavailableError, load, make_pipeline
-from hydra_tf.evaluation import EvalResult, default_attack, evaluate
-from hydra_tf.export import layer_sparsity, strip_scores
-from hydra_tf.layers import ScoredConv2D, ScoredDense, scored_layers
-from hydra_tf.masks import kept_count, sparsity, topk_mask
-from hydra_tf.objectives import OBJECTIVES, ObjectiveConfig
-from hydra_tf.phases import PHASES, CheckpointMismatchError, prepare, transfer_weights
-from hydra_tf.pipeline import PRESETS, PipelineConfig
+from hydra_tf.architectures import ARCHITECTURES
+from hydra_tf.architectures import LayerFactory
+from hydra_tf.architectures import build
+from hydra_tf.attacks import PGDConfig
+from hydra_tf.attacks import pgd
+from hydra_tf.attacks import robust_correct
+from hydra_tf.data import DatasetInfo
+from hydra_tf.data import DatasetUnavailableError
+from hydra_tf.data import load
+from hydra_tf.data import make_pipeline
+from hydra_tf.evaluation import EvalResult
+from hydra_tf.evaluation import default_attack
+from hydra_tf.evaluation import evaluate
+from hydra_tf.export import layer_sparsity
+from hydra_tf.export import strip_scores
+from hydra_tf.layers import ScoredConv2D
+from hydra_tf.layers import ScoredDense
+from hydra_tf.layers import scored_layers
+from hydra_tf.masks import kept_count
+from hydra_tf.masks import sparsity
+from hydra_tf.masks import topk_mask
+from hydra_tf.objectives import OBJECTIVES
+from hydra_tf.objectives import ObjectiveConfig
+from hydra_tf.phases import PHASES
+from hydra_tf.phases import CheckpointMismatchError
+from hydra_tf.phases import prepare
+from hydra_tf.phases import transfer_weights
+from hydra_tf.pipeline import PRESETS
+from hydra_tf.pipeline import PipelineConfig
 from hydra_tf.scores import scaled_init
 from hydra_tf.trainer import RobustTrainer
-from hydra_tf.training import NonFiniteLossError, TrainConfig, train
+from hydra_tf.training import NonFiniteLossError
+from hydra_tf.training import TrainConfig
+from hydra_tf.training import train
 
 __all__ = [
     "ARCHITECTURES",

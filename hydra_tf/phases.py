@@ -11,8 +11,9 @@
 
 import keras
 
-from hydra_tf import architectures, scores
+from hydra_tf import architectures
 from hydra_tf import layers as score_layers
+from hydra_tf import scores
 
 PHASES = ("pretrain", "prune", "finetune")
 SCORE_INITS = ("scaled",) + scores.RANDOM_INITS

@@ -20,7 +20,13 @@ import time
 
 from absl import logging
 
-from hydra_tf import attacks, data, evaluation, export, masks, objectives, training
+from hydra_tf import attacks
+from hydra_tf import data
+from hydra_tf import evaluation
+from hydra_tf import export
+from hydra_tf import masks
+from hydra_tf import objectives
+from hydra_tf import training
 
 
 @dataclasses.dataclass(frozen=True)

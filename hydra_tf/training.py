@@ -24,7 +24,9 @@ import time
 import keras
 from absl import logging
 
-from hydra_tf import data, objectives, phases
+from hydra_tf import data
+from hydra_tf import objectives
+from hydra_tf import phases
 from hydra_tf import trainer as trainer_lib
 
 OPTIMIZERS = ("sgd", "adam")

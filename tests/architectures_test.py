@@ -5,7 +5,8 @@ import numpy as np
 import tensorflow as tf
 from absl.testing import parameterized
 
-from hydra_tf import architectures, layers
+from hydra_tf import architectures
+from hydra_tf import layers
 
 
 def _weight_shapes(model):

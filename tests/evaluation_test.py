@@ -3,7 +3,8 @@
 import numpy as np
 import tensorflow as tf
 
-from hydra_tf import attacks, evaluation
+from hydra_tf import attacks
+from hydra_tf import evaluation
 from tests import helpers
 
 

@@ -11,7 +11,10 @@ import numpy as np
 import tensorflow as tf
 from absl.testing import parameterized
 
-from hydra_tf import architectures, export, layers, masks
+from hydra_tf import architectures
+from hydra_tf import export
+from hydra_tf import layers
+from hydra_tf import masks
 
 
 def _pruned_cnn(keep_ratio):

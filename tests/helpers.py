@@ -5,7 +5,8 @@ import functools
 import keras
 import numpy as np
 
-from hydra_tf import architectures, data
+from hydra_tf import architectures
+from hydra_tf import data
 
 
 @functools.cache

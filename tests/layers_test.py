@@ -8,7 +8,8 @@ import numpy as np
 import tensorflow as tf
 from absl.testing import parameterized
 
-from hydra_tf import layers, masks
+from hydra_tf import layers
+from hydra_tf import masks
 
 
 class ScoredDenseTest(tf.test.TestCase):

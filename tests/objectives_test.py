@@ -5,7 +5,8 @@ import numpy as np
 import tensorflow as tf
 from absl.testing import parameterized
 
-from hydra_tf import attacks, objectives
+from hydra_tf import attacks
+from hydra_tf import objectives
 
 
 def _linear_model():

@@ -5,7 +5,12 @@ import numpy as np
 import tensorflow as tf
 from absl.testing import parameterized
 
-from hydra_tf import architectures, attacks, layers, objectives, phases, trainer
+from hydra_tf import architectures
+from hydra_tf import attacks
+from hydra_tf import layers
+from hydra_tf import objectives
+from hydra_tf import phases
+from hydra_tf import trainer
 
 
 def _bn_net(keep_ratio=None):

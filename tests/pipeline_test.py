@@ -7,7 +7,8 @@ import tempfile
 import keras
 import tensorflow as tf
 
-from hydra_tf import objectives, pipeline
+from hydra_tf import objectives
+from hydra_tf import pipeline
 
 
 def _tiny(workdir):

@@ -6,7 +6,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from hydra_tf import architectures, layers, scores
+from hydra_tf import architectures
+from hydra_tf import layers
+from hydra_tf import scores
 
 
 class ScaledInitTest(tf.test.TestCase):

@@ -7,7 +7,11 @@ import numpy as np
 import tensorflow as tf
 from absl.testing import parameterized
 
-from hydra_tf import architectures, attacks, objectives, phases, trainer
+from hydra_tf import architectures
+from hydra_tf import attacks
+from hydra_tf import objectives
+from hydra_tf import phases
+from hydra_tf import trainer
 
 
 def _data():

@@ -8,7 +8,9 @@ import numpy as np
 import tensorflow as tf
 from absl.testing import parameterized
 
-from hydra_tf import objectives, phases, training
+from hydra_tf import objectives
+from hydra_tf import phases
+from hydra_tf import training
 
 
 def _config(workdir, **overrides):
@@ -58,9 +60,7 @@ class TrainTest(tf.test.TestCase, parameterized.TestCase):
 
         with (
             self.assertRaises(_Killed),
-            mock.patch.object(
-                training._LogProgress, "on_epoch_end", kill_after_second_epoch
-            ),
+            mock.patch.object(training._LogProgress, "on_epoch_end", kill_after_second_epoch),
         ):
             training.train(config, verbose=0)
         self.assertFalse(os.path.exists(os.path.join(workdir, "model.keras")))

@@ -1,0 +1,137 @@
+"""Figures of a pipeline run (matplotlib, written as PNG files).
+
+- robust accuracy vs pruning ratio, HYDRA vs LWM (dense as a reference line);
+- the magnitude histogram of the pretrained weights each method keeps (the
+  paper observes that HYDRA keeps some small weights and drops some large ones);
+- per-layer sparsity of the exported kernels.
+
+Every function takes plain data (the `results.json` rows, numpy arrays) and a
+path, so pipeline runs and multi-seed studies draw the same figures.
+"""
+
+import matplotlib
+
+matplotlib.use("Agg")  # Files only; no display needed.
+
+import matplotlib.pyplot as plt
+import numpy as np
+
+_COLORS = {"hydra": "tab:red", "lwm": "tab:blue", "dense": "tab:gray"}
+_LABELS = {"hydra": "HYDRA", "lwm": "LWM", "dense": "dense"}
+
+
+def _save(fig, path):
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def robust_vs_pruning(rows, path, title=""):
+    """Robust accuracy (and clean, dashed) against the pruning ratio.
+
+    Args:
+      rows: dicts with "method", "keep_ratio", "robust_acc", "clean_acc" and
+        optionally "robust_std" / "clean_std" (spread over seeds).
+      path: PNG file to write.
+      title: figure title.
+
+    Returns:
+      `path`.
+    """
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for method in ("lwm", "hydra"):
+        points = sorted((r for r in rows if r["method"] == method), key=lambda r: -r["keep_ratio"])
+        if not points:
+            continue
+        x = [100 * (1 - r["keep_ratio"]) for r in points]
+        for key, style in (("robust", "-o"), ("clean", "--")):
+            ax.errorbar(
+                x,
+                [100 * r[f"{key}_acc"] for r in points],
+                yerr=[100 * r.get(f"{key}_std", 0.0) for r in points],
+                fmt=style,
+                color=_COLORS[method],
+                capsize=3,
+                label=f"{_LABELS[method]} {key}",
+                alpha=1.0 if key == "robust" else 0.5,
+            )
+    for r in rows:
+        if r["method"] == "dense":
+            ax.axhline(100 * r["robust_acc"], color=_COLORS["dense"], ls=":", label="dense robust")
+            break
+    ax.set_xlabel("pruning ratio (% of weights removed per layer)")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title(title or "Robust accuracy vs pruning ratio")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def kept_magnitude_histogram(magnitudes, kept, path, title=""):
+    """Histogram of the pretrained |w| kept by each method.
+
+    Args:
+      magnitudes: 1-D array of per-layer-normalised pretrained magnitudes
+        (|w| / max|w| of its layer), all prunable layers concatenated.
+      kept: {method: boolean array like `magnitudes`} (True = kept).
+      path: PNG file to write.
+      title: figure title.
+
+    Returns:
+      `path`.
+    """
+    magnitudes = np.asarray(magnitudes)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    positive = magnitudes[magnitudes > 0]
+    low = max(positive.min(), 1e-6) if positive.size else 1e-6
+    bins = np.logspace(np.log10(low), 0, 50)
+    for method, mask in kept.items():
+        ax.hist(
+            magnitudes[np.asarray(mask)],
+            bins=bins,
+            histtype="step",
+            lw=1.5,
+            color=_COLORS.get(method),
+            label=f"{_LABELS.get(method, method)} ({int(np.sum(mask))} kept)",
+        )
+    ax.set_xscale("log")
+    ax.set_xlabel("pretrained |w| / max |w| of its layer")
+    ax.set_ylabel("weights kept")
+    ax.set_title(title or "Magnitude of the weights each method keeps")
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def layer_sparsity(rows, path, title=""):
+    """Grouped bars: the sparsity of every layer, for each pruned model.
+
+    Args:
+      rows: dicts with "method", "keep_ratio" and "layer_sparsity"
+        ({layer: fraction of zeros}).
+      path: PNG file to write.
+      title: figure title.
+
+    Returns:
+      `path`.
+    """
+    rows = [r for r in rows if r["method"] != "dense"]
+    layers = list(rows[0]["layer_sparsity"]) if rows else []
+    fig, ax = plt.subplots(figsize=(max(6, 0.8 * len(layers) + 2), 4))
+    width = 0.8 / max(len(rows), 1)
+    for i, r in enumerate(rows):
+        ax.bar(
+            np.arange(len(layers)) + i * width,
+            [100 * r["layer_sparsity"][name] for name in layers],
+            width,
+            color=_COLORS[r["method"]],
+            alpha=0.4 + 0.6 * (1 - r["keep_ratio"]),
+            label=f"{_LABELS[r['method']]} keep {r['keep_ratio']:g}",
+        )
+    ax.set_xticks(np.arange(len(layers)) + 0.4 - width / 2)
+    ax.set_xticklabels(layers, rotation=45, ha="right")
+    ax.set_ylabel("zeros in the exported kernel (%)")
+    ax.set_ylim(min([100 * min(r["layer_sparsity"].values()) for r in rows] + [100]) - 5, 100.5)
+    ax.set_title(title or "Per-layer sparsity of the exported models")
+    ax.legend(fontsize=7, ncol=2)
+    return _save(fig, path)
