@@ -18,14 +18,17 @@ import json
 import os
 import time
 
+import numpy as np
 from absl import logging
 
 from hydra_tf import attacks
 from hydra_tf import data
 from hydra_tf import evaluation
 from hydra_tf import export
+from hydra_tf import layers as score_layers
 from hydra_tf import masks
 from hydra_tf import objectives
+from hydra_tf import plots
 from hydra_tf import training
 
 
@@ -223,12 +226,78 @@ def run(config):
                     **evaluate_and_export(config, tuned.model_path, stage(name), name),
                 )
             )
-    results = {"config": config.to_json(), "rows": rows, "seconds": time.time() - start}
+    results = {"config": config.to_json(), "rows": rows}
+    smallest = min(config.keep_ratios)
+    hydra_model = stage(f"hydra_{smallest:g}", "prune", training.MODEL_FILE)
+    kept = kept_weights(dense.model_path, hydra_model, smallest)
+    results["kept_overlap"] = kept["overlap"]
+    results["figures"] = figures(config.workdir, rows, kept, smallest)
+    results["seconds"] = time.time() - start
     training.write_json(stage("results.json"), results)
     with open(stage("results.md"), "w") as f:
         f.write(results_markdown(results))
     logging.info("Pipeline finished in %.1fs; results in %s", results["seconds"], config.workdir)
     return results
+
+
+def kept_weights(dense_path, hydra_path, keep_ratio):
+    """Which pretrained weights HYDRA and LWM keep at `keep_ratio`.
+
+    Args:
+      dense_path: the pretrained dense network (`model.keras`).
+      hydra_path: a HYDRA network of that keep ratio (prune or finetune).
+      keep_ratio: the keep ratio of `hydra_path`.
+
+    Returns:
+      A dict with "magnitudes" (pretrained |w| / max |w| of its layer, all
+      prunable layers concatenated), "hydra" and "lwm" (boolean kept masks like
+      "magnitudes"), and "overlap" (fraction of HYDRA's kept weights that LWM
+      keeps too).
+    """
+    dense = training.load_network(dense_path)
+    hydra = training.load_network(hydra_path)
+    magnitudes, hydra_kept, lwm_kept = [], [], []
+    for layer in score_layers.scored_layers(hydra):
+        kernel = np.abs(dense.get_layer(layer.name).kernel.numpy())
+        magnitudes.append((kernel / kernel.max()).ravel())
+        hydra_kept.append(layer.mask().numpy().ravel() > 0)
+        # LWM keeps the top-k weight magnitudes: the same mask function on |w|.
+        lwm_kept.append(masks.topk_mask(kernel, keep_ratio).numpy().ravel() > 0)
+    hydra_kept = np.concatenate(hydra_kept)
+    lwm_kept = np.concatenate(lwm_kept)
+    return {
+        "magnitudes": np.concatenate(magnitudes),
+        "hydra": hydra_kept,
+        "lwm": lwm_kept,
+        "overlap": float(np.sum(hydra_kept & lwm_kept) / np.sum(hydra_kept)),
+    }
+
+
+def figures(workdir, rows, kept, keep_ratio, title=""):
+    """Writes the PNG figures under `<workdir>/plots`; returns their relative paths.
+
+    Args:
+      workdir: the run's directory.
+      rows: the results rows (each method and keep ratio).
+      kept: `kept_weights(...)` of the HYDRA network at `keep_ratio`.
+      keep_ratio: the keep ratio `kept` describes.
+      title: prefix of the figure titles.
+    """
+    out = os.path.join(workdir, "plots")
+    os.makedirs(out, exist_ok=True)
+    paths = {
+        "robust_vs_pruning": plots.robust_vs_pruning(
+            rows, os.path.join(out, "robust_vs_pruning.png"), title
+        ),
+        "kept_magnitudes": plots.kept_magnitude_histogram(
+            kept["magnitudes"],
+            {"lwm": kept["lwm"], "hydra": kept["hydra"]},
+            os.path.join(out, "kept_magnitudes.png"),
+            f"{title} keep {keep_ratio:g}: pretrained magnitude of kept weights".strip(),
+        ),
+        "layer_sparsity": plots.layer_sparsity(rows, os.path.join(out, "layer_sparsity.png")),
+    }
+    return {name: os.path.relpath(path, workdir) for name, path in paths.items()}
 
 
 def results_markdown(results):
@@ -269,6 +338,18 @@ def results_markdown(results):
     lines += ["", "Measured sparsity of the exported kernels:", ""]
     for r in rows:
         lines.append(f"- {r['method']} keep {r['keep_ratio']:g}: {100 * r['sparsity']:.2f}% zeros")
+    if "kept_overlap" in results:
+        smallest = min(ratios)
+        lines += [
+            "",
+            (
+                f"At keep {smallest:g}, {100 * results['kept_overlap']:.1f}% of the weights HYDRA "
+                "keeps are among the largest-magnitude weights LWM keeps; the rest are smaller "
+                "weights that LWM prunes."
+            ),
+        ]
+    for name, path in results.get("figures", {}).items():
+        lines += ["", f"![{name}]({path})"]
     if "seconds" in results:
         lines += ["", f"Total time: {results['seconds'] / 60:.1f} min."]
     return "\n".join(lines) + "\n"

@@ -47,11 +47,15 @@ class PipelineTest(tf.test.TestCase):
             self.assertEqual(model.name, "cnn_small")
             # Sparsity is measured on the exported kernels: 1 - k up to rounding.
             self.assertAlmostEqual(row["sparsity"], 1 - row["keep_ratio"], delta=1e-3)
+        self.assertBetween(saved["kept_overlap"], 0.0, 1.0)
+        for path in saved["figures"].values():
+            self.assertTrue(os.path.exists(os.path.join(workdir, path)), path)
         with open(os.path.join(workdir, "results.md")) as f:
             table = f.read()
         self.assertIn("| HYDRA |", table)
         self.assertIn("| LWM |", table)
         self.assertIn("99% pruned", table)
+        self.assertIn("(plots/kept_magnitudes.png)", table)
 
         # A second run finds every stage done and only rewrites the results.
         again = pipeline.run(_tiny(workdir))
