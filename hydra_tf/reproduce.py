@@ -1,0 +1,199 @@
+"""A multi-seed, multi-architecture study: the paper's Table 1 at small scale.
+
+For every architecture and seed the study runs the pipeline (one robust dense
+network, and HYDRA and LWM networks derived from it at each keep ratio), then
+aggregates over seeds: mean and sample standard deviation of clean and robust
+accuracy for every (architecture, method, keep ratio), a Markdown table shaped
+like the paper's Table 1 with the HYDRA - LWM gap, and figures.
+"""
+
+import dataclasses
+import os
+import statistics
+import time
+
+from absl import logging
+
+from hydra_tf import pipeline
+from hydra_tf import training
+
+
+def _mean_std(values):
+    mean = statistics.fmean(values)
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return mean, std
+
+
+def aggregate(runs):
+    """Averages pipeline results over seeds.
+
+    Args:
+      runs: list of (arch, seed, results dict of `pipeline.run`).
+
+    Returns:
+      Rows {"arch", "method", "keep_ratio", "clean_acc", "clean_std",
+      "robust_acc", "robust_std", "sparsity", "seeds", "per_seed"}, in the
+      order of the first run of each architecture.
+    """
+    groups = {}
+    for arch, seed, results in runs:
+        for row in results["rows"]:
+            key = (arch, row["method"], row["keep_ratio"])
+            groups.setdefault(key, []).append((seed, row))
+    rows = []
+    for (arch, method, keep_ratio), members in groups.items():
+        clean, clean_std = _mean_std([r["clean_acc"] for _, r in members])
+        robust, robust_std = _mean_std([r["robust_acc"] for _, r in members])
+        rows.append(
+            {
+                "arch": arch,
+                "method": method,
+                "keep_ratio": keep_ratio,
+                "clean_acc": clean,
+                "clean_std": clean_std,
+                "robust_acc": robust,
+                "robust_std": robust_std,
+                "sparsity": statistics.fmean(r["sparsity"] for _, r in members),
+                "layer_sparsity": members[0][1]["layer_sparsity"],
+                "seeds": [seed for seed, _ in members],
+                "per_seed": [
+                    {"seed": seed, "clean_acc": r["clean_acc"], "robust_acc": r["robust_acc"]}
+                    for seed, r in members
+                ],
+            }
+        )
+    return rows
+
+
+def gap(rows, arch, keep_ratio):
+    """Mean HYDRA - LWM robust accuracy of `arch` at `keep_ratio` (None if missing)."""
+    found = {
+        r["method"]: r["robust_acc"]
+        for r in rows
+        if r["arch"] == arch and r["keep_ratio"] == keep_ratio
+    }
+    if "hydra" not in found or "lwm" not in found:
+        return None
+    return found["hydra"] - found["lwm"]
+
+
+def markdown(study):
+    """The study as Markdown: one Table-1-shaped table per architecture."""
+    config = study["config"]
+    base = config["pipeline"]
+    attack = study["attack"]
+    lines = [
+        f"# HYDRA vs LWM on {base['dataset']}: mean ± std over seeds {config['seeds']}",
+        "",
+        (
+            f"Objective {base['objective']['name']} (L-inf eps {base['objective']['eps']:g}, "
+            f"{base['objective']['steps']}-step PGD inside training). Epochs: pretrain "
+            f"{base['pretrain_epochs']}, prune {base['prune_epochs']}, finetune "
+            f"{base['finetune_epochs']}; training examples: {base['train_limit'] or 'all'}. "
+            f"Robust accuracy under L-inf PGD-{attack['steps']} with {attack['restarts']} "
+            f"restarts at eps {attack['eps']:g} on {study['num_test_examples']} test images. "
+            "Cells: robust % (clean %), mean ± std."
+        ),
+    ]
+    for arch in config["archs"]:
+        rows = [r for r in study["rows"] if r["arch"] == arch]
+        ratios = sorted({r["keep_ratio"] for r in rows if r["method"] != "dense"}, reverse=True)
+        by_key = {(r["method"], r["keep_ratio"]): r for r in rows}
+        dense = by_key.get(("dense", 1.0))
+
+        def cell(r):
+            return (
+                f"{100 * r['robust_acc']:.1f} ± {100 * r['robust_std']:.1f} "
+                f"({100 * r['clean_acc']:.1f})"
+            )
+
+        header = ["method", "0% (dense)"] + [f"{(1 - k) * 100:g}%" for k in ratios]
+        lines += ["", f"## {arch}", "", "| " + " | ".join(header) + " |"]
+        lines.append("|" + "---|" * len(header))
+        for method, label in (("lwm", "LWM"), ("hydra", "HYDRA")):
+            cells = [label, cell(dense) if dense else "-"]
+            cells += [cell(by_key[(method, k)]) if (method, k) in by_key else "-" for k in ratios]
+            lines.append("| " + " | ".join(cells) + " |")
+        deltas = ["HYDRA - LWM", ""]
+        for k in ratios:
+            value = gap(rows, arch, k)
+            deltas.append("-" if value is None else f"{100 * value:+.1f}")
+        lines.append("| " + " | ".join(deltas) + " |")
+        overlaps = study["kept_overlap"].get(arch)
+        if overlaps:
+            lines += [
+                "",
+                f"At keep {min(ratios):g}, "
+                + ", ".join(f"{100 * o:.1f}%" for o in overlaps)
+                + " (per seed) of the weights HYDRA keeps are also kept by LWM "
+                "(the largest magnitudes); HYDRA trades the rest for smaller weights.",
+            ]
+        for name, path in study["figures"].get(arch, {}).items():
+            lines += ["", f"![{arch} {name}]({path})"]
+    lines += ["", f"Total time: {study['seconds'] / 3600:.2f} h."]
+    return "\n".join(lines) + "\n"
+
+
+def run(base, archs, seeds, output_dir):
+    """Runs the pipeline for every arch and seed; writes the aggregated study.
+
+    Args:
+      base: a `pipeline.PipelineConfig`; its `workdir` holds one sub-directory
+        per run (`<arch>/seed<k>`), its `arch` and `seed` are replaced.
+      archs: architecture names.
+      seeds: integer seeds.
+      output_dir: where `results.json`, `results.md` and `plots/` go.
+
+    Returns:
+      The study dict written to `results.json`.
+    """
+    start = time.time()
+    os.makedirs(output_dir, exist_ok=True)
+    runs = []
+    for arch in archs:
+        for seed in seeds:
+            logging.info("Study: %s, seed %d", arch, seed)
+            config = dataclasses.replace(
+                base, arch=arch, seed=seed, workdir=os.path.join(base.workdir, arch, f"seed{seed}")
+            )
+            runs.append((arch, seed, config, pipeline.run(config)))
+    rows = aggregate([(arch, seed, results) for arch, seed, _, results in runs])
+    smallest = min(base.keep_ratios)
+    figures, overlaps = {}, {}
+    for arch in archs:
+        arch_runs = [(config, results) for a, _, config, results in runs if a == arch]
+        overlaps[arch] = [results["kept_overlap"] for _, results in arch_runs]
+        config = arch_runs[0][0]  # magnitudes of the first seed
+        kept = pipeline.kept_weights(
+            os.path.join(config.workdir, "dense", "pretrain", training.MODEL_FILE),
+            os.path.join(config.workdir, f"hydra_{smallest:g}", "prune", training.MODEL_FILE),
+            smallest,
+        )
+        arch_dir = os.path.join(output_dir, arch)
+        paths = pipeline.figures(
+            arch_dir, [r for r in rows if r["arch"] == arch], kept, smallest, title=arch
+        )
+        figures[arch] = {name: os.path.join(arch, path) for name, path in paths.items()}
+    first = runs[0][3]["rows"][0]
+    study = {
+        "config": {
+            "pipeline": base.to_json(),
+            "archs": list(archs),
+            "seeds": list(seeds),
+        },
+        "attack": first["attack"],
+        "num_test_examples": first["num_examples"],
+        "rows": rows,
+        "kept_overlap": overlaps,
+        "figures": figures,
+        "runs": [
+            {"arch": arch, "seed": seed, "workdir": config.workdir}
+            for arch, seed, config, _ in runs
+        ],
+        "seconds": time.time() - start,
+    }
+    training.write_json(os.path.join(output_dir, "results.json"), study)
+    with open(os.path.join(output_dir, "results.md"), "w") as f:
+        f.write(markdown(study))
+    logging.info("Study finished in %.2f h; results in %s", study["seconds"] / 3600, output_dir)
+    return study

@@ -1,0 +1,90 @@
+"""Tests for hydra_tf.reproduce: aggregation over seeds and the study end to end."""
+
+import json
+import os
+import tempfile
+
+import tensorflow as tf
+
+from hydra_tf import objectives
+from hydra_tf import pipeline
+from hydra_tf import reproduce
+
+
+def _row(method, keep, clean, robust):
+    return {
+        "method": method,
+        "keep_ratio": keep,
+        "clean_acc": clean,
+        "robust_acc": robust,
+        "sparsity": 1 - keep,
+        "layer_sparsity": {"fc": 1 - keep},
+    }
+
+
+class AggregateTest(tf.test.TestCase):
+    def test_mean_and_sample_std_over_seeds(self):
+        runs = [
+            (
+                "cnn_small",
+                0,
+                {"rows": [_row("dense", 1.0, 0.8, 0.6), _row("hydra", 0.1, 0.7, 0.5)]},
+            ),
+            (
+                "cnn_small",
+                1,
+                {"rows": [_row("dense", 1.0, 0.6, 0.4), _row("hydra", 0.1, 0.7, 0.3)]},
+            ),
+        ]
+        rows = reproduce.aggregate(runs)
+        self.assertLen(rows, 2)
+        hydra = next(r for r in rows if r["method"] == "hydra")
+        self.assertAlmostEqual(hydra["robust_acc"], 0.4)
+        self.assertAlmostEqual(hydra["robust_std"], 0.1414213, places=5)  # sample std
+        self.assertAlmostEqual(hydra["clean_std"], 0.0)
+        self.assertEqual(hydra["seeds"], [0, 1])
+        self.assertIsNone(reproduce.gap(rows, "cnn_small", 0.1))  # no LWM row
+
+    def test_gap(self):
+        rows = reproduce.aggregate(
+            [("a", 0, {"rows": [_row("hydra", 0.01, 0.5, 0.45), _row("lwm", 0.01, 0.4, 0.25)]})]
+        )
+        self.assertAlmostEqual(reproduce.gap(rows, "a", 0.01), 0.2)
+
+
+class StudyTest(tf.test.TestCase):
+    def test_two_seeds_end_to_end(self):
+        out = tempfile.mkdtemp()
+        settings = dict(pipeline.PRESETS["tiny"])
+        settings.update(train_limit=128, test_limit=32, eval_steps=3)
+        base = pipeline.PipelineConfig(
+            workdir=os.path.join(out, "runs"),
+            keep_ratios=(0.05,),
+            objective=objectives.ObjectiveConfig(name="pgd_at", eps=0.1, steps=2, step_size=0.05),
+            **settings,
+        )
+        study = reproduce.run(base, ("cnn_small",), (0, 1), os.path.join(out, "study"))
+        with open(os.path.join(out, "study", "results.json")) as f:
+            saved = json.load(f)
+        self.assertEqual(saved["config"]["seeds"], [0, 1])
+        self.assertEqual(
+            sorted((r["method"], r["keep_ratio"]) for r in saved["rows"]),
+            [("dense", 1.0), ("hydra", 0.05), ("lwm", 0.05)],
+        )
+        for row in saved["rows"]:
+            self.assertLen(row["per_seed"], 2)
+            self.assertGreaterEqual(row["robust_std"], 0.0)
+        # The seeds really are different runs.
+        dense = next(r for r in saved["rows"] if r["method"] == "dense")
+        self.assertNotEqual(dense["per_seed"][0], dense["per_seed"][1])
+        for path in saved["figures"]["cnn_small"].values():
+            self.assertTrue(os.path.exists(os.path.join(out, "study", path)), path)
+        with open(os.path.join(out, "study", "results.md")) as f:
+            table = f.read()
+        self.assertIn("## cnn_small", table)
+        self.assertIn("| HYDRA - LWM |", table)
+        self.assertEqual(study["num_test_examples"], 32)
+
+
+if __name__ == "__main__":
+    tf.test.main()
