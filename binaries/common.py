@@ -6,6 +6,7 @@ them into the library's frozen config objects. The library never reads flags.
 
 import sys
 
+from absl import app
 from absl import flags
 from absl import logging
 
@@ -55,6 +56,17 @@ def objective_config():
         step_size=step,
         beta=BETA.value,
     )
+
+
+def main_without_args(fn):
+    """An absl `main` that rejects stray positional arguments, then runs `fn()`."""
+
+    def main(argv):
+        if len(argv) > 1:
+            raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+        run_or_exit(fn)
+
+    return main
 
 
 def run_or_exit(fn, *args):

@@ -63,11 +63,5 @@ def _evaluate():
     logging.info("Evaluation:\n%s", text)
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    common.run_or_exit(_evaluate)
-
-
 if __name__ == "__main__":
-    app.run(main)
+    app.run(common.main_without_args(_evaluate))

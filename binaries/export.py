@@ -35,11 +35,5 @@ def _export():
     )
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    common.run_or_exit(_export)
-
-
 if __name__ == "__main__":
-    app.run(main)
+    app.run(common.main_without_args(_export))

@@ -53,9 +53,7 @@ flags.register_validator(
 )
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+def _pipeline():
     settings = dict(pipeline.PRESETS[_PRESET.value])
     if common.TRAIN_LIMIT.value is not None:
         settings["train_limit"] = common.TRAIN_LIMIT.value
@@ -71,22 +69,20 @@ def main(argv):
     settings.update({k: v for k, v in overrides.items() if v is not None})
     if flags.FLAGS["batch_size"].present:
         settings["batch_size"] = common.BATCH_SIZE.value
-    config = common.run_or_exit(
-        lambda: pipeline.PipelineConfig(
-            workdir=_WORKDIR.value,
-            dataset=common.DATASET.value,
-            data_dir=common.DATA_DIR.value,
-            arch=common.ARCH.value,
-            objective=common.objective_config(),
-            keep_ratios=tuple(float(k) for k in _KEEP_RATIOS.value),
-            seed=common.SEED.value,
-            **settings,
-        )
+    config = pipeline.PipelineConfig(
+        workdir=_WORKDIR.value,
+        dataset=common.DATASET.value,
+        data_dir=common.DATA_DIR.value,
+        arch=common.ARCH.value,
+        objective=common.objective_config(),
+        keep_ratios=tuple(float(k) for k in _KEEP_RATIOS.value),
+        seed=common.SEED.value,
+        **settings,
     )
     logging.info("Pipeline config: %s", dataclasses.asdict(config))
-    results = common.run_or_exit(pipeline.run, config)
+    results = pipeline.run(config)
     logging.info("\n%s", pipeline.results_markdown(results))
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(common.main_without_args(_pipeline))

@@ -38,9 +38,7 @@ _EVAL_STEPS = flags.DEFINE_integer("eval_steps", 50, "PGD steps of the evaluatio
 _EVAL_RESTARTS = flags.DEFINE_integer("eval_restarts", 2, "PGD restarts of the evaluation.")
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+def _reproduce():
     unknown = sorted(set(_ARCHS.value) - set(architectures.ARCHITECTURES))
     if unknown:
         raise app.UsageError(
@@ -51,26 +49,24 @@ def main(argv):
         ratios = tuple(float(k) for k in _KEEP_RATIOS.value)
     except ValueError as error:
         raise app.UsageError(f"--seeds must be integers, --keep_ratios numbers: {error}")
-    base = common.run_or_exit(
-        lambda: pipeline.PipelineConfig(
-            workdir=_WORKDIR.value,
-            dataset=common.DATASET.value,
-            data_dir=common.DATA_DIR.value,
-            objective=common.objective_config(),
-            keep_ratios=ratios,
-            train_limit=common.TRAIN_LIMIT.value,
-            test_limit=common.TEST_LIMIT.value,
-            batch_size=common.BATCH_SIZE.value,
-            pretrain_epochs=_PRETRAIN_EPOCHS.value,
-            prune_epochs=_PRUNE_EPOCHS.value,
-            finetune_epochs=_FINETUNE_EPOCHS.value,
-            eval_steps=_EVAL_STEPS.value,
-            eval_restarts=_EVAL_RESTARTS.value,
-        )
+    base = pipeline.PipelineConfig(
+        workdir=_WORKDIR.value,
+        dataset=common.DATASET.value,
+        data_dir=common.DATA_DIR.value,
+        objective=common.objective_config(),
+        keep_ratios=ratios,
+        train_limit=common.TRAIN_LIMIT.value,
+        test_limit=common.TEST_LIMIT.value,
+        batch_size=common.BATCH_SIZE.value,
+        pretrain_epochs=_PRETRAIN_EPOCHS.value,
+        prune_epochs=_PRUNE_EPOCHS.value,
+        finetune_epochs=_FINETUNE_EPOCHS.value,
+        eval_steps=_EVAL_STEPS.value,
+        eval_restarts=_EVAL_RESTARTS.value,
     )
-    study = common.run_or_exit(reproduce.run, base, tuple(_ARCHS.value), seeds, _OUTPUT_DIR.value)
+    study = reproduce.run(base, tuple(_ARCHS.value), seeds, _OUTPUT_DIR.value)
     logging.info("\n%s", reproduce.markdown(study))
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(common.main_without_args(_reproduce))

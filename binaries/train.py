@@ -60,9 +60,7 @@ def _check_phase(values):
     return True
 
 
-def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+def _train():
     config = training.TrainConfig(
         workdir=_WORKDIR.value,
         phase=_PHASE.value,
@@ -84,8 +82,8 @@ def main(argv):
         schedule=_SCHEDULE.value,
         seed=common.SEED.value,
     )
-    common.run_or_exit(training.train, config)
+    training.train(config)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(common.main_without_args(_train))

@@ -39,6 +39,15 @@ class _Scored(keras.layers.Layer):
         self.bias_initializer = keras.initializers.get(bias_initializer)
         self.score_initializer = keras.initializers.get(score_initializer)
 
+    def _last_dim(self, input_shape):
+        """The (known) size of the input's last dimension, which the kernel needs."""
+        if input_shape[-1] is None:
+            raise ValueError(
+                f"{self.name}: the last input dimension must be known. "
+                f"Received: input_shape={input_shape}"
+            )
+        return int(input_shape[-1])
+
     def _add_variables(self, kernel_shape, bias_size):
         self.kernel = self.add_weight(
             name="kernel", shape=kernel_shape, initializer=self.kernel_initializer
@@ -116,13 +125,7 @@ class ScoredDense(_Scored):
         self.input_spec = keras.layers.InputSpec(min_ndim=2)
 
     def build(self, input_shape):
-        in_features = input_shape[-1]
-        if in_features is None:
-            raise ValueError(
-                f"{self.name}: the last input dimension must be known. "
-                f"Received: input_shape={input_shape}"
-            )
-        self._add_variables((int(in_features), self.units), self.units)
+        self._add_variables((self._last_dim(input_shape), self.units), self.units)
 
     def call(self, inputs):
         return self._finish(ops.matmul(inputs, self.masked_kernel()))
@@ -160,13 +163,8 @@ class ScoredConv2D(_Scored):
         self.input_spec = keras.layers.InputSpec(ndim=4)
 
     def build(self, input_shape):
-        channels = input_shape[-1]
-        if channels is None:
-            raise ValueError(
-                f"{self.name}: the channel dimension must be known. "
-                f"Received: input_shape={input_shape}"
-            )
-        self._add_variables(self.kernel_size + (int(channels), self.filters), self.filters)
+        channels = self._last_dim(input_shape)
+        self._add_variables(self.kernel_size + (channels, self.filters), self.filters)
 
     def call(self, inputs):
         outputs = ops.conv(
