@@ -134,19 +134,24 @@ def _train_config(config, phase, workdir, keep_ratio=1.0, source=None, epochs=1,
 
 
 def evaluate_and_export(config, model_path, out_dir, name):
-    """Evaluates a trained network and exports it; cached in `eval.json`."""
+    """Exports a trained network and evaluates the export; cached in `eval.json`.
+
+    The exported plain model (masks folded into its kernels) is what gets
+    evaluated: it is the model users deploy, it computes the same function as
+    the score network (tests/export_test.py), and it needs no mask work.
+    """
     cache = os.path.join(out_dir, "eval.json")
     if os.path.exists(cache):
         with open(cache) as f:
             return json.load(f)
     network = training.load_network(model_path)
+    keras_path, saved_model_path, plain = export.export(network, out_dir, name)
     test_ds, _ = data.load(config.dataset, "test", config.data_dir, config.test_limit)
     result = evaluation.evaluate(
-        network,
+        plain,
         data.make_pipeline(test_ds, config.batch_size, training=False),
         config.attack,
     )
-    keras_path, saved_model_path, plain = export.export(network, out_dir, name)
     row = {
         "clean_acc": result.clean_acc,
         "robust_acc": result.robust_acc,
