@@ -125,7 +125,13 @@ def load_network(path):
 
     if not os.path.exists(path):
         raise FileNotFoundError(f"Checkpoint not found: {path}")
-    return keras.saving.load_model(path, compile=False)
+    try:
+        return keras.saving.load_model(path, compile=False)
+    except Exception as error:  # Keras raises ValueError, OSError, zip errors, ...
+        raise ValueError(
+            f"Cannot load {path} as a Keras model ({type(error).__name__}: {error}). "
+            "Pass a model.keras written by a hydra_tf run."
+        ) from error
 
 
 def _optimizer(config, steps_per_epoch):

@@ -12,7 +12,8 @@ from absl.testing import parameterized
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _run(module, *args):
+def run_binary(module, *args):
+    """Runs `python -m binaries.<module> args...` from the repository root."""
     env = dict(os.environ, PYTHONPATH=_ROOT, TF_CPP_MIN_LOG_LEVEL="2")
     return subprocess.run(
         [sys.executable, "-m", f"binaries.{module}", *args],
@@ -34,19 +35,13 @@ class BadInputTest(tf.test.TestCase, parameterized.TestCase):
         (["--workdir=/tmp/x", "--phase=finetune", "--keep_ratio=0.1"], "source_checkpoint"),
     )
     def test_train_rejects(self, args, word):
-        result = _run("train", *args)
+        result = run_binary("train", *args)
         self.assertNotEqual(result.returncode, 0)
         self.assertIn(word, result.stderr)
         self.assertNotIn("Traceback", result.stderr)
 
-    def test_evaluate_missing_checkpoint(self):
-        result = _run("evaluate", "--checkpoint=/nonexistent/model.keras")
-        self.assertEqual(result.returncode, 1)
-        self.assertIn("Checkpoint not found", result.stderr)
-        self.assertNotIn("Traceback", result.stderr)
-
     def test_pipeline_rejects_bad_ratios(self):
-        result = _run("pipeline", "--keep_ratios=0.1,2")
+        result = run_binary("pipeline", "--keep_ratios=0.1,2")
         self.assertNotEqual(result.returncode, 0)
         self.assertIn("keep_ratios", result.stderr)
 
@@ -56,12 +51,12 @@ class EndToEndTest(tf.test.TestCase):
         work = tempfile.mkdtemp()
         common = ["--train_limit=128", "--test_limit=32", "--batch_size=32", "--attack_steps=2"]
         dense = os.path.join(work, "dense")
-        result = _run("train", f"--workdir={dense}", "--epochs=1", *common)
+        result = run_binary("train", f"--workdir={dense}", "--epochs=1", *common)
         self.assertEqual(result.returncode, 0, result.stderr[-3000:])
         with open(os.path.join(dense, "config.json")) as f:
             self.assertEqual(json.load(f)["objective"]["name"], "trades")
         pruned = os.path.join(work, "prune")
-        result = _run(
+        result = run_binary(
             "train",
             f"--workdir={pruned}",
             "--phase=prune",
@@ -72,7 +67,7 @@ class EndToEndTest(tf.test.TestCase):
         )
         self.assertEqual(result.returncode, 0, result.stderr[-3000:])
         report = os.path.join(work, "eval.json")
-        result = _run(
+        result = run_binary(
             "evaluate",
             f"--checkpoint={pruned}/model.keras",
             "--test_limit=32",
@@ -86,7 +81,9 @@ class EndToEndTest(tf.test.TestCase):
         self.assertEqual(values["num_examples"], 32)
         self.assertAlmostEqual(values["sparsity"], 0.95, delta=1e-3)
         self.assertLessEqual(values["robust_acc"], values["clean_acc"])
-        result = _run("export", f"--checkpoint={pruned}/model.keras", f"--output_dir={work}/export")
+        result = run_binary(
+            "export", f"--checkpoint={pruned}/model.keras", f"--output_dir={work}/export"
+        )
         self.assertEqual(result.returncode, 0, result.stderr[-3000:])
         self.assertTrue(os.path.exists(os.path.join(work, "export", "model.keras")))
         self.assertTrue(os.path.isdir(os.path.join(work, "export", "model_savedmodel")))

@@ -1,0 +1,62 @@
+"""Tests for binaries/common.py: flags to config, and clean exits on bad input."""
+
+import tensorflow as tf
+from absl import flags
+from absl.testing import flagsaver
+
+from binaries import common
+from hydra_tf import phases
+from hydra_tf import training
+
+
+class CommonTest(tf.test.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        if not flags.FLAGS.is_parsed():
+            flags.FLAGS(["test"])
+
+    def test_objective_config_defaults_to_quarter_eps_steps(self):
+        with flagsaver.flagsaver(objective="pgd_at", eps=0.2, attack_steps=7):
+            config = common.objective_config()
+        self.assertEqual(config.name, "pgd_at")
+        self.assertAlmostEqual(config.step_size, 0.05)
+        self.assertEqual(config.steps, 7)
+
+    def test_explicit_step_size_and_zero_eps(self):
+        with flagsaver.flagsaver(attack_step_size=0.01):
+            self.assertAlmostEqual(common.objective_config().step_size, 0.01)
+        with flagsaver.flagsaver(eps=0.0, objective="natural"):
+            self.assertIsNone(common.objective_config().step_size)
+
+    def test_expected_errors_exit_with_status_one(self):
+        for error in (
+            ValueError("bad"),
+            FileNotFoundError("missing"),
+            phases.CheckpointMismatchError("other arch"),
+            training.NonFiniteLossError("nan"),
+        ):
+
+            def fail(error=error):
+                raise error
+
+            with self.assertRaises(SystemExit) as caught:
+                common.run_or_exit(fail)
+            self.assertEqual(caught.exception.code, 1)
+
+    def test_unexpected_errors_propagate(self):
+        def fail():
+            raise KeyError("a bug, shown with its traceback")
+
+        with self.assertRaises(KeyError):
+            common.run_or_exit(fail)
+
+    def test_main_rejects_positional_arguments(self):
+        main = common.main_without_args(lambda: None)
+        with self.assertRaisesRegex(Exception, "Unexpected arguments"):
+            main(["prog", "stray"])
+        main(["prog"])  # no error
+
+
+if __name__ == "__main__":
+    tf.test.main()

@@ -1,0 +1,57 @@
+"""Tests for binaries/evaluate.py: JSON report, and a clean error for a bad checkpoint."""
+
+import json
+import os
+import tempfile
+
+import tensorflow as tf
+
+from hydra_tf import architectures
+from tests import binaries_test
+
+
+class EvaluateBinaryTest(tf.test.TestCase):
+    def test_writes_json_report(self):
+        work = tempfile.mkdtemp()
+        checkpoint = os.path.join(work, "model.keras")
+        architectures.build("cnn_small", (28, 28, 1), 10, keep_ratio=0.05).save(checkpoint)
+        report = os.path.join(work, "eval.json")
+        result = binaries_test.run_binary(
+            "evaluate",
+            f"--checkpoint={checkpoint}",
+            "--test_limit=40",
+            "--batch_size=20",
+            "--eps=0.05",
+            "--steps=2",
+            "--restarts=1",
+            f"--output={report}",
+        )
+        self.assertEqual(result.returncode, 0, result.stderr[-3000:])
+        with open(report) as f:
+            values = json.load(f)
+        self.assertEqual(values["num_examples"], 40)
+        self.assertEqual(values["attack"]["steps"], 2)
+        self.assertEqual(values["attack"]["eps"], 0.05)
+        self.assertBetween(values["robust_acc"], 0.0, values["clean_acc"])
+        self.assertAlmostEqual(values["sparsity"], 0.95, delta=1e-3)
+        self.assertEqual(values["checkpoint"], checkpoint)
+
+    def test_missing_checkpoint(self):
+        result = binaries_test.run_binary("evaluate", "--checkpoint=/nonexistent/model.keras")
+        self.assertEqual(result.returncode, 1)
+        self.assertIn("Checkpoint not found", result.stderr)
+        self.assertNotIn("Traceback", result.stderr)
+
+    def test_checkpoint_that_is_not_a_model(self):
+        path = os.path.join(tempfile.mkdtemp(), "broken.keras")
+        with open(path, "w") as f:
+            f.write("not a zip file")
+        result = binaries_test.run_binary("evaluate", f"--checkpoint={path}")
+        self.assertNotEqual(result.returncode, 0)
+        self.assertIn("Cannot load", result.stderr)
+        self.assertIn("broken.keras", result.stderr)
+        self.assertNotIn("Traceback", result.stderr)
+
+
+if __name__ == "__main__":
+    tf.test.main()
