@@ -83,8 +83,11 @@ def kept_magnitude_histogram(magnitudes, kept, path, title=""):
     """
     magnitudes = np.asarray(magnitudes)
     fig, ax = plt.subplots(figsize=(6, 4))
-    positive = magnitudes[magnitudes > 0]
-    low = max(positive.min(), 1e-6) if positive.size else 1e-6
+    # The bins start at the smallest kept magnitude, so the plot spans what
+    # the methods keep rather than every tiny weight of the network.
+    kept_positive = [magnitudes[np.asarray(m) & (magnitudes > 0)] for m in kept.values()]
+    low = min([k.min() for k in kept_positive if k.size] + [1.0])
+    low = max(low / 1.5, 1e-6)
     bins = np.logspace(np.log10(low), 0, 50)
     for method, mask in kept.items():
         ax.hist(
