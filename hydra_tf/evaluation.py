@@ -13,6 +13,7 @@ import tensorflow as tf
 from absl import logging
 
 from hydra_tf import attacks
+from hydra_tf import layers
 
 DEFAULT_STEPS = 50
 DEFAULT_RESTARTS = 2
@@ -52,7 +53,9 @@ def evaluate(network, dataset, attack, log_every=20):
 
     @tf.function
     def batch_counts(x, y):
-        clean, robust = attacks.robust_correct(network, x, y, attack)
+        # Scores do not change during the attack: select each mask once.
+        with layers.masks_fixed(network):
+            clean, robust = attacks.robust_correct(network, x, y, attack)
         return tf.reduce_sum(tf.cast(clean, tf.int64)), tf.reduce_sum(tf.cast(robust, tf.int64))
 
     start = time.time()

@@ -8,6 +8,8 @@ argument names follow `keras.layers.Conv2D` / `keras.layers.Dense`, so that
 dropping the pruning arguments from the config.
 """
 
+import contextlib
+
 import keras
 from keras import ops
 
@@ -71,15 +73,33 @@ class _Scored(keras.layers.Layer):
             size *= int(dim)
         return size
 
+    @property
+    def prunes(self):
+        """Whether the layer drops any weight (keep_ratio < 1)."""
+        return self.keep_ratio < 1.0
+
     def mask(self):
         """The current 0/1 mask of the kernel (straight-through to `score`)."""
         return masks.topk_mask(self.score, self.keep_ratio)
 
+    def hard_mask(self):
+        """The current 0/1 mask of the kernel, without a gradient."""
+        return masks.hard_topk(self.score, self.keep_ratio)
+
     def masked_kernel(self):
-        """The kernel the forward pass uses."""
-        if self.keep_ratio >= 1.0:
+        """The kernel the forward pass uses.
+
+        Inside a `hydra_tf.masks.reusing` block that names this layer, the
+        mask given there is used (a training step computes it once for all its
+        forward passes); otherwise it is computed from the scores. A layer that
+        keeps every weight does no mask work at all.
+        """
+        if not self.prunes:
             return ops.convert_to_tensor(self.kernel)
-        return self.kernel * self.mask()
+        mask = masks.reused_mask(self)
+        if mask is None:
+            mask = self.mask()
+        return self.kernel * mask
 
     def _finish(self, outputs):
         if self.use_bias:
@@ -214,6 +234,22 @@ def _pair(value, name):
 def scored_layers(model):
     """All score layers of `model`, in order (nested models included)."""
     return [layer for layer in _walk(model) if isinstance(layer, _Scored)]
+
+
+def pruned_layers(model):
+    """The score layers of `model` that drop weights (keep_ratio < 1)."""
+    return [layer for layer in scored_layers(model) if layer.prunes]
+
+
+@contextlib.contextmanager
+def masks_fixed(model):
+    """Within the block, `model`'s masks are computed once, without gradient.
+
+    For code that runs the same network many times with unchanged scores and
+    needs no gradient to them, such as an evaluation attack.
+    """
+    with masks.reusing({layer: layer.hard_mask() for layer in pruned_layers(model)}):
+        yield
 
 
 def _walk(layer):

@@ -5,7 +5,9 @@ Every consumer (the score layers, export, sparsity statistics) calls
 sparsity can never disagree about which weights are kept.
 """
 
+import contextlib
 import math
+import threading
 
 import tensorflow as tf
 
@@ -34,8 +36,14 @@ def kept_count(size, keep_ratio):
     return max(1, min(size, math.floor(keep_ratio * size + 0.5)))
 
 
-def _hard_topk(magnitude, keep_ratio):
-    """0/1 mask keeping exactly `kept_count` largest entries of `magnitude`."""
+def hard_topk(scores, keep_ratio):
+    """0/1 mask keeping exactly `kept_count` largest |scores| (no gradient).
+
+    Ties are broken by position. This is the value of `topk_mask`; use it
+    where no gradient to the scores is wanted (attacks, evaluation, caches).
+    """
+    keep_ratio = validate_keep_ratio(keep_ratio)
+    magnitude = tf.abs(tf.stop_gradient(tf.convert_to_tensor(scores)))
     size = magnitude.shape.num_elements()
     k = kept_count(size, keep_ratio)
     flat = tf.reshape(magnitude, [-1])
@@ -53,6 +61,26 @@ def _hard_topk(magnitude, keep_ratio):
     return tf.reshape(mask, tf.shape(magnitude))
 
 
+def straight_through(scores, mask):
+    """Returns `mask` with HYDRA's straight-through gradient to `scores`.
+
+    The value is `mask` unchanged; the gradient with respect to `scores` is the
+    incoming gradient times sign(scores), i.e. the mask is treated as the
+    identity of |scores|. Splitting this from `hard_topk` lets a training step
+    select the top-k once and attach the gradient where the loss is computed.
+    """
+    scores = tf.convert_to_tensor(scores)
+
+    @tf.custom_gradient
+    def _attach(values):
+        def grad(upstream):
+            return upstream * tf.sign(values)
+
+        return tf.identity(mask), grad
+
+    return _attach(scores)
+
+
 def topk_mask(scores, keep_ratio):
     """Binary mask of the top-k |scores|, with a straight-through gradient.
 
@@ -68,17 +96,39 @@ def topk_mask(scores, keep_ratio):
     Returns:
       A tensor like `scores` holding 0.0 and 1.0.
     """
-    keep_ratio = validate_keep_ratio(keep_ratio)
-    scores = tf.convert_to_tensor(scores)
+    return straight_through(scores, hard_topk(scores, keep_ratio))
 
-    @tf.custom_gradient
-    def _mask(magnitude):
-        def grad(upstream):
-            return upstream
 
-        return _hard_topk(magnitude, keep_ratio), grad
+# Masks given to the layers for the duration of a `reusing` block, per thread:
+# tf.distribute runs each replica's step in its own thread, with its own masks.
+_REUSED = threading.local()
 
-    return _mask(tf.abs(scores))
+
+@contextlib.contextmanager
+def reusing(masks_by_layer):
+    """Makes score layers use precomputed masks instead of computing their own.
+
+    A PGD training step runs the network ~11 times with the same scores; the
+    step computes each mask once and wraps the attack and the loss in this
+    block. Blocks nest; the innermost one wins for the layers it names.
+
+    Args:
+      masks_by_layer: dict from a score layer to the mask tensor it must use
+        (a `topk_mask`-like value, with or without a gradient to the scores).
+    """
+    previous = getattr(_REUSED, "masks", {})
+    current = dict(previous)
+    current.update({id(layer): mask for layer, mask in masks_by_layer.items()})
+    _REUSED.masks = current
+    try:
+        yield
+    finally:
+        _REUSED.masks = previous
+
+
+def reused_mask(layer):
+    """The mask a `reusing` block gives `layer`, or None outside such a block."""
+    return getattr(_REUSED, "masks", {}).get(id(layer))
 
 
 def sparsity(tensors):

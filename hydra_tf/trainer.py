@@ -6,10 +6,54 @@ attack with the network in inference mode, then takes one optimizer step on the
 objective's loss; training is therefore plain `model.fit` with Keras callbacks.
 Which variables train (weights, scores, BatchNorm) is decided by
 `hydra_tf.phases`, not here.
+
+Masks: the scores cannot change during a step, so each pruned layer's top-k
+mask is selected once per step and reused by every forward pass of the attack
+and the loss; the loss passes get the straight-through gradient to the scores
+attached to that same mask. A layer whose scores are frozen (finetune) does no
+mask work in the step at all: its mask is cached in a variable, refreshed before
+the first step of every `fit` / `evaluate` call (after callbacks such as
+BackupAndRestore have loaded the weights). The results are those of computing
+the mask in every forward pass (`reuse_masks=False`, kept as the reference).
 """
 
 import keras
 import tensorflow as tf
+
+from hydra_tf import layers as score_layers
+from hydra_tf import masks
+
+
+class _FrozenMasks:
+    """Per-layer mask variables for layers whose scores do not train.
+
+    Not a Keras or TF trackable: the cache is derived state, never saved. It is
+    refreshed eagerly, outside the compiled step, so a step only reads it.
+    """
+
+    def __init__(self, layers):
+        self.layers = list(layers)
+        self.values = [
+            tf.Variable(
+                tf.zeros(layer.kernel.shape),
+                name=f"{layer.name}_frozen_mask",
+                trainable=False,
+                # Each replica reads its own copy; all hold the same mask.
+                synchronization=tf.VariableSynchronization.ON_READ,
+                aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
+            )
+            for layer in self.layers
+        ]
+        self.stale = True
+
+    def refresh_if_stale(self):
+        if self.stale:
+            for layer, value in zip(self.layers, self.values):
+                value.assign(layer.hard_mask())
+            self.stale = False
+
+    def read(self):
+        return {layer: value.read_value() for layer, value in zip(self.layers, self.values)}
 
 
 class RobustTrainer(keras.Model):
@@ -20,18 +64,32 @@ class RobustTrainer(keras.Model):
       objective: an object with `perturb(model, x, y)` and
         `loss(model, x, y, perturbed) -> (loss, logits)`
         (see `hydra_tf.objectives`).
+      reuse_masks: select each mask once per step (and cache frozen masks);
+        False computes the mask in every forward pass, the slow reference
+        with the same results.
     """
 
-    def __init__(self, network, objective, **kwargs):
+    def __init__(self, network, objective, reuse_masks=True, **kwargs):
         super().__init__(**kwargs)
         self.network = network
         self.objective = objective
+        self.reuse_masks = bool(reuse_masks)
         self.loss_tracker = keras.metrics.Mean(name="loss")
         self.accuracy = keras.metrics.SparseCategoricalAccuracy(name="accuracy")
         self._eval_ce = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+        frozen = [
+            layer
+            for layer in score_layers.pruned_layers(network)
+            if not self._trains(layer.score, network.trainable_variables)
+        ]
+        self._frozen = _FrozenMasks(frozen if self.reuse_masks else [])
         # The network is a built functional model; the wrapper owns no
         # variables of its own, so it is built too (BackupAndRestore needs it).
         self.built = network.built
+
+    @staticmethod
+    def _trains(variable, trainable):
+        return any(variable is v for v in trainable)
 
     def call(self, inputs, training=False):
         return self.network(inputs, training=training)
@@ -40,12 +98,71 @@ class RobustTrainer(keras.Model):
     def metrics(self):
         return [self.loss_tracker, self.accuracy]
 
+    def fit(self, *args, **kwargs):
+        self._frozen.stale = True
+        return super().fit(*args, **kwargs)
+
+    def evaluate(self, *args, **kwargs):
+        self._frozen.stale = True
+        return super().evaluate(*args, **kwargs)
+
+    def _refreshing(self, function):
+        """Wraps a compiled step function to refresh stale frozen masks first.
+
+        The first step of a `fit` runs after `on_train_begin` callbacks, so
+        weights restored by BackupAndRestore are already in place.
+        """
+        if function is None or getattr(function, "refreshes_frozen_masks", False):
+            return function
+
+        def run(iterator):
+            self._frozen.refresh_if_stale()
+            return function(iterator)
+
+        run.refreshes_frozen_masks = True
+        return run
+
+    def make_train_function(self, force=False):
+        super().make_train_function(force)
+        self.train_function = self._refreshing(self.train_function)
+        return self.train_function
+
+    def make_test_function(self, force=False):
+        super().make_test_function(force)
+        self.test_function = self._refreshing(self.test_function)
+        return self.test_function
+
+    def step_masks(self):
+        """Each pruned layer's mask for one step, without gradient.
+
+        Frozen layers read their cache; layers whose scores train select the
+        top-k once. Empty when `reuse_masks` is False.
+        """
+        if not self.reuse_masks:
+            return {}
+        result = self._frozen.read()
+        trainable = self.network.trainable_variables
+        for layer in score_layers.pruned_layers(self.network):
+            if layer not in result or self._trains(layer.score, trainable):
+                result[layer] = layer.hard_mask()
+        return result
+
     def train_step(self, data):
         x, y = data
-        perturbed = self.objective.perturb(self.network, x, y)
+        hard = self.step_masks()
+        with masks.reusing(hard):
+            perturbed = self.objective.perturb(self.network, x, y)
         variables = self.trainable_variables
         with tf.GradientTape() as tape:
-            loss, logits = self.objective.loss(self.network, x, y, perturbed)
+            # The loss passes need the gradient to trained scores: attach it to
+            # the mask already selected, rather than selecting it again.
+            graded = {
+                layer: masks.straight_through(layer.score, mask)
+                for layer, mask in hard.items()
+                if self._trains(layer.score, variables)
+            }
+            with masks.reusing({**hard, **graded}):
+                loss, logits = self.objective.loss(self.network, x, y, perturbed)
             scaled = self.optimizer.scale_loss(loss)
         grads = tape.gradient(scaled, variables)
         self.optimizer.apply(grads, variables)
@@ -54,7 +171,8 @@ class RobustTrainer(keras.Model):
 
     def test_step(self, data):
         x, y = data
-        logits = self.network(x, training=False)
+        with masks.reusing(self.step_masks()):
+            logits = self.network(x, training=False)
         self._track(self._eval_ce(y, logits), y, logits)
         return {m.name: m.result() for m in self.metrics}
 

@@ -73,6 +73,11 @@ class TrainConfig:
                 f"pretrain trains a dense network; keep_ratio must be 1. "
                 f"Received: keep_ratio={self.keep_ratio}"
             )
+        if self.phase == "prune" and self.keep_ratio == 1.0:
+            raise ValueError(
+                "prune with keep_ratio 1 would train nothing (every weight is kept "
+                "whatever the scores); pass --keep_ratio below 1."
+            )
         if self.phase != "pretrain" and not self.source_checkpoint:
             raise ValueError(
                 f"The {self.phase} phase needs --source_checkpoint (the model of the "

@@ -22,6 +22,20 @@ class ScoredDenseTest(tf.test.TestCase):
         out = layer(np.array([[1.0, 1.0]], np.float32))
         self.assertAllClose(out, [[1.0 + 0.5, 4.0 - 0.5]])
 
+    def test_uses_a_reused_mask_inside_the_block(self):
+        layer = layers.ScoredDense(2, keep_ratio=0.5)
+        layer.build((None, 2))
+        layer.kernel.assign([[1.0, 2.0], [3.0, 4.0]])
+        layer.bias.assign([0.0, 0.0])
+        layer.score.assign([[0.9, -0.1], [0.2, -0.8]])
+        x = np.array([[1.0, 1.0]], np.float32)
+        given = tf.constant([[0.0, 1.0], [1.0, 0.0]])
+        with masks.reusing({layer: given}):
+            self.assertAllClose(layer(x), [[3.0, 2.0]])
+        self.assertAllClose(layer(x), [[1.0, 4.0]])
+        with layers.masks_fixed(keras.Sequential([layer])):
+            self.assertAllClose(layer(x), [[1.0, 4.0]])
+
     def test_keep_ratio_one_is_dense(self):
         layer = layers.ScoredDense(3, keep_ratio=1.0)
         x = np.random.RandomState(0).rand(4, 5).astype(np.float32)

@@ -72,6 +72,46 @@ class TopkMaskTest(tf.test.TestCase, parameterized.TestCase):
             out = tf.reduce_sum(kernel * masks.topk_mask(scores, 0.5))
         self.assertAllClose(tape.gradient(out, scores), [2.0, 3.0])
 
+    def test_hard_topk_is_the_value_without_gradient(self):
+        scores = tf.Variable(np.random.RandomState(0).randn(6, 7).astype(np.float32))
+        with tf.GradientTape() as tape:
+            hard = masks.hard_topk(scores, 0.2)
+            out = tf.reduce_sum(hard)
+        self.assertAllEqual(hard, masks.topk_mask(scores, 0.2))
+        self.assertIsNone(tape.gradient(out, scores))
+
+    def test_straight_through_on_a_precomputed_mask(self):
+        # Selecting outside the tape and attaching the gradient inside gives
+        # the same gradient as selecting inside.
+        scores = tf.Variable([[-2.0, 0.5], [1.5, -0.1]])
+        upstream = tf.constant([[1.0, 2.0], [3.0, 4.0]])
+        hard = masks.hard_topk(scores, 0.5)
+        with tf.GradientTape() as tape:
+            attached = masks.straight_through(scores, hard)
+            out = tf.reduce_sum(attached * upstream)
+        self.assertAllEqual(attached, hard)
+        self.assertAllClose(tape.gradient(out, scores), [[-1.0, 2.0], [3.0, -4.0]])
+
+
+class ReusingTest(tf.test.TestCase):
+    def test_blocks_nest_and_restore(self):
+        first, second = object(), object()
+        self.assertIsNone(masks.reused_mask(first))
+        with masks.reusing({first: "a"}):
+            self.assertEqual(masks.reused_mask(first), "a")
+            with masks.reusing({first: "b", second: "c"}):
+                self.assertEqual(masks.reused_mask(first), "b")
+                self.assertEqual(masks.reused_mask(second), "c")
+            self.assertEqual(masks.reused_mask(first), "a")
+            self.assertIsNone(masks.reused_mask(second))
+        self.assertIsNone(masks.reused_mask(first))
+
+    def test_restores_after_an_exception(self):
+        layer = object()
+        with self.assertRaises(KeyError), masks.reusing({layer: "a"}):
+            raise KeyError("boom")
+        self.assertIsNone(masks.reused_mask(layer))
+
 
 class SparsityTest(tf.test.TestCase):
     def test_counts_zeros_over_tensors(self):

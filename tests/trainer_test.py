@@ -9,6 +9,7 @@ from absl.testing import parameterized
 
 from hydra_tf import architectures
 from hydra_tf import attacks
+from hydra_tf import layers as score_layers
 from hydra_tf import objectives
 from hydra_tf import phases
 from hydra_tf import trainer
@@ -91,6 +92,85 @@ class TrainStepTest(tf.test.TestCase):
         self.assertAllClose(logs["loss"], ce, rtol=1e-5)
         acc = np.mean(np.argmax(network(x), -1) == y)
         self.assertAllClose(logs["accuracy"], acc)
+
+
+def _pruned_trainer(phase, reuse_masks, keep_ratio=0.1):
+    keras.utils.set_random_seed(3)
+    source = architectures.build("cnn_small", (28, 28, 1), 10)
+    network = architectures.build("cnn_small", (28, 28, 1), 10, keep_ratio=keep_ratio)
+    phases.prepare(network, phase, source)
+    attack = attacks.PGDConfig(eps=0.1, steps=3, step_size=0.04)
+    model = trainer.RobustTrainer(
+        network, objectives.Trades(attack, beta=6.0), reuse_masks=reuse_masks
+    )
+    model.compile(keras.optimizers.SGD(0.1, momentum=0.9, weight_decay=1e-3))
+    return model, network
+
+
+def _op_counts(model, op_type):
+    """How many `op_type` ops the traced train step holds (nested bodies included)."""
+    x, y = _data()
+    step = tf.function(model.train_step)
+    graph_def = step.get_concrete_function((x[:16], y[:16])).graph.as_graph_def()
+    nodes = list(graph_def.node)
+    for function in graph_def.library.function:
+        nodes.extend(function.node_def)
+    return sum(node.op == op_type for node in nodes)
+
+
+class MaskReuseTest(tf.test.TestCase, parameterized.TestCase):
+    @parameterized.parameters("prune", "finetune")
+    def test_same_seed_same_result_as_per_forward_masks(self, phase):
+        x, y = _data()
+        results = []
+        for reuse in (False, True):
+            model, network = _pruned_trainer(phase, reuse)
+            # The same seeded random starts in both runs.
+            keras.utils.set_random_seed(11)
+            ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(16)
+            model.fit(ds, epochs=2, shuffle=False, verbose=0)
+            results.append([v.numpy() for v in network.weights])
+        for reference, reused in zip(*results):
+            self.assertAllClose(reference, reused, atol=1e-6, rtol=1e-6)
+        # Training moved what the phase trains (scores or kernels).
+        _, initial = _pruned_trainer(phase, True)
+        trained = "score" if phase == "prune" else "kernel"
+        before = initial.get_layer("fc1").weights
+        after = network.get_layer("fc1").weights
+        for b, a in zip(before, after):
+            if trained in b.path:
+                self.assertNotAllClose(b.numpy(), a.numpy())
+
+    def test_prune_step_selects_each_mask_once(self):
+        model, network = _pruned_trainer("prune", True)
+        layers = len(score_layers.pruned_layers(network))
+        self.assertEqual(layers, 4)  # conv1, conv2, fc1, fc2
+        self.assertEqual(_op_counts(model, "TopKV2"), layers)
+        # The reference selects it in each of the ~6 forward passes it traces.
+        reference, _ = _pruned_trainer("prune", False)
+        self.assertGreater(_op_counts(reference, "TopKV2"), 2 * layers)
+
+    def test_finetune_step_does_no_mask_work(self):
+        model, _ = _pruned_trainer("finetune", True)
+        self.assertEqual(_op_counts(model, "TopKV2"), 0)
+
+    def test_frozen_mask_cache_follows_new_scores_between_fits(self):
+        model, network = _pruned_trainer("finetune", True, keep_ratio=0.5)
+        x, y = _data()
+        model.fit(x, y, batch_size=16, epochs=1, shuffle=False, verbose=0)
+        layer = network.get_layer("fc2")
+        # New frozen scores (e.g. restored from a backup) must be picked up.
+        layer.score.assign(-layer.score)
+        new = np.random.RandomState(5).rand(*layer.score.shape).astype(np.float32)
+        layer.score.assign(new)
+        logs = model.evaluate(x, y, batch_size=32, verbose=0, return_dict=True)
+        logits = network(x, training=False)  # computes the mask from the scores
+        ce = keras.losses.SparseCategoricalCrossentropy(from_logits=True)(y, logits)
+        self.assertAllClose(logs["loss"], ce, rtol=1e-5)
+
+    def test_keep_ratio_one_does_no_mask_work(self):
+        model, _ = _pruned_trainer("finetune", True, keep_ratio=1.0)
+        self.assertEqual(_op_counts(model, "TopKV2"), 0)
 
 
 if __name__ == "__main__":

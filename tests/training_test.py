@@ -133,6 +133,7 @@ class TrainTest(tf.test.TestCase, parameterized.TestCase):
         ({"phase": "prune", "keep_ratio": 0.1}, "source_checkpoint"),
         ({"phase": "prune", "keep_ratio": 0.0, "source_checkpoint": "x"}, "keep_ratio"),
         ({"keep_ratio": 0.5}, "dense"),
+        ({"phase": "prune", "keep_ratio": 1.0, "source_checkpoint": "x"}, "train nothing"),
         ({"epochs": 0}, "epochs"),
         ({"optimizer": "lamb"}, "optimizer"),
         ({"schedule": "step"}, "schedule"),
