@@ -38,6 +38,19 @@ class EvalResult:
         return dataclasses.asdict(self)
 
 
+def batch_counter(network, attack):
+    """A compiled function (x, y) -> (clean correct, robust correct) counts."""
+
+    @tf.function
+    def batch_counts(x, y):
+        # Scores do not change during the attack: select each mask once.
+        with layers.masks_fixed(network):
+            clean, robust = attacks.robust_correct(network, x, y, attack)
+        return tf.reduce_sum(tf.cast(clean, tf.int64)), tf.reduce_sum(tf.cast(robust, tf.int64))
+
+    return batch_counts
+
+
 def evaluate(network, dataset, attack, log_every=20):
     """Clean and PGD accuracy of `network` on a batched `dataset`.
 
@@ -51,13 +64,7 @@ def evaluate(network, dataset, attack, log_every=20):
       An `EvalResult`.
     """
 
-    @tf.function
-    def batch_counts(x, y):
-        # Scores do not change during the attack: select each mask once.
-        with layers.masks_fixed(network):
-            clean, robust = attacks.robust_correct(network, x, y, attack)
-        return tf.reduce_sum(tf.cast(clean, tf.int64)), tf.reduce_sum(tf.cast(robust, tf.int64))
-
+    batch_counts = batch_counter(network, attack)
     start = time.time()
     clean_total = robust_total = seen = 0
     for index, (x, y) in enumerate(dataset):

@@ -18,7 +18,7 @@ import tensorflow as tf
 
 from hydra_tf import attacks
 
-OBJECTIVES = ("natural", "pgd_at", "trades")
+OBJECTIVES = ("natural", "pgd_at", "trades", "smoothing", "gaussian")
 
 
 class Natural:
@@ -52,18 +52,33 @@ class PGDAdversarial(Natural):
         return attacks.pgd(model, x, y, self.attack, loss="ce")
 
 
-class Trades(Natural):
+class _Consistency(Natural):
+    """CE(clean) + beta * KL(p(clean) || p(perturbed)): TRADES and smoothing."""
+
+    def __init__(self, beta):
+        super().__init__()
+        if not beta >= 0:
+            raise ValueError(f"{self.name} beta must be >= 0. Received: beta={beta}")
+        self.beta = float(beta)
+        self._kl = keras.losses.KLDivergence()
+
+    def loss(self, model, x, y, perturbed):
+        # Two forward passes, not one on the concatenation, so that BatchNorm
+        # normalises clean and perturbed batches separately (as TRADES does).
+        clean = model(x, training=True)
+        other = model(perturbed, training=True)
+        divergence = self._kl(tf.nn.softmax(clean), tf.nn.softmax(other))
+        return self._ce(y, clean) + self.beta * divergence, clean
+
+
+class Trades(_Consistency):
     """TRADES: CE(clean) + beta * KL(p(clean) || p(adversarial))."""
 
     name = "trades"
 
     def __init__(self, attack, beta=6.0):
-        super().__init__()
-        if not beta >= 0:
-            raise ValueError(f"TRADES beta must be >= 0. Received: beta={beta}")
+        super().__init__(beta)
         self.attack = attack
-        self.beta = float(beta)
-        self._kl = keras.losses.KLDivergence()
 
     def perturb(self, model, x, y):
         target = tf.nn.softmax(model(x, training=False))
@@ -71,13 +86,48 @@ class Trades(Natural):
         start = x + 0.001 * tf.random.normal(tf.shape(x), dtype=x.dtype)
         return attacks.pgd(model, x, y, self.attack, loss="kl", target_probs=target, start=start)
 
-    def loss(self, model, x, y, perturbed):
-        # Two forward passes, not one on the concatenation, so that BatchNorm
-        # normalises clean and adversarial batches separately (as TRADES does).
-        clean = model(x, training=True)
-        adversarial = model(perturbed, training=True)
-        robust = self._kl(tf.nn.softmax(clean), tf.nn.softmax(adversarial))
-        return self._ce(y, clean) + self.beta * robust, clean
+
+def _validate_sigma(sigma):
+    if not sigma > 0:
+        raise ValueError(f"Noise sigma must be > 0. Received: sigma={sigma}")
+    return float(sigma)
+
+
+def _add_noise(x, sigma):
+    # No clipping to [0, 1]: the smoothed classifier certifies exactly this
+    # noise distribution.
+    return x + sigma * tf.random.normal(tf.shape(x), dtype=x.dtype)
+
+
+class GaussianNoise(Natural):
+    """Cohen et al.: cross-entropy on inputs with Gaussian noise N(0, sigma^2)."""
+
+    name = "gaussian"
+
+    def __init__(self, sigma):
+        super().__init__()
+        self.sigma = _validate_sigma(sigma)
+
+    def perturb(self, model, x, y):
+        del model, y
+        return _add_noise(x, self.sigma)
+
+
+class Smoothing(_Consistency):
+    """HYDRA's smoothing objective: CE(clean) + beta * KL(p(clean) || p(noisy)).
+
+    TRADES' loss with Gaussian noise N(0, sigma^2) in place of the attack.
+    """
+
+    name = "smoothing"
+
+    def __init__(self, sigma, beta=6.0):
+        super().__init__(beta)
+        self.sigma = _validate_sigma(sigma)
+
+    def perturb(self, model, x, y):
+        del model, y
+        return _add_noise(x, self.sigma)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,7 +139,8 @@ class ObjectiveConfig:
       eps: L-inf radius of the training attack.
       steps: PGD steps of the training attack.
       step_size: PGD step size (None: 2.5 * eps / steps).
-      beta: TRADES trade-off weight.
+      beta: TRADES / smoothing trade-off weight.
+      sigma: Gaussian noise of the smoothing objectives.
     """
 
     name: str = "trades"
@@ -97,6 +148,7 @@ class ObjectiveConfig:
     steps: int = 10
     step_size: float | None = 2 / 255
     beta: float = 6.0
+    sigma: float = 0.25
 
     def __post_init__(self):
         if self.name not in OBJECTIVES:
@@ -109,6 +161,10 @@ def make(config):
     """Builds the objective described by an `ObjectiveConfig`."""
     if config.name == "natural":
         return Natural()
+    if config.name == "gaussian":
+        return GaussianNoise(config.sigma)
+    if config.name == "smoothing":
+        return Smoothing(config.sigma, beta=config.beta)
     attack = attacks.PGDConfig(
         eps=config.eps,
         steps=config.steps,

@@ -210,6 +210,22 @@ def _read_history(path):
     return {key: [float(row[i]) for row in rows] for i, key in enumerate(header)}
 
 
+def _same_config(previous, config):
+    """Whether a stored config.json describes `config`.
+
+    Fields added to the config classes since the run was written take their
+    defaults, so finished runs stay reusable after such additions.
+    """
+    current = json.loads(json.dumps(config.to_json()))
+    if previous == current:
+        return True
+    try:
+        upgraded = TrainConfig.from_json(previous).to_json()
+    except (TypeError, ValueError, KeyError):
+        return False
+    return json.loads(json.dumps(upgraded)) == current
+
+
 def write_json(path, value):
     """Writes JSON atomically (a killed run never leaves half a file)."""
     tmp = f"{path}.tmp"
@@ -245,7 +261,7 @@ def train(config, verbose=None):
     if os.path.exists(config_path):
         with open(config_path) as f:
             previous = json.load(f)
-        if previous != json.loads(json.dumps(config.to_json())):
+        if not _same_config(previous, config):
             raise ValueError(
                 f"{config.workdir} already holds a run with another configuration "
                 f"(see {config_path}). Use a new --workdir, or delete the old one."

@@ -94,7 +94,7 @@ class BuildTest(tf.test.TestCase):
         covered = [src for t in targets.values() for src in t["srcs"]]
         self.assertEqual(len(covered), len(set(covered)), "a file is in two targets")
         files = set()
-        for package in ("hydra_tf", "binaries", "tests"):
+        for package in ("hydra_tf", "binaries", "benchmarks", "tests"):
             files.update(glob.glob(f"{package}/*.py", root_dir=_ROOT))
         files.discard("tests/__init__.py")
         self.assertEqual(sorted(files), sorted(covered))
@@ -108,6 +108,8 @@ class BuildTest(tf.test.TestCase):
                 expected = ("py_test", stem)
             elif package == "binaries" and stem not in ("__init__", "common"):
                 expected = ("py_binary", f"hydra_{stem}")
+            elif package == "benchmarks" and stem != "__init__":
+                expected = ("py_binary", f"benchmark_{stem}")
             elif stem == "__init__":
                 expected = ("py_library", package)
             else:
