@@ -36,29 +36,65 @@ def kept_count(size, keep_ratio):
     return max(1, min(size, math.floor(keep_ratio * size + 0.5)))
 
 
+# Below this kept fraction top_k (cost ~ n log k) beats the radix selection
+# (cost ~ n, about 12 ms for 400k weights on 2 CPU cores); measured crossover.
+_TOPK_BELOW = 1 / 32
+# Radix selection works on the magnitude's float bits: for non-negative floats
+# the int32 bit pattern orders like the value. Two passes of 16 bits each.
+_HIGH_BINS = 1 << 15  # sign bit is 0
+_LOW_BINS = 1 << 16
+
+
 def hard_topk(scores, keep_ratio):
     """0/1 mask keeping exactly `kept_count` largest |scores| (no gradient).
 
-    Ties are broken by position. This is the value of `topk_mask`; use it
-    where no gradient to the scores is wanted (attacks, evaluation, caches).
+    Among equal magnitudes at the threshold, lower positions (row-major) are
+    kept first. This is the value of `topk_mask`; use it where no gradient to
+    the scores is wanted (attacks, evaluation, caches).
     """
     keep_ratio = validate_keep_ratio(keep_ratio)
     magnitude = tf.abs(tf.stop_gradient(tf.convert_to_tensor(scores)))
     size = magnitude.shape.num_elements()
     k = kept_count(size, keep_ratio)
-    flat = tf.reshape(magnitude, [-1])
     if k == size:
         return tf.ones_like(magnitude)
-    # top_k costs grow with k: select whichever side of the split is smaller.
-    if k <= size - k:
+    flat = tf.reshape(magnitude, [-1])
+    if k < _TOPK_BELOW * size:
+        # top_k keeps the lower index among equal values, like the radix path.
         _, index = tf.math.top_k(flat, k=k, sorted=False)
-        fill, base = 1.0, tf.zeros_like(flat)
+        mask = tf.scatter_nd(index[:, None], tf.ones([k], flat.dtype), [size])
     else:
-        _, index = tf.math.top_k(-flat, k=size - k, sorted=False)
-        fill, base = 0.0, tf.ones_like(flat)
-    updates = tf.fill(tf.shape(index), tf.constant(fill, flat.dtype))
-    mask = tf.tensor_scatter_nd_update(base, index[:, None], updates)
+        mask = _radix_topk(flat, k)
     return tf.reshape(mask, tf.shape(magnitude))
+
+
+def _last_at_least(counts_from_top, k):
+    """Largest bin index whose count of entries in it or above is >= k."""
+    return tf.reduce_sum(tf.cast(counts_from_top >= k, tf.int32)) - 1
+
+
+def _radix_topk(flat, k):
+    """Top-k mask of non-negative `flat` by a two-pass radix select on its bits."""
+    bits = tf.bitcast(flat, tf.int32)
+    high = tf.bitwise.right_shift(bits, 16)
+    counts = tf.math.bincount(high, minlength=_HIGH_BINS, maxlength=_HIGH_BINS)
+    above = tf.cumsum(counts, reverse=True)
+    top_high = _last_at_least(above, k)
+    needed = k - (above[top_high] - counts[top_high])
+    low = tf.boolean_mask(tf.bitwise.bitwise_and(bits, 0xFFFF), tf.equal(high, top_high))
+    low_above = tf.cumsum(
+        tf.math.bincount(low, minlength=_LOW_BINS, maxlength=_LOW_BINS), reverse=True
+    )
+    threshold = tf.bitwise.bitwise_or(
+        tf.bitwise.left_shift(top_high, 16), _last_at_least(low_above, needed)
+    )
+    greater = bits > threshold
+    equal = tf.equal(bits, threshold)
+    ties_kept = k - tf.reduce_sum(tf.cast(greater, tf.int32))
+    kept = tf.logical_or(
+        greater, tf.logical_and(equal, tf.cumsum(tf.cast(equal, tf.int32)) <= ties_kept)
+    )
+    return tf.cast(kept, flat.dtype)
 
 
 def straight_through(scores, mask):

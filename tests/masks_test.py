@@ -51,6 +51,21 @@ class TopkMaskTest(tf.test.TestCase, parameterized.TestCase):
         scores = tf.constant([-5.0, 0.1, 3.0, -0.2])
         self.assertAllEqual(masks.topk_mask(scores, 0.5), [1.0, 0.0, 1.0, 0.0])
 
+    @parameterized.parameters(0.005, 0.02, 0.1, 0.5, 0.97)
+    def test_matches_a_stable_sort_with_ties(self, ratio):
+        # Both selection paths (top_k below 1/32, radix above) keep the lower
+        # position among equal magnitudes; tiny, zero and huge values included.
+        rng = np.random.RandomState(4)
+        values = np.round(rng.randn(64, 50) * 4) / 4  # many ties
+        values[0, :5] = 0.0
+        values[1, :3] = [1e-30, -1e-30, 3e30]
+        size = values.size
+        k = masks.kept_count(size, ratio)
+        expected = np.zeros(size, np.float32)
+        expected[np.argsort(-np.abs(values).ravel(), kind="stable")[:k]] = 1.0
+        got = masks.hard_topk(tf.constant(values, tf.float32), ratio).numpy()
+        self.assertAllEqual(got.ravel(), expected)
+
     def test_ties_still_keep_exact_count(self):
         scores = tf.ones([10])
         self.assertEqual(float(tf.reduce_sum(masks.topk_mask(scores, 0.3))), 3.0)
