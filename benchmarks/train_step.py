@@ -31,7 +31,8 @@ from absl import app
 from absl import flags
 from absl import logging
 
-ARCHS = ("cnn_small", "vgg16_bn")
+ARCHS = ("cnn_small", "cnn_large", "vgg16_bn")
+DEFAULT_ARCHS = ("cnn_small", "vgg16_bn")
 # (phase, keep ratio): pretrain is dense; a prune at keep 1 would train nothing,
 # so keep 1 of a score network is measured in finetune.
 CASES = (
@@ -46,12 +47,24 @@ CASES = (
 # settings each is trained with: Fashion-MNIST and CIFAR-10).
 SETTINGS = {
     "cnn_small": ((28, 28, 1), 10, 0.1, 0.025),
+    "cnn_large": ((28, 28, 1), 10, 0.1, 0.025),
     "vgg16_bn": ((32, 32, 3), 10, 8 / 255, 2 / 255),
 }
 # Repetitions of the timed step and of the timed evaluation batch.
-REPEATS = {"cnn_small": (10, 3), "vgg16_bn": (3, 1)}
+REPEATS = {"cnn_small": (10, 3), "cnn_large": (5, 2), "vgg16_bn": (3, 1)}
 
-_ARCH = flags.DEFINE_multi_enum("arch", list(ARCHS), ARCHS, "Architectures to measure.")
+_ARCH = flags.DEFINE_multi_enum(
+    "arch", list(DEFAULT_ARCHS), ARCHS, "Architectures to measure (repeat the flag)."
+)
+_PHASE = flags.DEFINE_multi_enum(
+    "phase",
+    ["pretrain", "prune", "finetune"],
+    ["pretrain", "prune", "finetune"],
+    "Phases to measure (repeat the flag).",
+)
+_KEEP = flags.DEFINE_multi_float(
+    "keep_ratio", None, "Only these keep ratios (repeat the flag; default: all cases)."
+)
 _BATCH = flags.DEFINE_integer("batch", 128, "Training batch size.", lower_bound=1)
 _EVAL_BATCH = flags.DEFINE_integer(
     "eval_batch", None, "PGD-50 evaluation batch (default: 128, 32 for vgg16_bn).", lower_bound=1
@@ -193,7 +206,12 @@ def run_case(arch, phase, keep_ratio):
 def _cases():
     if _QUICK.value:
         return [("cnn_small", "prune", 0.1)]
-    return [(arch, phase, keep) for arch in _ARCH.value for phase, keep in CASES]
+    return [
+        (arch, phase, keep)
+        for arch in _ARCH.value
+        for phase, keep in CASES
+        if phase in _PHASE.value and (not _KEEP.value or keep in _KEEP.value)
+    ]
 
 
 def _subprocess_case(arch, phase, keep_ratio):

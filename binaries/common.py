@@ -40,7 +40,13 @@ ATTACK_STEPS = flags.DEFINE_integer(
 ATTACK_STEP_SIZE = flags.DEFINE_float(
     "attack_step_size", None, "PGD step size of the training attack (default eps / 4)."
 )
-BETA = flags.DEFINE_float("beta", 6.0, "TRADES trade-off weight.", lower_bound=0.0)
+BETA = flags.DEFINE_float("beta", 6.0, "TRADES / smoothing trade-off weight.", lower_bound=0.0)
+SIGMA = flags.DEFINE_float(
+    "sigma",
+    0.25,
+    "Gaussian noise of the smoothing / gaussian objectives and of certification.",
+    lower_bound=0.0,
+)
 SEED = flags.DEFINE_integer("seed", 0, "Random seed.")
 
 
@@ -55,6 +61,7 @@ def objective_config():
         steps=ATTACK_STEPS.value,
         step_size=step,
         beta=BETA.value,
+        sigma=SIGMA.value,
     )
 
 

@@ -2,7 +2,9 @@
 
 For each of --keep_ratios it trains a HYDRA network (prune, then finetune) and
 an LWM network (finetune from the magnitude mask), all derived from one robust
-dense network; evaluates each (clean + PGD-50 with 2 restarts by default);
+dense network; evaluates each (clean + PGD-50 with 2 restarts by default;
+with --objective=smoothing or gaussian, the certified accuracy of the smoothed
+classifier at --certify_radius instead);
 exports each (plain .keras + SavedModel); and writes <workdir>/results.json and
 <workdir>/results.md (a table shaped like the paper's Table 1).
 
@@ -36,6 +38,21 @@ _PRUNE_EPOCHS = flags.DEFINE_integer("prune_epochs", None, "Override the preset.
 _FINETUNE_EPOCHS = flags.DEFINE_integer("finetune_epochs", None, "Override the preset.")
 _EVAL_STEPS = flags.DEFINE_integer("eval_steps", None, "Override the preset's PGD steps.")
 _EVAL_RESTARTS = flags.DEFINE_integer("eval_restarts", None, "Override the preset's restarts.")
+_PRUNE_LR = flags.DEFINE_float(
+    "prune_lr", None, "Learning rate of the score training (default 0.1).", lower_bound=0.0
+)
+_CERTIFY_RADIUS = flags.DEFINE_float(
+    "certify_radius",
+    None,
+    "Smoothing objectives: L2 radius whose certified accuracy the table reports (default 0.5).",
+    lower_bound=0.0,
+)
+_CERTIFY_N = flags.DEFINE_integer(
+    "certify_n", None, "Smoothing objectives: estimation samples (preset default).", lower_bound=1
+)
+_CERTIFY_LIMIT = flags.DEFINE_integer(
+    "certify_limit", None, "Smoothing objectives: test examples certified.", lower_bound=1
+)
 
 
 def _ratios(values):
@@ -65,6 +82,10 @@ def _pipeline():
         "finetune_epochs": _FINETUNE_EPOCHS.value,
         "eval_steps": _EVAL_STEPS.value,
         "eval_restarts": _EVAL_RESTARTS.value,
+        "prune_lr": _PRUNE_LR.value,
+        "certify_radius": _CERTIFY_RADIUS.value,
+        "certify_n": _CERTIFY_N.value,
+        "certify_limit": _CERTIFY_LIMIT.value,
     }
     settings.update({k: v for k, v in overrides.items() if v is not None})
     if flags.FLAGS["batch_size"].present:

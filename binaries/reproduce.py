@@ -34,6 +34,9 @@ _KEEP_RATIOS = flags.DEFINE_list("keep_ratios", ["0.1", "0.05", "0.01"], "Keep r
 _PRETRAIN_EPOCHS = flags.DEFINE_integer("pretrain_epochs", 5, "Pretrain epochs.", lower_bound=1)
 _PRUNE_EPOCHS = flags.DEFINE_integer("prune_epochs", 2, "Prune epochs.", lower_bound=1)
 _FINETUNE_EPOCHS = flags.DEFINE_integer("finetune_epochs", 2, "Finetune epochs.", lower_bound=1)
+_PRUNE_LR = flags.DEFINE_float(
+    "prune_lr", 0.01, "Learning rate of the score training (prune phase).", lower_bound=0.0
+)
 _EVAL_STEPS = flags.DEFINE_integer("eval_steps", 50, "PGD steps of the evaluation.")
 _EVAL_RESTARTS = flags.DEFINE_integer("eval_restarts", 2, "PGD restarts of the evaluation.")
 
@@ -60,6 +63,7 @@ def _reproduce():
         batch_size=common.BATCH_SIZE.value,
         pretrain_epochs=_PRETRAIN_EPOCHS.value,
         prune_epochs=_PRUNE_EPOCHS.value,
+        prune_lr=_PRUNE_LR.value,
         finetune_epochs=_FINETUNE_EPOCHS.value,
         eval_steps=_EVAL_STEPS.value,
         eval_restarts=_EVAL_RESTARTS.value,

@@ -22,6 +22,7 @@ from hydra_tf.evaluation import default_attack
 from hydra_tf.evaluation import evaluate
 from hydra_tf.export import layer_sparsity
 from hydra_tf.export import strip_scores
+from hydra_tf.layers import FastConv2D
 from hydra_tf.layers import ScoredConv2D
 from hydra_tf.layers import ScoredDense
 from hydra_tf.layers import scored_layers
@@ -37,6 +38,8 @@ from hydra_tf.phases import transfer_weights
 from hydra_tf.pipeline import PRESETS
 from hydra_tf.pipeline import PipelineConfig
 from hydra_tf.scores import scaled_init
+from hydra_tf.smoothing import SmoothingConfig
+from hydra_tf.smoothing import certify_dataset
 from hydra_tf.trainer import RobustTrainer
 from hydra_tf.training import NonFiniteLossError
 from hydra_tf.training import TrainConfig
@@ -51,6 +54,7 @@ __all__ = [
     "DatasetInfo",
     "DatasetUnavailableError",
     "EvalResult",
+    "FastConv2D",
     "LayerFactory",
     "NonFiniteLossError",
     "ObjectiveConfig",
@@ -59,8 +63,10 @@ __all__ = [
     "RobustTrainer",
     "ScoredConv2D",
     "ScoredDense",
+    "SmoothingConfig",
     "TrainConfig",
     "build",
+    "certify_dataset",
     "default_attack",
     "evaluate",
     "kept_count",

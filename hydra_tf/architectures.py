@@ -16,7 +16,7 @@ class LayerFactory:
     """Makes the prunable layers of an architecture.
 
     Args:
-      keep_ratio: `None` for plain `Conv2D`/`Dense` layers; a fraction in
+      keep_ratio: `None` for plain `Conv2D` (`FastConv2D`) / `Dense` layers; a fraction in
         (0, 1] for `ScoredConv2D`/`ScoredDense` layers keeping that fraction of
         each kernel.
       score_initializer: initializer of the scores of score layers.
@@ -39,7 +39,7 @@ class LayerFactory:
         }
 
     def conv(self, filters, kernel_size, name, strides=1, padding="same", use_bias=True):
-        cls = score_layers.ScoredConv2D if self.scored else keras.layers.Conv2D
+        cls = score_layers.ScoredConv2D if self.scored else score_layers.FastConv2D
         return cls(
             filters,
             kernel_size,

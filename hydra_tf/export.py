@@ -18,6 +18,8 @@ _PLAIN = {
     score_layers.ScoredConv2D: keras.layers.Conv2D,
     score_layers.ScoredDense: keras.layers.Dense,
 }
+# Layers that are built-in layers with a faster training gradient only.
+_FAST = {score_layers.FastConv2D: keras.layers.Conv2D}
 
 
 def _plain_layer(layer):
@@ -27,6 +29,9 @@ def _plain_layer(layer):
             for key in score_layers.PRUNING_CONFIG_KEYS:
                 config.pop(key)
             return plain_cls.from_config(config)
+    for fast_cls, plain_cls in _FAST.items():
+        if isinstance(layer, fast_cls):
+            return plain_cls.from_config(layer.get_config())
     return layer.__class__.from_config(layer.get_config())
 
 

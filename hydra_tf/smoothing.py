@@ -8,8 +8,8 @@ abstains; `predict` returns g's class, or abstains when the two most frequent
 classes are not significantly different.
 
 Sampling is batched and compiled; noise is drawn with stateless random ops
-keyed by (seed, example, draw), so results do not depend on batch sizes or on
-which examples were certified before.
+keyed by (seed, example, draw, chunk), so a result depends only on the
+settings and the example's index, not on which examples were certified before.
 """
 
 import dataclasses
@@ -198,3 +198,40 @@ def certify_dataset(network, dataset, num_classes, config, limit=None, log_every
     if not records:
         raise ValueError("The certification dataset is empty.")
     return records
+
+
+def report(records, config, **extra):
+    """A JSON-ready summary: settings, per-radius accuracy, timing, records."""
+    seconds = [r["seconds"] for r in records]
+    return {
+        **extra,
+        "smoothing": config.to_json(),
+        "num_examples": len(records),
+        "certified_accuracy": {f"{r:g}": acc for r, acc in certified_accuracy(records).items()},
+        "abstained": sum(1 for r in records if r["prediction"] == ABSTAIN) / len(records),
+        "seconds_per_example": sum(seconds) / len(seconds),
+        "records": records,
+    }
+
+
+def report_markdown(summary):
+    """The certified-accuracy table of a `report` as Markdown."""
+    radii = list(summary["certified_accuracy"])
+    config = summary["smoothing"]
+    title = (
+        f"Certified accuracy (L2) of the smoothed classifier, sigma {config['sigma']:g}, "
+        f"n0 {config['n0']}, n {config['n']}, alpha {config['alpha']:g}, "
+        f"on {summary['num_examples']} test examples "
+        f"({summary['seconds_per_example']:.2f} s per example)."
+    )
+    lines = [
+        title,
+        "",
+        "| radius | " + " | ".join(radii) + " |",
+        "|---|" + "---|" * len(radii),
+        "| certified accuracy (%) | "
+        + " | ".join(f"{100 * summary['certified_accuracy'][r]:.1f}" for r in radii)
+        + " |",
+        "",
+    ]
+    return "\n".join(lines)

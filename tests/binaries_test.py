@@ -87,6 +87,35 @@ class EndToEndTest(tf.test.TestCase):
         self.assertEqual(result.returncode, 0, result.stderr[-3000:])
         self.assertTrue(os.path.exists(os.path.join(work, "export", "model.keras")))
         self.assertTrue(os.path.isdir(os.path.join(work, "export", "model_savedmodel")))
+        certify_dir = os.path.join(work, "certify")
+        result = run_binary(
+            "certify",
+            f"--checkpoint={pruned}/model.keras",
+            "--test_limit=4",
+            "--n0=20",
+            "--n=200",
+            "--sigma=0.25",
+            f"--output_dir={certify_dir}",
+        )
+        self.assertEqual(result.returncode, 0, result.stderr[-3000:])
+        with open(os.path.join(certify_dir, "certify.json")) as f:
+            certified = json.load(f)
+        self.assertLen(certified["records"], 4)
+        self.assertEqual(
+            sorted(certified["certified_accuracy"], key=float), ["0", "0.25", "0.5", "0.75", "1"]
+        )
+        for record in certified["records"]:
+            self.assertEqual(
+                set(record) >= {"label", "prediction", "radius", "correct", "seconds"}, True
+            )
+        with open(os.path.join(certify_dir, "certify.md")) as f:
+            self.assertIn("| certified accuracy (%) |", f.read())
+        result = run_binary(
+            "certify", f"--checkpoint={work}/missing.keras", f"--output_dir={certify_dir}"
+        )
+        self.assertNotEqual(result.returncode, 0)
+        self.assertIn("not found", result.stderr)
+        self.assertNotIn("Traceback", result.stderr)
 
 
 if __name__ == "__main__":

@@ -66,6 +66,12 @@ class TopkMaskTest(tf.test.TestCase, parameterized.TestCase):
         got = masks.hard_topk(tf.constant(values, tf.float32), ratio).numpy()
         self.assertAllEqual(got.ravel(), expected)
 
+    @parameterized.parameters(0.01, 0.3)
+    def test_compiles_with_xla(self, ratio):
+        scores = tf.random.stateless_normal((40, 30), seed=[3, 4])
+        compiled = tf.function(lambda s: masks.hard_topk(s, ratio), jit_compile=True)
+        self.assertAllEqual(compiled(scores), masks.hard_topk(scores, ratio))
+
     def test_ties_still_keep_exact_count(self):
         scores = tf.ones([10])
         self.assertEqual(float(tf.reduce_sum(masks.topk_mask(scores, 0.3))), 3.0)

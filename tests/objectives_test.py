@@ -65,7 +65,37 @@ class ObjectiveTest(tf.test.TestCase, parameterized.TestCase):
         loss, _ = objective.loss(model, self.x, self.y, objective.perturb(model, self.x, self.y))
         self.assertAllClose(loss, _ce(model(self.x).numpy(), self.y), rtol=1e-5)
 
-    @parameterized.parameters("natural", "pgd_at", "trades")
+    def test_gaussian_noise_has_sigma_and_is_not_clipped(self):
+        objective = objectives.GaussianNoise(sigma=0.5)
+        x = np.full((2000, 2, 2, 1), 0.5, np.float32)
+        noise = (objective.perturb(None, x, None) - x).numpy()
+        self.assertAllClose(noise.mean(), 0.0, atol=0.02)
+        self.assertAllClose(noise.std(), 0.5, rtol=0.03)
+        self.assertGreater(float(np.max(x + noise)), 1.0)
+        model = _linear_model()
+        loss, logits = objective.loss(model, self.x, self.y, self.x + 0.1)
+        self.assertAllClose(loss, _ce(model(self.x + 0.1).numpy(), self.y), rtol=1e-5)
+        self.assertAllClose(logits, model(self.x + 0.1))
+
+    def test_smoothing_hand_computed(self):
+        model = _linear_model()
+        objective = objectives.Smoothing(sigma=0.25, beta=2.0)
+        noisy = objective.perturb(model, self.x, self.y)
+        self.assertNotAllClose(noisy, self.x)
+        loss, logits = objective.loss(model, self.x, self.y, noisy)
+        clean = model(self.x).numpy()
+        other = model(noisy).numpy()
+        p = np.exp(clean) / np.exp(clean).sum(-1, keepdims=True)
+        q = np.exp(other) / np.exp(other).sum(-1, keepdims=True)
+        kl = np.mean(np.sum(p * np.log(p / q), -1))
+        self.assertAllClose(loss, _ce(clean, self.y) + 2.0 * kl, rtol=1e-4)
+        self.assertAllClose(logits, clean)
+
+    def test_bad_sigma(self):
+        with self.assertRaisesRegex(ValueError, "sigma"):
+            objectives.Smoothing(sigma=0.0)
+
+    @parameterized.parameters("natural", "pgd_at", "trades", "smoothing", "gaussian")
     def test_make(self, name):
         objective = objectives.make(objectives.ObjectiveConfig(name=name, eps=0.1))
         self.assertEqual(objective.name, name)

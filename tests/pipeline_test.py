@@ -64,6 +64,31 @@ class PipelineTest(tf.test.TestCase):
         )
         self.assertLess(again["seconds"], results["seconds"])
 
+    def test_smoothing_objective_is_certified(self):
+        workdir = tempfile.mkdtemp()
+        settings = dict(pipeline.PRESETS["tiny"])
+        settings.update(train_limit=256, test_limit=64, certify_n=100, certify_limit=8)
+        config = pipeline.PipelineConfig(
+            workdir=workdir,
+            keep_ratios=(0.1,),
+            objective=objectives.ObjectiveConfig(name="smoothing", sigma=0.25, beta=1.0),
+            certify_radius=0.25,
+            **settings,
+        )
+        results = pipeline.run(config)
+        for row in results["rows"]:
+            self.assertEqual(row["attack"]["name"], "certify_l2")
+            self.assertEqual(row["num_examples"], 8)
+            certified = row["certified_accuracy"]
+            self.assertEqual(row["robust_acc"], certified["0.25"])
+            # Certified accuracy can only fall as the radius grows.
+            values = [certified[k] for k in sorted(certified, key=float)]
+            self.assertEqual(values, sorted(values, reverse=True))
+        with open(os.path.join(workdir, "results.md")) as f:
+            self.assertIn(
+                "certified accuracy of the smoothed classifier at L2 radius 0.25", f.read()
+            )
+
     def test_bad_keep_ratios(self):
         with self.assertRaisesRegex(ValueError, "keep_ratio"):
             pipeline.PipelineConfig(workdir="/tmp/x", keep_ratios=(0.1, 1.5))
