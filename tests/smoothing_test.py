@@ -103,8 +103,9 @@ class LinearCertifyTest(tf.test.TestCase):
         attacked = x - 0.999 * radius * unit
         logits = self.model(attacked[None]).numpy()[0]
         self.assertGreater(logits[1], logits[0])
-        # Its smoothed prediction on samples agrees too.
-        self.assertEqual(smoother.predict(attacked.astype(np.float32), example=7), 1)
+        # Sampled prediction never gives the other class (near the boundary it
+        # may abstain).
+        self.assertIn(smoother.predict(attacked.astype(np.float32), example=7), (1, -1))
         # Beyond the exact radius the class does flip (the test can fail).
         beyond = x - 1.01 * 0.6 * unit
         logits = self.model(beyond[None].astype(np.float32)).numpy()[0]

@@ -141,18 +141,21 @@ class MaskReuseTest(tf.test.TestCase, parameterized.TestCase):
             if trained in b.path:
                 self.assertNotAllClose(b.numpy(), a.numpy())
 
-    def test_prune_step_selects_each_mask_once(self):
-        model, network = _pruned_trainer("prune", True)
+    @parameterized.parameters((0.01, "TopKV2", 1), (0.1, "DenseBincount", 2))
+    def test_prune_step_selects_each_mask_once(self, keep_ratio, op_type, per_selection):
+        # Below 1/32 kept the mask is a top_k; above, a radix select with two
+        # histograms.
+        model, network = _pruned_trainer("prune", True, keep_ratio=keep_ratio)
         layers = len(score_layers.pruned_layers(network))
         self.assertEqual(layers, 4)  # conv1, conv2, fc1, fc2
-        self.assertEqual(_op_counts(model, "TopKV2"), layers)
+        self.assertEqual(_op_counts(model, op_type), per_selection * layers)
         # The reference selects it in each of the ~6 forward passes it traces.
-        reference, _ = _pruned_trainer("prune", False)
-        self.assertGreater(_op_counts(reference, "TopKV2"), 2 * layers)
+        reference, _ = _pruned_trainer("prune", False, keep_ratio=keep_ratio)
+        self.assertGreater(_op_counts(reference, op_type), 2 * per_selection * layers)
 
     def test_finetune_step_does_no_mask_work(self):
         model, _ = _pruned_trainer("finetune", True)
-        self.assertEqual(_op_counts(model, "TopKV2"), 0)
+        self.assertEqual(_op_counts(model, "TopKV2") + _op_counts(model, "DenseBincount"), 0)
 
     def test_frozen_mask_cache_follows_new_scores_between_fits(self):
         model, network = _pruned_trainer("finetune", True, keep_ratio=0.5)
@@ -170,7 +173,7 @@ class MaskReuseTest(tf.test.TestCase, parameterized.TestCase):
 
     def test_keep_ratio_one_does_no_mask_work(self):
         model, _ = _pruned_trainer("finetune", True, keep_ratio=1.0)
-        self.assertEqual(_op_counts(model, "TopKV2"), 0)
+        self.assertEqual(_op_counts(model, "TopKV2") + _op_counts(model, "DenseBincount"), 0)
 
 
 if __name__ == "__main__":
