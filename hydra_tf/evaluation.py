@@ -41,7 +41,8 @@ class EvalResult:
 def batch_counter(network, attack):
     """A compiled function (x, y) -> (clean correct, robust correct) counts."""
 
-    @tf.function
+    # reduce_retracing: the last, smaller batch does not trigger a new trace.
+    @tf.function(reduce_retracing=True)
     def batch_counts(x, y):
         # Scores do not change during the attack: select each mask once.
         with layers.masks_fixed(network):
