@@ -153,7 +153,7 @@ def run_case(arch, phase, keep_ratio):
     # The mask work of one step, compiled the way the step compiles it.
     pruned = layers.pruned_layers(network)
     if pruned:
-        model._frozen.refresh_if_stale()
+        # The warm-up steps filled the cache of frozen masks that step_masks reads.
         if _PER_FORWARD.value:
             # The reference selects every mask in each forward pass:
             # 1 clean + 10 attack passes + 2 loss passes for TRADES.

@@ -14,12 +14,13 @@ import numpy as np
 from hydra_tf import layers as score_layers
 from hydra_tf import masks
 
+# Our layers and the built-in layer each becomes. FastConv2D differs from
+# Conv2D only in its training gradient; score layers also drop their scores.
 _PLAIN = {
     score_layers.ScoredConv2D: keras.layers.Conv2D,
     score_layers.ScoredDense: keras.layers.Dense,
+    score_layers.FastConv2D: keras.layers.Conv2D,
 }
-# Layers that are built-in layers with a faster training gradient only.
-_FAST = {score_layers.FastConv2D: keras.layers.Conv2D}
 
 
 def _plain_layer(layer):
@@ -27,11 +28,8 @@ def _plain_layer(layer):
         if isinstance(layer, scored_cls):
             config = layer.get_config()
             for key in score_layers.PRUNING_CONFIG_KEYS:
-                config.pop(key)
+                config.pop(key, None)
             return plain_cls.from_config(config)
-    for fast_cls, plain_cls in _FAST.items():
-        if isinstance(layer, fast_cls):
-            return plain_cls.from_config(layer.get_config())
     return layer.__class__.from_config(layer.get_config())
 
 
@@ -48,7 +46,7 @@ def strip_scores(network):
     plain = keras.models.clone_model(network, clone_function=_plain_layer)
     for layer in network.layers:
         target = plain.get_layer(layer.name)
-        if isinstance(layer, tuple(_PLAIN)):
+        if isinstance(layer, (score_layers.ScoredConv2D, score_layers.ScoredDense)):
             values = [np.asarray(layer.masked_kernel())]
             if layer.use_bias:
                 values.append(layer.bias.numpy())
