@@ -1,0 +1,77 @@
+"""Tests for the benchmark scripts' output contract (never their timings)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import tensorflow as tf
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _run(module, *args):
+    env = dict(os.environ, PYTHONPATH=_ROOT, TF_CPP_MIN_LOG_LEVEL="2")
+    return subprocess.run(
+        [sys.executable, "-m", f"benchmarks.{module}", *args],
+        check=False,
+        cwd=_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+class TrainStepBenchmarkTest(tf.test.TestCase):
+    def test_json_line_has_the_documented_keys(self):
+        # Tiny settings: this checks what the script prints, not how fast.
+        result = _run(
+            "train_step",
+            "--json",
+            "--arch=cnn_small",
+            "--phase=prune",
+            "--keep_ratio=0.01",
+            "--batch=8",
+            "--warmup=1",
+            "--repeats=1",
+            "--eval_batch=4",
+        )
+        self.assertEqual(result.returncode, 0, result.stderr[-3000:])
+        (line,) = result.stdout.splitlines()
+        figures = json.loads(line)
+        self.assertEqual(
+            set(figures)
+            >= {
+                "arch",
+                "phase",
+                "keep_ratio",
+                "batch",
+                "images_per_sec",
+                "mask_share",
+                "peak_rss_mb",
+            },
+            True,
+        )
+        self.assertEqual((figures["arch"], figures["phase"]), ("cnn_small", "prune"))
+        self.assertEqual((figures["keep_ratio"], figures["batch"]), (0.01, 8))
+        self.assertGreater(figures["images_per_sec"], 0)
+        self.assertBetween(figures["mask_share"], 0.0, 1.0)
+        self.assertGreater(figures["peak_rss_mb"], 0)
+        self.assertGreater(figures["eval_images_per_sec"], 0)
+
+    def test_unknown_arch_is_refused(self):
+        result = _run("train_step", "--arch=vgg99")
+        self.assertNotEqual(result.returncode, 0)
+        self.assertIn("arch", result.stderr)
+
+
+class CertifyBenchmarkTest(tf.test.TestCase):
+    def test_prints_seconds_per_image(self):
+        result = _run("certify", "--n=50", "--n0=10", "--images=1", "--sample_batch=25")
+        self.assertEqual(result.returncode, 0, result.stderr[-3000:])
+        self.assertRegex(result.stdout, r"sample batch +25: \d+\.\d+ s per image")
+
+
+if __name__ == "__main__":
+    tf.test.main()
