@@ -1,26 +1,14 @@
 """Tests for the benchmark scripts' output contract (never their timings)."""
 
 import json
-import os
-import subprocess
-import sys
 
 import tensorflow as tf
 
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests import helpers
 
 
 def _run(module, *args):
-    env = dict(os.environ, PYTHONPATH=_ROOT, TF_CPP_MIN_LOG_LEVEL="2")
-    return subprocess.run(
-        [sys.executable, "-m", f"benchmarks.{module}", *args],
-        check=False,
-        cwd=_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    return helpers.run_module(f"benchmarks.{module}", *args)
 
 
 class TrainStepBenchmarkTest(tf.test.TestCase):

@@ -2,28 +2,17 @@
 
 import json
 import os
-import subprocess
-import sys
 import tempfile
 
 import tensorflow as tf
 from absl.testing import parameterized
 
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests import helpers
 
 
 def run_binary(module, *args):
     """Runs `python -m binaries.<module> args...` from the repository root."""
-    env = dict(os.environ, PYTHONPATH=_ROOT, TF_CPP_MIN_LOG_LEVEL="2")
-    return subprocess.run(
-        [sys.executable, "-m", f"binaries.{module}", *args],
-        check=False,
-        cwd=_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    return helpers.run_module(f"binaries.{module}", *args)
 
 
 class BadInputTest(tf.test.TestCase, parameterized.TestCase):

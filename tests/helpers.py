@@ -1,6 +1,9 @@
 """Shared test fixtures: small real data and a naturally trained model."""
 
 import functools
+import os
+import subprocess
+import sys
 
 import keras
 import numpy as np
@@ -29,3 +32,20 @@ def natural_cnn_small():
     )
     model.fit(x, y, batch_size=64, epochs=3, verbose=0)
     return model
+
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_module(module, *args):
+    """Runs `python -m <module> args...` from the repository root; returns the result."""
+    env = dict(os.environ, PYTHONPATH=_ROOT, TF_CPP_MIN_LOG_LEVEL="2")
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        check=False,
+        cwd=_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
