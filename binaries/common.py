@@ -48,6 +48,18 @@ SIGMA = flags.DEFINE_float(
     lower_bound=0.0,
 )
 SEED = flags.DEFINE_integer("seed", 0, "Random seed.")
+CERTIFY_RADIUS = flags.DEFINE_float(
+    "certify_radius",
+    None,
+    "Smoothing objectives: L2 radius whose certified accuracy the table reports (default 0.5).",
+    lower_bound=0.0,
+)
+CERTIFY_N = flags.DEFINE_integer(
+    "certify_n", None, "Smoothing objectives: estimation samples (preset default).", lower_bound=1
+)
+CERTIFY_LIMIT = flags.DEFINE_integer(
+    "certify_limit", None, "Smoothing objectives: test examples certified.", lower_bound=1
+)
 
 
 def objective_config():
@@ -63,6 +75,16 @@ def objective_config():
         beta=BETA.value,
         sigma=SIGMA.value,
     )
+
+
+def certify_settings():
+    """The certification flags a user set, as `PipelineConfig` field values."""
+    values = {
+        "certify_radius": CERTIFY_RADIUS.value,
+        "certify_n": CERTIFY_N.value,
+        "certify_limit": CERTIFY_LIMIT.value,
+    }
+    return {name: value for name, value in values.items() if value is not None}
 
 
 def main_without_args(fn):

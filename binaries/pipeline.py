@@ -41,18 +41,6 @@ _EVAL_RESTARTS = flags.DEFINE_integer("eval_restarts", None, "Override the prese
 _PRUNE_LR = flags.DEFINE_float(
     "prune_lr", None, "Learning rate of the score training (default 0.1).", lower_bound=0.0
 )
-_CERTIFY_RADIUS = flags.DEFINE_float(
-    "certify_radius",
-    None,
-    "Smoothing objectives: L2 radius whose certified accuracy the table reports (default 0.5).",
-    lower_bound=0.0,
-)
-_CERTIFY_N = flags.DEFINE_integer(
-    "certify_n", None, "Smoothing objectives: estimation samples (preset default).", lower_bound=1
-)
-_CERTIFY_LIMIT = flags.DEFINE_integer(
-    "certify_limit", None, "Smoothing objectives: test examples certified.", lower_bound=1
-)
 
 
 def _ratios(values):
@@ -83,9 +71,7 @@ def _pipeline():
         "eval_steps": _EVAL_STEPS.value,
         "eval_restarts": _EVAL_RESTARTS.value,
         "prune_lr": _PRUNE_LR.value,
-        "certify_radius": _CERTIFY_RADIUS.value,
-        "certify_n": _CERTIFY_N.value,
-        "certify_limit": _CERTIFY_LIMIT.value,
+        **common.certify_settings(),
     }
     settings.update({k: v for k, v in overrides.items() if v is not None})
     if flags.FLAGS["batch_size"].present:

@@ -33,7 +33,8 @@ def aggregate(runs):
     Returns:
       Rows {"arch", "method", "keep_ratio", "clean_acc", "clean_std",
       "robust_acc", "robust_std", "sparsity", "seeds", "per_seed"}, in the
-      order of the first run of each architecture.
+      order of the first run of each architecture. Certified runs (smoothing)
+      also get "certified_accuracy": {radius: [mean, std]}.
     """
     groups = {}
     for arch, seed, results in runs:
@@ -44,24 +45,29 @@ def aggregate(runs):
     for (arch, method, keep_ratio), members in groups.items():
         clean, clean_std = _mean_std([r["clean_acc"] for _, r in members])
         robust, robust_std = _mean_std([r["robust_acc"] for _, r in members])
-        rows.append(
-            {
-                "arch": arch,
-                "method": method,
-                "keep_ratio": keep_ratio,
-                "clean_acc": clean,
-                "clean_std": clean_std,
-                "robust_acc": robust,
-                "robust_std": robust_std,
-                "sparsity": statistics.fmean(r["sparsity"] for _, r in members),
-                "layer_sparsity": members[0][1]["layer_sparsity"],
-                "seeds": [seed for seed, _ in members],
-                "per_seed": [
-                    {"seed": seed, "clean_acc": r["clean_acc"], "robust_acc": r["robust_acc"]}
-                    for seed, r in members
-                ],
+        row = {
+            "arch": arch,
+            "method": method,
+            "keep_ratio": keep_ratio,
+            "clean_acc": clean,
+            "clean_std": clean_std,
+            "robust_acc": robust,
+            "robust_std": robust_std,
+            "sparsity": statistics.fmean(r["sparsity"] for _, r in members),
+            "layer_sparsity": members[0][1]["layer_sparsity"],
+            "seeds": [seed for seed, _ in members],
+            "per_seed": [
+                {"seed": seed, "clean_acc": r["clean_acc"], "robust_acc": r["robust_acc"]}
+                for seed, r in members
+            ],
+        }
+        if all("certified_accuracy" in r for _, r in members):
+            radii = members[0][1]["certified_accuracy"]
+            row["certified_accuracy"] = {
+                radius: list(_mean_std([r["certified_accuracy"][radius] for _, r in members]))
+                for radius in radii
             }
-        )
+        rows.append(row)
     return rows
 
 
@@ -77,23 +83,61 @@ def gap(rows, arch, keep_ratio):
     return found["hydra"] - found["lwm"]
 
 
+def _caption(study):
+    base = study["config"]["pipeline"]
+    objective, attack = base["objective"], study["attack"]
+    schedule = (
+        f"Epochs: pretrain {base['pretrain_epochs']}, prune {base['prune_epochs']} "
+        f"(lr {base['prune_lr']:g}), finetune {base['finetune_epochs']}; training examples: "
+        f"{base['train_limit'] or 'all'}."
+    )
+    if attack.get("name") == "certify_l2":
+        return (
+            f"Objective {objective['name']} (Gaussian noise sigma {objective['sigma']:g}, "
+            f"beta {objective['beta']:g}). {schedule} Certified accuracy of the smoothed "
+            f"classifier at L2 radius {attack['radius']:g} (n0 {attack['n0']}, n {attack['n']}, "
+            f"alpha {attack['alpha']:g}) on {study['num_test_examples']} test images. "
+            "Cells: certified % (clean % of the base network), mean ± std."
+        )
+    return (
+        f"Objective {objective['name']} (L-inf eps {objective['eps']:g}, "
+        f"{objective['steps']}-step PGD inside training). {schedule} "
+        f"Robust accuracy under L-inf PGD-{attack['steps']} with {attack['restarts']} "
+        f"restarts at eps {attack['eps']:g} on {study['num_test_examples']} test images. "
+        "Cells: robust % (clean %), mean ± std."
+    )
+
+
+def _radius_table(rows, ratios):
+    """Certified accuracy at every reported radius, one line per model."""
+    radii = sorted(rows[0]["certified_accuracy"], key=float)
+    lines = [
+        "",
+        "Certified accuracy (%) at each L2 radius, mean over seeds:",
+        "",
+        "| model | " + " | ".join(f"r={r}" for r in radii) + " |",
+        "|" + "---|" * (len(radii) + 1),
+    ]
+    ordered = [r for r in rows if r["method"] == "dense"]
+    for k in ratios:
+        ordered += [r for r in rows if r["keep_ratio"] == k and r["method"] != "dense"]
+    for r in ordered:
+        name = (
+            "dense" if r["method"] == "dense" else f"{r['method']} {(1 - r['keep_ratio']) * 100:g}%"
+        )
+        cells = [f"{100 * r['certified_accuracy'][radius][0]:.1f}" for radius in radii]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def markdown(study):
     """The study as Markdown: one Table-1-shaped table per architecture."""
     config = study["config"]
     base = config["pipeline"]
-    attack = study["attack"]
     lines = [
         f"# HYDRA vs LWM on {base['dataset']}: mean ± std over seeds {config['seeds']}",
         "",
-        (
-            f"Objective {base['objective']['name']} (L-inf eps {base['objective']['eps']:g}, "
-            f"{base['objective']['steps']}-step PGD inside training). Epochs: pretrain "
-            f"{base['pretrain_epochs']}, prune {base['prune_epochs']}, finetune "
-            f"{base['finetune_epochs']}; training examples: {base['train_limit'] or 'all'}. "
-            f"Robust accuracy under L-inf PGD-{attack['steps']} with {attack['restarts']} "
-            f"restarts at eps {attack['eps']:g} on {study['num_test_examples']} test images. "
-            "Cells: robust % (clean %), mean ± std."
-        ),
+        _caption(study),
     ]
     for arch in config["archs"]:
         rows = [r for r in study["rows"] if r["arch"] == arch]
@@ -119,6 +163,8 @@ def markdown(study):
             value = gap(rows, arch, k)
             deltas.append("-" if value is None else f"{100 * value:+.1f}")
         lines.append("| " + " | ".join(deltas) + " |")
+        if all("certified_accuracy" in r for r in rows):
+            lines += _radius_table(rows, ratios)
         overlaps = study["kept_overlap"].get(arch)
         if overlaps:
             lines += [

@@ -52,6 +52,48 @@ class AggregateTest(tf.test.TestCase):
         self.assertAlmostEqual(reproduce.gap(rows, "a", 0.01), 0.2)
 
 
+class CertifiedStudyTest(tf.test.TestCase):
+    def _runs(self):
+        def row(method, keep, robust, at_one):
+            r = _row(method, keep, 0.8, robust)
+            r["certified_accuracy"] = {"0": 0.8, "0.5": robust, "1": at_one}
+            return r
+
+        return [
+            ("cnn_small", 0, {"rows": [row("dense", 1.0, 0.6, 0.2), row("hydra", 0.01, 0.5, 0.1)]}),
+            ("cnn_small", 1, {"rows": [row("dense", 1.0, 0.4, 0.4), row("hydra", 0.01, 0.3, 0.3)]}),
+        ]
+
+    def test_certified_accuracy_is_averaged_per_radius(self):
+        rows = reproduce.aggregate(self._runs())
+        hydra = next(r for r in rows if r["method"] == "hydra")
+        mean, std = hydra["certified_accuracy"]["1"]
+        self.assertAlmostEqual(mean, 0.2)
+        self.assertAlmostEqual(std, 0.1414213, places=5)
+        self.assertAlmostEqual(hydra["certified_accuracy"]["0.5"][0], hydra["robust_acc"])
+
+    def test_markdown_names_certification_and_lists_radii(self):
+        base = pipeline.PipelineConfig(
+            workdir="unused",
+            keep_ratios=(0.01,),
+            objective=objectives.ObjectiveConfig(name="smoothing", sigma=0.25),
+        )
+        study = {
+            "config": {"pipeline": base.to_json(), "archs": ["cnn_small"], "seeds": [0, 1]},
+            "attack": {"name": "certify_l2", "radius": 0.5, "n0": 100, "n": 10000, "alpha": 0.001},
+            "num_test_examples": 50,
+            "rows": reproduce.aggregate(self._runs()),
+            "kept_overlap": {},
+            "figures": {},
+            "seconds": 60.0,
+        }
+        table = reproduce.markdown(study)
+        self.assertIn("Certified accuracy of the smoothed classifier at L2 radius 0.5", table)
+        self.assertNotIn("PGD", table)
+        self.assertIn("| model | r=0 | r=0.5 | r=1 |", table)
+        self.assertIn("| hydra 99% | 80.0 | 40.0 | 20.0 |", table)
+
+
 class StudyTest(tf.test.TestCase):
     def test_two_seeds_end_to_end(self):
         out = tempfile.mkdtemp()
