@@ -16,6 +16,7 @@ _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Top-level import name -> requirements.txt distribution name.
 _THIRD_PARTY = {
     "absl": "absl-py",
+    "ai_edge_litert": "ai-edge-litert",
     "keras": "keras",
     "matplotlib": "matplotlib",
     "numpy": "numpy",
