@@ -13,6 +13,7 @@ from absl import logging
 from hydra_tf import architectures
 from hydra_tf import data
 from hydra_tf import objectives
+from hydra_tf import tflite
 
 DATASET = flags.DEFINE_enum("dataset", "fashion_mnist", data.SUPPORTED_DATASETS, "Dataset.")
 DATA_DIR = flags.DEFINE_string(
@@ -75,6 +76,15 @@ def objective_config():
         beta=BETA.value,
         sigma=SIGMA.value,
     )
+
+
+TFLITE_MODE = flags.DEFINE_enum(
+    "tflite_mode",
+    "auto",
+    tflite.CHOICES,
+    "TF Lite export: a mode, 'auto' (the smallest file that runs on XNNPACK and keeps "
+    "accuracy) or 'none'.",
+)
 
 
 def certify_settings():

@@ -71,6 +71,7 @@ def _pipeline():
         "eval_steps": _EVAL_STEPS.value,
         "eval_restarts": _EVAL_RESTARTS.value,
         "prune_lr": _PRUNE_LR.value,
+        "tflite_mode": common.TFLITE_MODE.value,
         **common.certify_settings(),
     }
     settings.update({k: v for k, v in overrides.items() if v is not None})

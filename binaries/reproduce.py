@@ -71,6 +71,7 @@ def _reproduce():
         finetune_epochs=_FINETUNE_EPOCHS.value,
         eval_steps=_EVAL_STEPS.value,
         eval_restarts=_EVAL_RESTARTS.value,
+        tflite_mode=common.TFLITE_MODE.value,
         **common.certify_settings(),
     )
     study = reproduce.run(base, tuple(_ARCHS.value), seeds, _OUTPUT_DIR.value)

@@ -18,6 +18,7 @@ import json
 import os
 import time
 
+import keras
 import numpy as np
 from absl import logging
 
@@ -30,6 +31,7 @@ from hydra_tf import masks
 from hydra_tf import objectives
 from hydra_tf import plots
 from hydra_tf import smoothing
+from hydra_tf import tflite
 from hydra_tf import training
 
 
@@ -68,6 +70,9 @@ class PipelineConfig:
     certify_n: int = 10_000
     certify_alpha: float = 0.001
     certify_limit: int | None = 500
+    # TF Lite export of every network: a mode of `tflite.MODE_NAMES`, "auto"
+    # (the smallest file that runs on XNNPACK and keeps accuracy) or "none".
+    tflite_mode: str = "auto"
     seed: int = 0
 
     def __post_init__(self):
@@ -76,6 +81,10 @@ class PipelineConfig:
         for ratio in self.keep_ratios:
             masks.validate_keep_ratio(ratio)
         data.info(self.dataset)
+        if self.tflite_mode not in tflite.CHOICES:
+            raise ValueError(
+                f"Unknown tflite_mode {self.tflite_mode!r}. Supported: {tflite.CHOICES}."
+            )
 
     @property
     def attack(self):
@@ -172,7 +181,72 @@ def evaluate_and_export(config, model_path, out_dir, name):
     cache = os.path.join(out_dir, "eval.json")
     if os.path.exists(cache):
         with open(cache) as f:
-            return json.load(f)
+            row = json.load(f)
+    else:
+        row = _evaluate(config, model_path, out_dir, name)
+        training.write_json(cache, row)
+    if config.tflite_mode != "none":
+        row.update(_deploy(config, os.path.join(config.workdir, row["keras_path"]), out_dir, name))
+    return row
+
+
+# Test examples each TF Lite file is verified on (the first of the test set).
+DEPLOY_EXAMPLES = 1000
+
+
+def _arrays(dataset):
+    pairs = list(dataset.as_numpy_iterator())
+    return np.stack([x for x, _ in pairs]), np.array([y for _, y in pairs])
+
+
+def _deploy(config, keras_path, out_dir, name):
+    """TF Lite export and verification of one network: the row's `tflite_*` fields.
+
+    Cached in `<out_dir>/tflite/row.json` for the configured mode.
+    """
+    directory = os.path.join(out_dir, "tflite")
+    cache = os.path.join(directory, "row.json")
+    if os.path.exists(cache):
+        with open(cache) as f:
+            fields = json.load(f)
+        if fields.get("tflite_requested") == config.tflite_mode:
+            return fields
+    plain = keras.saving.load_model(keras_path, safe_mode=True)
+    limit = min(config.test_limit or DEPLOY_EXAMPLES, DEPLOY_EXAMPLES)
+    images, labels = _arrays(data.load(config.dataset, "test", config.data_dir, limit)[0])
+    train_ds, _ = data.load(config.dataset, "train", config.data_dir, config.train_limit)
+    representative, _ = _arrays(
+        train_ds.shuffle(10_000, seed=config.seed).take(tflite.REPRESENTATIVE_EXAMPLES)
+    )
+    result = tflite.deploy(
+        plain, directory, config.tflite_mode, images, labels, config.attack, representative
+    )
+    chosen = result["modes"][result["mode"]]
+    fields = {
+        "tflite_requested": config.tflite_mode,
+        "tflite_path": os.path.relpath(result["path"], config.workdir),
+        "tflite_mode": result["mode"],
+        "tflite_bytes": chosen["bytes"],
+        "tflite_gzip_bytes": chosen["gzip_bytes"],
+        "tflite_clean_acc": chosen["clean_acc"],
+        "tflite_robust_acc": chosen["robust_acc"],
+        "tflite_keras_clean_acc": result["keras_clean_acc"],
+        "tflite_keras_robust_acc": result["keras_robust_acc"],
+        "tflite_latency_ms": chosen["latency_ms"],
+        "tflite_load_mb": chosen["load_mb"],
+        "tflite_xnnpack": chosen["xnnpack"],
+        "tflite_num_examples": result["num_examples"],
+    }
+    if name == "dense":
+        fp32 = result["modes"].get("float32")
+        fields["tflite_fp32_bytes"] = (
+            fp32["bytes"] if fp32 else len(tflite.convert(plain, tflite.Mode("float32")))
+        )
+    training.write_json(cache, fields)
+    return fields
+
+
+def _evaluate(config, model_path, out_dir, name):
     network = training.load_network(model_path)
     keras_path, saved_model_path, plain = export.export(network, out_dir, name)
     test_ds, _ = data.load(config.dataset, "test", config.data_dir, config.test_limit)
@@ -200,7 +274,6 @@ def evaluate_and_export(config, model_path, out_dir, name):
             "eval_seconds": time.time() - start,
         }
     )
-    training.write_json(cache, row)
     logging.info(
         "%s: clean %.4f, %s %.4f, sparsity %.4f",
         name,
@@ -424,6 +497,45 @@ def results_markdown(results):
         ]
     for name, path in results.get("figures", {}).items():
         lines += ["", f"![{name}]({path})"]
+    lines += deployment_markdown(rows)
     if "seconds" in results:
         lines += ["", f"Total time: {results['seconds'] / 60:.1f} min."]
     return "\n".join(lines) + "\n"
+
+
+def deployment_markdown(rows):
+    """The TF Lite table of the results (empty if nothing was exported)."""
+    deployed = [r for r in rows if "tflite_mode" in r]
+    if not deployed:
+        return []
+    dense = next((r for r in rows if "tflite_fp32_bytes" in r), None)
+    percent = lambda v: "-" if v is None else f"{100 * v:.1f}"
+    lines = [
+        "",
+        "## Deployment (TF Lite)",
+        "",
+        (
+            f"Each network's TF Lite file, verified with LiteRT on {deployed[0]['tflite_num_examples']} "
+            "test images. Robust accuracy: adversarial examples crafted on the Keras model (the "
+            "table's attack) transferred to the file; Keras' accuracy on the same examples in "
+            "parentheses. Latency: median at batch 1 / 32, 2 threads."
+        ),
+        "",
+        "| model | mode | bytes | gzip bytes | dense fp32 / this | latency ms | clean % | robust % |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in deployed:
+        ratio = f"{dense['tflite_fp32_bytes'] / r['tflite_bytes']:.1f}x" if dense else "-"
+        gz_ratio = f"{dense['tflite_fp32_bytes'] / r['tflite_gzip_bytes']:.1f}x" if dense else "-"
+        latency = r["tflite_latency_ms"]
+        timing = "-" if latency is None else f"{latency['1']:.3f} / {latency['32']:.2f}"
+        name = "dense" if r["method"] == "dense" else f"{r['method']} {r['keep_ratio']:g}"
+        lines.append(
+            f"| {name} | {r['tflite_mode']} | {r['tflite_bytes']} | {r['tflite_gzip_bytes']} | "
+            f"{ratio} (gzip {gz_ratio}) | {timing} | {percent(r['tflite_clean_acc'])} "
+            f"({percent(r['tflite_keras_clean_acc'])}) | {percent(r['tflite_robust_acc'])} "
+            f"({percent(r['tflite_keras_robust_acc'])}) |"
+        )
+    if dense:
+        lines += ["", f"Dense fp32 file: {dense['tflite_fp32_bytes']} bytes."]
+    return lines

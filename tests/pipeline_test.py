@@ -17,6 +17,7 @@ def _tiny(workdir):
     return pipeline.PipelineConfig(
         workdir=workdir,
         keep_ratios=(0.1, 0.01),
+        tflite_mode="int8",
         objective=objectives.ObjectiveConfig(name="trades", eps=0.1, steps=2, step_size=0.05),
         **settings,
     )
@@ -47,6 +48,18 @@ class PipelineTest(tf.test.TestCase):
             self.assertEqual(model.name, "cnn_small")
             # Sparsity is measured on the exported kernels: 1 - k up to rounding.
             self.assertAlmostEqual(row["sparsity"], 1 - row["keep_ratio"], delta=1e-3)
+            # Every network has a verified TF Lite file of the asked mode.
+            self.assertEqual(row["tflite_mode"], "int8")
+            with open(os.path.join(workdir, row["tflite_path"]), "rb") as f:
+                self.assertLen(f.read(), row["tflite_bytes"])
+            self.assertLess(row["tflite_gzip_bytes"], row["tflite_bytes"])
+            self.assertEqual(row["tflite_num_examples"], 64)
+            self.assertLessEqual(
+                abs(row["tflite_clean_acc"] - row["tflite_keras_clean_acc"]), 3 / 64
+            )
+            self.assertBetween(row["tflite_robust_acc"], 0.0, 1.0)
+        dense = saved["rows"][0]
+        self.assertGreater(dense["tflite_fp32_bytes"], 3 * dense["tflite_bytes"])  # int8
         self.assertBetween(saved["kept_overlap"], 0.0, 1.0)
         for path in saved["figures"].values():
             self.assertTrue(os.path.exists(os.path.join(workdir, path)), path)
@@ -56,6 +69,8 @@ class PipelineTest(tf.test.TestCase):
         self.assertIn("| LWM |", table)
         self.assertIn("99% pruned", table)
         self.assertIn("(plots/kept_magnitudes.png)", table)
+        self.assertIn("## Deployment (TF Lite)", table)
+        self.assertIn("| hydra 0.01 | int8 |", table)
 
         # A second run finds every stage done and only rewrites the results.
         again = pipeline.run(_tiny(workdir))
@@ -70,6 +85,7 @@ class PipelineTest(tf.test.TestCase):
         settings.update(train_limit=256, test_limit=64, certify_n=100, certify_limit=8)
         config = pipeline.PipelineConfig(
             workdir=workdir,
+            tflite_mode="none",
             keep_ratios=(0.1,),
             objective=objectives.ObjectiveConfig(name="smoothing", sigma=0.25, beta=1.0),
             certify_radius=0.25,
@@ -88,6 +104,10 @@ class PipelineTest(tf.test.TestCase):
             self.assertIn(
                 "certified accuracy of the smoothed classifier at L2 radius 0.25", f.read()
             )
+
+    def test_bad_tflite_mode(self):
+        with self.assertRaisesRegex(ValueError, "Unknown tflite_mode 'int4'"):
+            pipeline.PipelineConfig(workdir="/tmp/x", tflite_mode="int4")
 
     def test_bad_keep_ratios(self):
         with self.assertRaisesRegex(ValueError, "keep_ratio"):

@@ -102,6 +102,7 @@ class StudyTest(tf.test.TestCase):
         base = pipeline.PipelineConfig(
             workdir=os.path.join(out, "runs"),
             keep_ratios=(0.05,),
+            tflite_mode="none",
             objective=objectives.ObjectiveConfig(name="pgd_at", eps=0.1, steps=2, step_size=0.05),
             **settings,
         )
