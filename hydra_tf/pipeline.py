@@ -190,15 +190,6 @@ def evaluate_and_export(config, model_path, out_dir, name):
     return row
 
 
-# Test examples each TF Lite file is verified on (the first of the test set).
-DEPLOY_EXAMPLES = 1000
-
-
-def _arrays(dataset):
-    pairs = list(dataset.as_numpy_iterator())
-    return np.stack([x for x, _ in pairs]), np.array([y for _, y in pairs])
-
-
 def _deploy(config, keras_path, out_dir, name):
     """TF Lite export and verification of one network: the row's `tflite_*` fields.
 
@@ -212,11 +203,8 @@ def _deploy(config, keras_path, out_dir, name):
         if fields.get("tflite_requested") == config.tflite_mode:
             return fields
     plain = keras.saving.load_model(keras_path, safe_mode=True)
-    limit = min(config.test_limit or DEPLOY_EXAMPLES, DEPLOY_EXAMPLES)
-    images, labels = _arrays(data.load(config.dataset, "test", config.data_dir, limit)[0])
-    train_ds, _ = data.load(config.dataset, "train", config.data_dir, config.train_limit)
-    representative, _ = _arrays(
-        train_ds.shuffle(10_000, seed=config.seed).take(tflite.REPRESENTATIVE_EXAMPLES)
+    images, labels, representative = tflite.verification_data(
+        config.dataset, config.data_dir, config.test_limit, config.train_limit, config.seed
     )
     result = tflite.deploy(
         plain, directory, config.tflite_mode, images, labels, config.attack, representative

@@ -41,6 +41,7 @@ from absl import logging
 from ai_edge_litert import schema_py_generated as schema
 
 from hydra_tf import attacks
+from hydra_tf import data
 from hydra_tf import tflite_probe
 
 WEIGHT_FORMATS = ("float32", "float16", "dynamic_int8", "int8")
@@ -48,6 +49,8 @@ WEIGHT_FORMATS = ("float32", "float16", "dynamic_int8", "int8")
 MAX_CLEAN_DROP = 0.01
 MAX_ROBUST_DROP = 0.02
 REPRESENTATIVE_EXAMPLES = 200
+# Test examples each file is verified on, at most (the first of the test set).
+VERIFY_EXAMPLES = 1000
 # Modes `auto` never picks, with the reason. Measured with ai-edge-litert
 # 2.3.0: a 99%-sparse cnn_small in float16_sparse segfaulted in 3 of 12 runs,
 # with and without XNNPACK (the other modes: 0 of 18).
@@ -341,6 +344,26 @@ def choose(reports, keras_clean, keras_robust):
     best = min(eligible, key=lambda n: (reports[n]["bytes"], reports[n]["gzip_bytes"]))
     reasons.append(f"auto chose {best}: the smallest eligible file.")
     return best, reasons
+
+
+def _arrays(dataset):
+    pairs = list(dataset.as_numpy_iterator())
+    return np.stack([x for x, _ in pairs]), np.array([y for _, y in pairs])
+
+
+def verification_data(dataset, data_dir=None, test_limit=None, train_limit=None, seed=0):
+    """What `deploy` needs from a dataset.
+
+    Returns:
+      (images, labels): the first min(test_limit, VERIFY_EXAMPLES) test
+      examples; representative: REPRESENTATIVE_EXAMPLES training images drawn
+      at random (with `seed`) from the first `train_limit` ones.
+    """
+    limit = min(test_limit or VERIFY_EXAMPLES, VERIFY_EXAMPLES)
+    images, labels = _arrays(data.load(dataset, "test", data_dir, limit)[0])
+    train_ds, _ = data.load(dataset, "train", data_dir, train_limit)
+    representative, _ = _arrays(train_ds.shuffle(10_000, seed=seed).take(REPRESENTATIVE_EXAMPLES))
+    return images, labels, representative
 
 
 def _summary(report):

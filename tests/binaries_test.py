@@ -76,6 +76,30 @@ class EndToEndTest(tf.test.TestCase):
         self.assertEqual(result.returncode, 0, result.stderr[-3000:])
         self.assertTrue(os.path.exists(os.path.join(work, "export", "model.keras")))
         self.assertTrue(os.path.isdir(os.path.join(work, "export", "model_savedmodel")))
+        result = run_binary(
+            "export",
+            f"--checkpoint={pruned}/model.keras",
+            f"--output_dir={work}/export",
+            "--format=tflite",
+            "--tflite_mode=float16",
+            "--test_limit=32",
+            "--train_limit=64",
+        )
+        self.assertEqual(result.returncode, 0, result.stderr[-3000:])
+        with open(os.path.join(work, "export", "tflite", "tflite.json")) as f:
+            report = json.load(f)
+        self.assertEqual(report["mode"], "float16")
+        self.assertEqual(report["num_examples"], 32)
+        self.assertTrue(os.path.exists(os.path.join(work, "export", "tflite", "float16.tflite")))
+        result = run_binary(
+            "export",
+            f"--checkpoint={pruned}/model.keras",
+            f"--output_dir={work}/export",
+            "--format=tflite",
+            "--tflite_mode=none",
+        )
+        self.assertNotEqual(result.returncode, 0)
+        self.assertIn("--format=tflite needs a --tflite_mode", result.stderr)
         certify_dir = os.path.join(work, "certify")
         result = run_binary(
             "certify",
