@@ -18,10 +18,21 @@ took every convolution and matrix multiplication.
 on XNNPACK and keep accuracy (at most 1 point clean and 2 points robust below
 the Keras model), the smallest file. Its reasons go to the log.
 
-Measured facts behind the modes (TF 2.21, XNNPACK, 2 threads): the sparse
-encoding shrinks 90-99%-sparse files but weights are densified at load, so
-latency and memory do not improve; sparse dynamic-range int8 fails to prepare
-on XNNPACK; below about 70% sparsity the sparse encoding makes files larger.
+Measured facts behind the design (TF 2.21, ai-edge-litert 2.3.0, XNNPACK,
+2 threads, a 99%-pruned cnn_small):
+- XNNPACK densifies sparse-encoded convolution weights at load, but does not
+  take FULLY_CONNECTED ops with sparse weights; those ran on the builtin
+  kernels, and in float16 they gave wrong outputs (11% accuracy) and crashed
+  the process in 3 of 12 runs. `edge_graph` therefore turns a Flatten + Dense
+  head into convolutions; after that every op of every mode but one ran on
+  XNNPACK and float16_sparse ran 12 of 12 times.
+- Sparse dynamic-range int8 fails to prepare on XNNPACK (about 30x slower at
+  batch 1 on the reference kernels).
+- The converter stores sparse fully connected weights in blocks of 4 (float)
+  or 16 (int8) entries, which unstructured masks fill with one weight each;
+  convolution weights are stored entry by entry.
+- Weights are densified at load, so the sparse encoding buys file size, not
+  latency or memory.
 """
 
 import dataclasses
@@ -51,10 +62,6 @@ MAX_ROBUST_DROP = 0.02
 REPRESENTATIVE_EXAMPLES = 200
 # Test examples each file is verified on, at most (the first of the test set).
 VERIFY_EXAMPLES = 1000
-# Modes `auto` never picks, with the reason. Measured with ai-edge-litert
-# 2.3.0: a 99%-sparse cnn_small in float16_sparse segfaulted in 3 of 12 runs,
-# with and without XNNPACK (the other modes: 0 of 18).
-UNSTABLE = {"float16_sparse": "LiteRT 2.3.0 crashes intermittently on sparse float16 files"}
 # `auto` runs the file it picks this many more times, each in a new process.
 STABILITY_RUNS = 2
 
@@ -139,6 +146,83 @@ def _static_flatten(plain_model):
     return copy
 
 
+# Layers that act on each entry alone, so they work on (1, 1, n) maps as on
+# (n,) vectors.
+_ELEMENTWISE = (
+    keras.layers.ReLU,
+    keras.layers.Activation,
+    keras.layers.Dropout,
+    keras.layers.LeakyReLU,
+)
+
+
+def _dense_head(plain_model):
+    """The Flatten layer and the chain after it, if that chain is Dense + elementwise."""
+    flattens = [layer for layer in plain_model.layers if isinstance(layer, keras.layers.Flatten)]
+    if len(flattens) != 1 or len(plain_model.outputs) != 1:
+        return None, []
+    flatten = flattens[0]
+    if len(flatten.input.shape) != 4 or None in flatten.input.shape[1:]:
+        return None, []
+    head = plain_model.layers[plain_model.layers.index(flatten) + 1 :]
+    previous = flatten
+    for layer in head:
+        if not isinstance(layer, (keras.layers.Dense,) + _ELEMENTWISE):
+            return None, []
+        if layer.input is not previous.output:
+            return None, []
+        previous = layer
+    if previous.output is not plain_model.outputs[0] or not head:
+        return None, []
+    return flatten, head
+
+
+def edge_graph(plain_model):
+    """The graph TF Lite gets: the same function, laid out for XNNPACK.
+
+    If the network ends in Flatten followed by Dense layers (with elementwise
+    layers between them), the head becomes convolutions: the first Dense a
+    VALID convolution as large as the flattened feature map, the others 1x1
+    convolutions, and one reshape to (batch, classes) at the end. XNNPACK
+    does not take FULLY_CONNECTED ops with sparse-encoded weights, but it
+    takes sparse-encoded convolutions (it densifies their weights at load),
+    so only this layout keeps sparse files on the delegate. Otherwise the
+    Flatten layers become constant-shape reshapes (see `_static_flatten`).
+    """
+    flatten, head = _dense_head(plain_model)
+    if flatten is None:
+        return _static_flatten(plain_model)
+    height, width = flatten.input.shape[1:3]
+    features = keras.Model(plain_model.inputs, flatten.input)
+    x = features.outputs[0]
+    first = True
+    for layer in head:
+        if isinstance(layer, keras.layers.Dense):
+            kernel = layer.kernel.numpy()
+            size = (height, width) if first else (1, 1)
+            conv = keras.layers.Conv2D(
+                layer.units,
+                size,
+                padding="valid",
+                activation=layer.activation,
+                use_bias=layer.use_bias,
+                name=layer.name,
+            )
+            x = conv(x)
+            # Flatten orders entries (row, column, channel): the Dense kernel's
+            # rows reshape to the convolution's (row, column, channel) axes.
+            weights = [kernel.reshape(size + (-1, layer.units))]
+            if layer.use_bias:
+                weights.append(layer.bias.numpy())
+            conv.set_weights(weights)
+            first = False
+        else:
+            x = layer.__class__.from_config(layer.get_config())(x)
+    units = x.shape[-1]
+    outputs = keras.layers.Lambda(lambda t: keras.ops.reshape(t, (-1, units)), name="logits")(x)
+    return keras.Model(plain_model.inputs, outputs, name=plain_model.name)
+
+
 def convert(plain_model, mode, representative_images=None):
     """Converts a plain Keras model to TF Lite bytes in `mode` (a `Mode`).
 
@@ -154,7 +238,7 @@ def convert(plain_model, mode, representative_images=None):
     """
     with tempfile.TemporaryDirectory() as tmp:
         saved_model_path = os.path.join(tmp, "saved_model")
-        _static_flatten(plain_model).export(saved_model_path, verbose=False)
+        edge_graph(plain_model).export(saved_model_path, verbose=False)
         converter = _converter(saved_model_path, mode, representative_images)
         try:
             return converter.convert()
@@ -323,8 +407,6 @@ def choose(reports, keras_clean, keras_robust):
     for name, report in reports.items():
         if report.get("crashed"):
             why = "excluded: LiteRT crashed on it"
-        elif name in UNSTABLE:
-            why = f"excluded: {UNSTABLE[name]}"
         elif not report["xnnpack"]:
             why = f"excluded: {report['xnnpack_note']}"
         elif report["clean_acc"] < keras_clean - MAX_CLEAN_DROP:
