@@ -190,6 +190,20 @@ def evaluate_and_export(config, model_path, out_dir, name):
     return row
 
 
+# What each row keeps of every TF Lite mode's report.
+_MODE_KEYS = (
+    "bytes",
+    "gzip_bytes",
+    "xnnpack",
+    "xnnpack_note",
+    "clean_acc",
+    "robust_acc",
+    "latency_ms",
+    "load_mb",
+    "crashed",
+)
+
+
 def _deploy(config, keras_path, out_dir, name):
     """TF Lite export and verification of one network: the row's `tflite_*` fields.
 
@@ -200,7 +214,7 @@ def _deploy(config, keras_path, out_dir, name):
     if os.path.exists(cache):
         with open(cache) as f:
             fields = json.load(f)
-        if fields.get("tflite_requested") == config.tflite_mode:
+        if fields.get("tflite_requested") == config.tflite_mode and "tflite_modes" in fields:
             return fields
     plain = keras.saving.load_model(keras_path, safe_mode=True)
     images, labels, representative = tflite.verification_data(
@@ -224,6 +238,10 @@ def _deploy(config, keras_path, out_dir, name):
         "tflite_load_mb": chosen["load_mb"],
         "tflite_xnnpack": chosen["xnnpack"],
         "tflite_num_examples": result["num_examples"],
+        "tflite_modes": {
+            mode: {key: report.get(key) for key in _MODE_KEYS}
+            for mode, report in result["modes"].items()
+        },
     }
     if name == "dense":
         fp32 = result["modes"].get("float32")
@@ -526,4 +544,29 @@ def deployment_markdown(rows):
         )
     if dense:
         lines += ["", f"Dense fp32 file: {dense['tflite_fp32_bytes']} bytes."]
+    most_pruned = min(
+        (r for r in deployed if r["method"] == "hydra" and len(r.get("tflite_modes", {})) > 1),
+        key=lambda r: r["keep_ratio"],
+        default=None,
+    )
+    if most_pruned:
+        lines += [
+            "",
+            f"Every mode of hydra {most_pruned['keep_ratio']:g} (what `auto` chose from):",
+            "",
+            "| mode | bytes | gzip bytes | XNNPACK | latency ms | load MB | clean % | robust % |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for mode, m in most_pruned["tflite_modes"].items():
+            timing = (
+                "-"
+                if not m["latency_ms"]
+                else (f"{m['latency_ms']['1']:.3f} / {m['latency_ms']['32']:.2f}")
+            )
+            load = "-" if m["load_mb"] is None else f"{m['load_mb']:.1f}"
+            xnnpack = "yes" if m["xnnpack"] else f"no: {m['xnnpack_note']}"
+            lines.append(
+                f"| {mode} | {m['bytes']} | {m['gzip_bytes']} | {xnnpack} | {timing} | {load} | "
+                f"{percent(m['clean_acc'])} | {percent(m['robust_acc'])} |"
+            )
     return lines

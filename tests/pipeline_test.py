@@ -58,6 +58,7 @@ class PipelineTest(tf.test.TestCase):
                 abs(row["tflite_clean_acc"] - row["tflite_keras_clean_acc"]), 3 / 64
             )
             self.assertBetween(row["tflite_robust_acc"], 0.0, 1.0)
+            self.assertEqual(list(row["tflite_modes"]), ["int8"])
         dense = saved["rows"][0]
         self.assertGreater(dense["tflite_fp32_bytes"], 3 * dense["tflite_bytes"])  # int8
         self.assertBetween(saved["kept_overlap"], 0.0, 1.0)
