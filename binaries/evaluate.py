@@ -18,6 +18,7 @@ from absl import logging
 from binaries import common
 from hydra_tf import attacks
 from hydra_tf import data
+from hydra_tf import distribute
 from hydra_tf import evaluation
 from hydra_tf import export
 from hydra_tf import masks
@@ -38,7 +39,9 @@ _OUTPUT = flags.DEFINE_string("output", None, "Where to write the JSON (default:
 
 
 def _evaluate():
-    network = training.load_network(_CHECKPOINT.value)
+    strategy = common.strategy()
+    with strategy.scope():
+        network = training.load_network(_CHECKPOINT.value)
     test_ds, _ = data.load(
         common.DATASET.value, "test", common.DATA_DIR.value, common.TEST_LIMIT.value
     )
@@ -52,7 +55,10 @@ def _evaluate():
         network,
         data.make_pipeline(test_ds, common.BATCH_SIZE.value, training=False),
         attack,
+        strategy=strategy,
     )
+    if not distribute.is_chief(strategy):
+        return
     report = result.to_json()
     report["checkpoint"] = os.path.abspath(_CHECKPOINT.value)
     report["sparsity"] = masks.sparsity(export.kernels(export.strip_scores(network)))

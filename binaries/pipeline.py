@@ -59,6 +59,7 @@ flags.register_validator(
 
 
 def _pipeline():
+    strategy = common.strategy()
     settings = dict(pipeline.PRESETS[_PRESET.value])
     if common.TRAIN_LIMIT.value is not None:
         settings["train_limit"] = common.TRAIN_LIMIT.value
@@ -85,10 +86,11 @@ def _pipeline():
         objective=common.objective_config(),
         keep_ratios=tuple(float(k) for k in _KEEP_RATIOS.value),
         seed=common.SEED.value,
+        sync_batch_norm=common.SYNC_BATCH_NORM.value,
         **settings,
     )
     logging.info("Pipeline config: %s", dataclasses.asdict(config))
-    results = pipeline.run(config)
+    results = pipeline.run(config, strategy=strategy, jit_compile=common.JIT_COMPILE.value)
     logging.info("\n%s", pipeline.results_markdown(results))
 
 

@@ -46,6 +46,7 @@ _EVAL_RESTARTS = flags.DEFINE_integer("eval_restarts", 2, "PGD restarts of the e
 
 
 def _reproduce():
+    strategy = common.strategy()
     unknown = sorted(set(_ARCHS.value) - set(architectures.ARCHITECTURES))
     if unknown:
         raise app.UsageError(
@@ -72,9 +73,17 @@ def _reproduce():
         eval_steps=_EVAL_STEPS.value,
         eval_restarts=_EVAL_RESTARTS.value,
         tflite_mode=common.TFLITE_MODE.value,
+        sync_batch_norm=common.SYNC_BATCH_NORM.value,
         **common.certify_settings(),
     )
-    study = reproduce.run(base, tuple(_ARCHS.value), seeds, _OUTPUT_DIR.value)
+    study = reproduce.run(
+        base,
+        tuple(_ARCHS.value),
+        seeds,
+        _OUTPUT_DIR.value,
+        strategy=strategy,
+        jit_compile=common.JIT_COMPILE.value,
+    )
     logging.info("\n%s", reproduce.markdown(study))
 
 

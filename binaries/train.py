@@ -61,6 +61,7 @@ def _check_phase(values):
 
 
 def _train():
+    strategy = common.strategy()
     config = training.TrainConfig(
         workdir=_WORKDIR.value,
         phase=_PHASE.value,
@@ -80,9 +81,10 @@ def _train():
         momentum=_MOMENTUM.value,
         weight_decay=_WEIGHT_DECAY.value,
         schedule=_SCHEDULE.value,
+        sync_batch_norm=common.SYNC_BATCH_NORM.value,
         seed=common.SEED.value,
     )
-    training.train(config)
+    training.train(config, strategy=strategy, jit_compile=common.JIT_COMPILE.value)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,8 @@ layers (pruning, finetuning). Layer names are fixed by the builder, so weights
 move between the plain and the scored form of an architecture by name.
 """
 
+import contextvars
+
 import keras
 
 from hydra_tf import layers as score_layers
@@ -60,10 +62,16 @@ def _relu(x):
     return keras.layers.ReLU()(x)
 
 
+# Set by `build(sync_batch_norm=...)` while a network is being built.
+_SYNC_BATCH_NORM = contextvars.ContextVar("sync_batch_norm", default=False)
+
+
 def _bn(name):
     # PyTorch's BatchNorm defaults (momentum 0.1 there = 0.9 here, eps 1e-5),
     # which the paper's reference code used.
-    return keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5, name=name)
+    return keras.layers.BatchNormalization(
+        momentum=0.9, epsilon=1e-5, synchronized=_SYNC_BATCH_NORM.get(), name=name
+    )
 
 
 def cnn_small(inputs, num_classes, factory):
@@ -207,7 +215,14 @@ ARCHITECTURES = {
 }
 
 
-def build(arch, input_shape, num_classes, keep_ratio=None, score_initializer="he_uniform"):
+def build(
+    arch,
+    input_shape,
+    num_classes,
+    keep_ratio=None,
+    score_initializer="he_uniform",
+    sync_batch_norm=False,
+):
     """Builds a functional model of `arch` that outputs logits.
 
     Args:
@@ -217,9 +232,12 @@ def build(arch, input_shape, num_classes, keep_ratio=None, score_initializer="he
       keep_ratio: `None` for a plain model; else the per-layer fraction of
         weights kept by the score layers.
       score_initializer: initializer of the scores (score layers only).
+      sync_batch_norm: BatchNorm statistics over the global batch of all
+        replicas (tf.distribute) rather than each replica's share.
 
     Returns:
-      A `keras.Model` named `arch`.
+      A `keras.Model` named `arch`. Under a mixed-precision policy its logits
+      are cast to float32 by a last layer.
     """
     if arch not in ARCHITECTURES:
         raise ValueError(
@@ -229,5 +247,12 @@ def build(arch, input_shape, num_classes, keep_ratio=None, score_initializer="he
         raise ValueError(f"num_classes must be >= 2. Received: num_classes={num_classes}")
     factory = LayerFactory(keep_ratio, score_initializer)
     inputs = keras.Input(shape=tuple(input_shape), name="image")
-    outputs = ARCHITECTURES[arch](inputs, int(num_classes), factory)
+    token = _SYNC_BATCH_NORM.set(bool(sync_batch_norm))
+    try:
+        outputs = ARCHITECTURES[arch](inputs, int(num_classes), factory)
+    finally:
+        _SYNC_BATCH_NORM.reset(token)
+    if keras.mixed_precision.global_policy().compute_dtype != "float32":
+        # Losses and attacks need float32 logits.
+        outputs = keras.layers.Activation("linear", dtype="float32", name="logits")(outputs)
     return keras.Model(inputs, outputs, name=arch)

@@ -10,6 +10,8 @@ import dataclasses
 
 import tensorflow as tf
 
+from hydra_tf import distribute
+
 ATTACK_LOSSES = ("ce", "kl")
 
 
@@ -103,7 +105,7 @@ def pgd(model, x, y, config, loss="ce", target_probs=None, start=None):
         x_adv = tf.clip_by_value(start, lower, upper)
     elif config.random_start:
         x_adv = tf.clip_by_value(
-            x + tf.random.uniform(tf.shape(x), -eps, eps, x.dtype), lower, upper
+            x + distribute.uniform(tf.shape(x), -eps, eps, x.dtype), lower, upper
         )
     else:
         x_adv = x

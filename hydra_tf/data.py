@@ -437,4 +437,8 @@ def make_pipeline(
     elif augment:
         logging.debug("augment=True is ignored when training=False.")
     dataset = dataset.batch(batch_size, drop_remainder=drop_remainder)
-    return dataset.prefetch(tf.data.AUTOTUNE)
+    # In-memory data has no files to split between workers: under
+    # multi-worker training each worker takes its share of the examples.
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return dataset.with_options(options).prefetch(tf.data.AUTOTUNE)

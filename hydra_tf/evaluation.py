@@ -52,7 +52,22 @@ def batch_counter(network, attack):
     return batch_counts
 
 
-def evaluate(network, dataset, attack, log_every=20):
+def _distributed(batch_counts, strategy):
+    """`batch_counts` run on every replica of `strategy`, summed (also the batch size)."""
+
+    def counts(x, y):
+        clean, robust = batch_counts(x, y)
+        return clean, robust, tf.shape(y, out_type=tf.int64)[0]
+
+    @tf.function
+    def run(batch):
+        per_replica = strategy.run(counts, args=batch)
+        return [strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None) for v in per_replica]
+
+    return run
+
+
+def evaluate(network, dataset, attack, log_every=20, strategy=None):
     """Clean and PGD accuracy of `network` on a batched `dataset`.
 
     Args:
@@ -60,19 +75,30 @@ def evaluate(network, dataset, attack, log_every=20):
       dataset: a batched `tf.data.Dataset` of (images, labels).
       attack: an `attacks.PGDConfig`.
       log_every: log progress every this many batches.
+      strategy: a `tf.distribute.Strategy`; with several replicas each batch
+        is split between them (load `network` inside its scope).
 
     Returns:
       An `EvalResult`.
     """
 
     batch_counts = batch_counter(network, attack)
+    if strategy is not None and strategy.num_replicas_in_sync > 1:
+        run = _distributed(batch_counts, strategy)
+        dataset = strategy.experimental_distribute_dataset(dataset)
+        batch_counts = None
     start = time.time()
     clean_total = robust_total = seen = 0
-    for index, (x, y) in enumerate(dataset):
-        clean, robust = batch_counts(x, y)
+    for index, batch in enumerate(dataset):
+        if batch_counts is None:
+            clean, robust, size = run(batch)
+        else:
+            x, y = batch
+            clean, robust = batch_counts(x, y)
+            size = tf.shape(y)[0]
         clean_total += int(clean)
         robust_total += int(robust)
-        seen += int(tf.shape(y)[0])
+        seen += int(size)
         if log_every and (index + 1) % log_every == 0:
             logging.info(
                 "evaluated %d examples: clean %.4f, robust %.4f (%.1fs)",

@@ -61,8 +61,13 @@ class _Scored(keras.layers.Layer):
             )
         else:
             self.bias = None
+        # Scores, and the masks selected from them, stay float32 under a
+        # mixed-precision policy: float16 would tie many more of them.
         self.score = self.add_weight(
-            name="score", shape=kernel_shape, initializer=self.score_initializer
+            name="score",
+            shape=kernel_shape,
+            initializer=self.score_initializer,
+            autocast=False,
         )
 
     @property
@@ -100,7 +105,8 @@ class _Scored(keras.layers.Layer):
         mask = masks.reused_mask(self)
         if mask is None:
             mask = self.mask()
-        return self.kernel * mask
+        kernel = ops.convert_to_tensor(self.kernel)  # the compute dtype inside `call`
+        return kernel * ops.cast(mask, kernel.dtype)
 
     def _finish(self, outputs):
         if self.use_bias:

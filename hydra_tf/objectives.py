@@ -17,6 +17,7 @@ import keras
 import tensorflow as tf
 
 from hydra_tf import attacks
+from hydra_tf import distribute
 
 OBJECTIVES = ("natural", "pgd_at", "trades", "smoothing", "gaussian")
 
@@ -83,7 +84,7 @@ class Trades(_Consistency):
     def perturb(self, model, x, y):
         target = tf.nn.softmax(model(x, training=False))
         # TRADES starts from a small Gaussian perturbation of the clean input.
-        start = x + 0.001 * tf.random.normal(tf.shape(x), dtype=x.dtype)
+        start = x + 0.001 * distribute.normal(tf.shape(x), dtype=x.dtype)
         return attacks.pgd(model, x, y, self.attack, loss="kl", target_probs=target, start=start)
 
 
@@ -96,7 +97,7 @@ def _validate_sigma(sigma):
 def _add_noise(x, sigma):
     # No clipping to [0, 1]: the smoothed classifier certifies exactly this
     # noise distribution.
-    return x + sigma * tf.random.normal(tf.shape(x), dtype=x.dtype)
+    return x + sigma * distribute.normal(tf.shape(x), dtype=x.dtype)
 
 
 class GaussianNoise(Natural):

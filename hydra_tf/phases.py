@@ -29,13 +29,21 @@ def validate_phase(phase):
     return phase
 
 
-def build_network(phase, arch, input_shape, num_classes, keep_ratio=1.0, score_init="scaled"):
+def build_network(
+    phase,
+    arch,
+    input_shape,
+    num_classes,
+    keep_ratio=1.0,
+    score_init="scaled",
+    sync_batch_norm=False,
+):
     """Builds the network a phase trains (plain for pretrain, scored otherwise)."""
     validate_phase(phase)
     if score_init not in SCORE_INITS:
         raise ValueError(f"Unknown score init {score_init!r}. Supported: {', '.join(SCORE_INITS)}.")
     if phase == "pretrain":
-        return architectures.build(arch, input_shape, num_classes)
+        return architectures.build(arch, input_shape, num_classes, sync_batch_norm=sync_batch_norm)
     initializer = "he_uniform" if score_init == "scaled" else score_init
     return architectures.build(
         arch,
@@ -43,6 +51,7 @@ def build_network(phase, arch, input_shape, num_classes, keep_ratio=1.0, score_i
         num_classes,
         keep_ratio=keep_ratio,
         score_initializer=initializer,
+        sync_batch_norm=sync_batch_norm,
     )
 
 

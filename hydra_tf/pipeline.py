@@ -24,6 +24,7 @@ from absl import logging
 
 from hydra_tf import attacks
 from hydra_tf import data
+from hydra_tf import distribute
 from hydra_tf import evaluation
 from hydra_tf import export
 from hydra_tf import layers as score_layers
@@ -73,6 +74,8 @@ class PipelineConfig:
     # TF Lite export of every network: a mode of `tflite.MODE_NAMES`, "auto"
     # (the smallest file that runs on XNNPACK and keeps accuracy) or "none".
     tflite_mode: str = "auto"
+    # BatchNorm statistics over all replicas' examples (tf.distribute).
+    sync_batch_norm: bool = False
     seed: int = 0
 
     def __post_init__(self):
@@ -167,6 +170,7 @@ def _train_config(config, phase, workdir, keep_ratio=1.0, source=None, epochs=1,
         optimizer=config.optimizer,
         learning_rate=lr,
         weight_decay=config.weight_decay,
+        sync_batch_norm=config.sync_batch_norm,
         seed=config.seed,
     )
 
@@ -317,14 +321,29 @@ def _certify_row(config, network, test_ds):
     }
 
 
-def run(config):
-    """Runs (or resumes) the whole pipeline; returns the results dict."""
-    start = time.time()
-    os.makedirs(config.workdir, exist_ok=True)
-    training.write_json(os.path.join(config.workdir, "pipeline_config.json"), config.to_json())
-    stage = lambda *parts: os.path.join(config.workdir, *parts)
+def run(config, strategy=None, jit_compile=False):
+    """Runs (or resumes) the whole pipeline; returns the results dict.
 
-    dense = training.train(
+    Training runs under `strategy` (default: the current one). Under
+    multi-worker training only the chief evaluates, exports and writes the
+    results (on one device); the other workers train and return no rows.
+    """
+    start = time.time()
+    chief = distribute.is_chief(strategy)
+    os.makedirs(config.workdir, exist_ok=True)
+    if chief:
+        training.write_json(os.path.join(config.workdir, "pipeline_config.json"), config.to_json())
+    stage = lambda *parts: os.path.join(config.workdir, *parts)
+    train = lambda train_config: training.train(
+        train_config, strategy=strategy, jit_compile=jit_compile
+    )
+
+    def evaluated(model_path, name):
+        if not chief:
+            return None
+        return evaluate_and_export(config, model_path, stage(name), name)
+
+    dense = train(
         _train_config(
             config,
             "pretrain",
@@ -333,16 +352,10 @@ def run(config):
             lr=config.pretrain_lr,
         )
     )
-    rows = [
-        dict(
-            method="dense",
-            keep_ratio=1.0,
-            **evaluate_and_export(config, dense.model_path, stage("dense"), "dense"),
-        )
-    ]
+    rows = [{"method": "dense", "keep_ratio": 1.0, "row": evaluated(dense.model_path, "dense")}]
     for ratio in config.keep_ratios:
         tag = f"{ratio:g}"
-        pruned = training.train(
+        pruned = train(
             _train_config(
                 config,
                 "prune",
@@ -354,7 +367,7 @@ def run(config):
             )
         )
         for method, source in (("hydra", pruned.model_path), ("lwm", dense.model_path)):
-            tuned = training.train(
+            tuned = train(
                 _train_config(
                     config,
                     "finetune",
@@ -367,12 +380,12 @@ def run(config):
             )
             name = f"{method}_{tag}"
             rows.append(
-                dict(
-                    method=method,
-                    keep_ratio=ratio,
-                    **evaluate_and_export(config, tuned.model_path, stage(name), name),
-                )
+                {"method": method, "keep_ratio": ratio, "row": evaluated(tuned.model_path, name)}
             )
+    if not chief:
+        logging.info("Worker finished training; the chief writes the results.")
+        return {"config": config.to_json(), "rows": []}
+    rows = [{"method": r["method"], "keep_ratio": r["keep_ratio"], **r["row"]} for r in rows]
     results = {"config": config.to_json(), "rows": rows}
     smallest = min(config.keep_ratios)
     hydra_model = stage(f"hydra_{smallest:g}", "prune", training.MODEL_FILE)

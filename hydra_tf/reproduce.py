@@ -14,6 +14,7 @@ import time
 
 from absl import logging
 
+from hydra_tf import distribute
 from hydra_tf import pipeline
 from hydra_tf import training
 
@@ -180,7 +181,7 @@ def markdown(study):
     return "\n".join(lines) + "\n"
 
 
-def run(base, archs, seeds, output_dir):
+def run(base, archs, seeds, output_dir, strategy=None, jit_compile=False):
     """Runs the pipeline for every arch and seed; writes the aggregated study.
 
     Args:
@@ -189,6 +190,7 @@ def run(base, archs, seeds, output_dir):
       archs: architecture names.
       seeds: integer seeds.
       output_dir: where `results.json`, `results.md` and `plots/` go.
+      strategy, jit_compile: passed to `pipeline.run`; only the chief writes.
 
     Returns:
       The study dict written to `results.json`.
@@ -202,7 +204,11 @@ def run(base, archs, seeds, output_dir):
             config = dataclasses.replace(
                 base, arch=arch, seed=seed, workdir=os.path.join(base.workdir, arch, f"seed{seed}")
             )
-            runs.append((arch, seed, config, pipeline.run(config)))
+            runs.append(
+                (arch, seed, config, pipeline.run(config, strategy, jit_compile=jit_compile))
+            )
+    if not distribute.is_chief(strategy):
+        return None
     rows = aggregate([(arch, seed, results) for arch, seed, _, results in runs])
     smallest = min(base.keep_ratios)
     figures, overlaps = {}, {}

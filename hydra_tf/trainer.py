@@ -20,6 +20,7 @@ the mask in every forward pass (`reuse_masks=False`, kept as the reference).
 import keras
 import tensorflow as tf
 
+from hydra_tf import distribute
 from hydra_tf import layers as score_layers
 from hydra_tf import masks
 
@@ -67,10 +68,13 @@ class RobustTrainer(keras.Model):
       reuse_masks: select each mask once per step (and cache frozen masks);
         False computes the mask in every forward pass, the slow reference
         with the same results.
+      seed: keys the step's random numbers (attack starts, noise) with the
+        step counter and the replica (`distribute.step_randomness`).
     """
 
-    def __init__(self, network, objective, reuse_masks=True, **kwargs):
+    def __init__(self, network, objective, reuse_masks=True, seed=0, **kwargs):
         super().__init__(**kwargs)
+        self.seed = int(seed)
         self.network = network
         self.objective = objective
         self.reuse_masks = bool(reuse_masks)
@@ -122,6 +126,19 @@ class RobustTrainer(keras.Model):
         run.refreshes_frozen_masks = True
         return run
 
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # Under a tf.distribute strategy Keras reads one batch here to build
+        # the model, which starts an extra pass over the data: a reshuffling
+        # dataset would then train on another order than on one device. The
+        # network is built already and there are no compiled losses or
+        # metrics, so only the optimizer needs building (in cross-replica
+        # context).
+        if not self.built:
+            return super()._maybe_symbolic_build(iterator, data_batch)
+        if self.optimizer is not None and not self.optimizer.built:
+            with self.distribute_strategy.scope():
+                self.optimizer.build(self.trainable_variables)
+
     def make_train_function(self, force=False):
         super().make_train_function(force)
         self.train_function = self._refreshing(self.train_function)
@@ -148,6 +165,10 @@ class RobustTrainer(keras.Model):
         return result
 
     def train_step(self, data):
+        with distribute.step_randomness(self.seed, self.optimizer.iterations):
+            return self._train_step(data)
+
+    def _train_step(self, data):
         x, y = data
         hard = self.step_masks()
         with masks.reusing(hard):
@@ -167,14 +188,22 @@ class RobustTrainer(keras.Model):
         grads = tape.gradient(scaled, variables)
         self.optimizer.apply(grads, variables)
         self._track(loss, y, logits)
-        return {m.name: m.result() for m in self.metrics}
+        return self._results()
 
     def test_step(self, data):
         x, y = data
         with masks.reusing(self.step_masks()):
             logits = self.network(x, training=False)
         self._track(self._eval_ce(y, logits), y, logits)
-        return {m.name: m.result() for m in self.metrics}
+        return self._results()
+
+    def _results(self):
+        results = {m.name: m.result() for m in self.metrics}
+        if isinstance(tf.distribute.get_strategy(), tf.distribute.MultiWorkerMirroredStrategy):
+            # Keras averages a multi-worker step's outputs over axis 0, which
+            # scalars do not have (Keras 3.15): give each a length-1 axis.
+            results = {name: tf.reshape(value, [1]) for name, value in results.items()}
+        return results
 
     def _track(self, loss, y, logits):
         # Losses are scaled by 1 / replicas for gradient summation; undo that

@@ -22,9 +22,11 @@ import sys
 import time
 
 import keras
+import tensorflow as tf
 from absl import logging
 
 from hydra_tf import data
+from hydra_tf import distribute
 from hydra_tf import objectives
 from hydra_tf import phases
 from hydra_tf import trainer as trainer_lib
@@ -63,6 +65,8 @@ class TrainConfig:
     momentum: float = 0.9
     weight_decay: float = 1e-4
     schedule: str = "cosine"
+    # BatchNorm statistics over all replicas' examples (tf.distribute).
+    sync_batch_norm: bool = False
     seed: int = 0
 
     def __post_init__(self):
@@ -235,13 +239,17 @@ def write_json(path, value):
     os.replace(tmp, path)
 
 
-def train(config, verbose=None):
+def train(config, verbose=None, strategy=None, jit_compile=False):
     """Runs (or resumes, or skips if finished) one phase; see the module doc.
 
     Args:
-      config: a `TrainConfig`.
+      config: a `TrainConfig`; its batch size is the global batch.
       verbose: passed to `model.fit`; by default a progress bar on a terminal
         and one line per epoch otherwise.
+      strategy: a `tf.distribute.Strategy` (default: the current one). Only
+        its chief writes into `config.workdir`; other workers keep their
+        backups and logs under `<workdir>/workers/<task>` (`distribute`).
+      jit_compile: compile the training step with XLA.
 
     Returns:
       A `TrainResult`.
@@ -251,14 +259,18 @@ def train(config, verbose=None):
       CheckpointMismatchError: a source checkpoint of another architecture.
       NonFiniteLossError: the loss became NaN/inf (last good state kept).
     """
-    os.makedirs(config.workdir, exist_ok=True)
+    strategy = strategy or tf.distribute.get_strategy()
+    chief = distribute.is_chief(strategy)
+    own_dir = distribute.worker_dir(config.workdir, strategy)
+    os.makedirs(own_dir, exist_ok=True)
     config_path = os.path.join(config.workdir, CONFIG_FILE)
-    model_path = os.path.join(config.workdir, MODEL_FILE)
-    history_path = os.path.join(config.workdir, "history.csv")
-    backup_dir = os.path.join(config.workdir, "backup")
+    history_path = os.path.join(own_dir, "history.csv")
+    backup_dir = os.path.join(own_dir, "backup")
     name = f"{config.phase}[{config.arch}, keep={config.keep_ratio:g}]"
 
-    if os.path.exists(config_path):
+    # Other workers' configs name their own copies of the source checkpoint;
+    # the chief's config is the run's.
+    if chief and os.path.exists(config_path):
         with open(config_path) as f:
             previous = json.load(f)
         if not _same_config(previous, config):
@@ -266,10 +278,13 @@ def train(config, verbose=None):
                 f"{config.workdir} already holds a run with another configuration "
                 f"(see {config_path}). Use a new --workdir, or delete the old one."
             )
-        if os.path.exists(model_path):
-            logging.info("%s: already finished in %s; skipping.", name, config.workdir)
-            return TrainResult(model_path, _read_history(history_path), 0.0, resumed=True)
-    write_json(config_path, config.to_json())
+    # Each process checks its own saved model, so all workers skip together.
+    saved = os.path.join(own_dir, MODEL_FILE)
+    if os.path.exists(saved):
+        logging.info("%s: already finished in %s; skipping.", name, config.workdir)
+        return TrainResult(saved, _read_history(history_path), 0.0, resumed=True)
+    if chief:
+        write_json(config_path, config.to_json())
     resumed = os.path.isdir(backup_dir)
 
     keras.utils.set_random_seed(config.seed)
@@ -286,33 +301,37 @@ def train(config, verbose=None):
     test_ds = data.make_pipeline(test_ds, config.batch_size, training=False)
     steps_per_epoch = math.ceil(num_train / config.batch_size)
 
-    network = phases.build_network(
-        config.phase,
-        config.arch,
-        meta.image_shape,
-        meta.num_classes,
-        keep_ratio=config.keep_ratio,
-        score_init=config.score_init,
-    )
     source = load_network(config.source_checkpoint) if config.source_checkpoint else None
-    origin = phases.prepare(network, config.phase, source, config.score_init)
+    with strategy.scope():
+        network = phases.build_network(
+            config.phase,
+            config.arch,
+            meta.image_shape,
+            meta.num_classes,
+            keep_ratio=config.keep_ratio,
+            score_init=config.score_init,
+            sync_batch_norm=config.sync_batch_norm,
+        )
+        origin = phases.prepare(network, config.phase, source, config.score_init)
+        trainer = trainer_lib.RobustTrainer(
+            network, objectives.make(config.objective), seed=config.seed
+        )
+        trainer.compile(optimizer=_optimizer(config, steps_per_epoch), jit_compile=jit_compile)
     logging.info(
-        "%s: %d training examples, %d steps/epoch, objective %s, scores from %s%s",
+        "%s: %d training examples, %d steps/epoch, objective %s, scores from %s, %d replica(s)%s",
         name,
         num_train,
         steps_per_epoch,
         config.objective.name,
         origin,
+        strategy.num_replicas_in_sync,
         "; resuming from backup" if resumed else "",
     )
-
-    trainer = trainer_lib.RobustTrainer(network, objectives.make(config.objective))
-    trainer.compile(optimizer=_optimizer(config, steps_per_epoch))
     callbacks = [
         _StopOnNonFinite(backup_dir),
         keras.callbacks.BackupAndRestore(backup_dir),
         keras.callbacks.CSVLogger(history_path, append=True),
-        keras.callbacks.TensorBoard(os.path.join(config.workdir, "tensorboard")),
+        keras.callbacks.TensorBoard(os.path.join(own_dir, "tensorboard")),
         _LogProgress(name, config.epochs),
     ]
     if verbose is None:
@@ -327,6 +346,7 @@ def train(config, verbose=None):
         verbose=verbose,
     )
     seconds = time.time() - start
-    network.save(model_path)
-    logging.info("%s: finished in %.1fs; saved %s", name, seconds, model_path)
-    return TrainResult(model_path, _read_history(history_path), seconds, resumed)
+    # Every worker saves (saving may run collective ops); the chief's file is the result.
+    network.save(saved)
+    logging.info("%s: finished in %.1fs; saved %s", name, seconds, saved)
+    return TrainResult(saved, _read_history(history_path), seconds, resumed)
