@@ -18,6 +18,7 @@ Usage:
   python -m benchmarks.train_step --json       # one JSON object per line
   python -m benchmarks.train_step --arch=cnn_small --jit_compile   # XLA
   python -m benchmarks.train_step --per_forward_masks   # the pre-issue-4 path
+  python -m benchmarks.train_step --quick --cpu_replicas=2   # mirrored, 2 CPU devices
 """
 
 import json
@@ -82,6 +83,13 @@ _PER_FORWARD = flags.DEFINE_boolean(
     False,
     "Compute the mask in every forward pass (the reference path) instead of once per step.",
 )
+_CPU_REPLICAS = flags.DEFINE_integer(
+    "cpu_replicas",
+    1,
+    "Run the step under MirroredStrategy over this many logical CPU devices (the batch is "
+    "global, split between them).",
+    lower_bound=1,
+)
 _CASE = flags.DEFINE_string(
     "case", None, "Internal: run one case 'arch:phase:keep' in this process and print its JSON."
 )
@@ -103,6 +111,10 @@ def _peak_rss_mb():
 
 def run_case(arch, phase, keep_ratio):
     """Measures one case in this process; returns its figures as a dict."""
+    from hydra_tf import distribute
+
+    if _CPU_REPLICAS.value > 1:
+        distribute.split_cpu(_CPU_REPLICAS.value)
     import keras
     import numpy as np
     import tensorflow as tf
@@ -121,22 +133,32 @@ def run_case(arch, phase, keep_ratio):
     batch = _BATCH.value
     keras.utils.set_random_seed(0)
 
-    network = phases.build_network(phase, arch, shape, classes, keep_ratio=keep_ratio)
-    if phase != "pretrain":
-        phases.prepare(network, phase, architectures.build(arch, shape, classes))
-    objective = objectives.make(
-        objectives.ObjectiveConfig(name="trades", eps=eps, steps=10, step_size=step_size)
+    strategy = (
+        distribute.make_strategy("mirrored")
+        if _CPU_REPLICAS.value > 1
+        else distribute.make_strategy("default")
     )
-    model = trainer_lib.RobustTrainer(network, objective, reuse_masks=not _PER_FORWARD.value)
-    model.compile(
-        optimizer=keras.optimizers.SGD(0.01, momentum=0.9, weight_decay=1e-4),
-        jit_compile=_JIT.value,
-    )
+    source = architectures.build(arch, shape, classes) if phase != "pretrain" else None
+    with strategy.scope():
+        network = phases.build_network(phase, arch, shape, classes, keep_ratio=keep_ratio)
+        if source is not None:
+            phases.prepare(network, phase, source)
+        objective = objectives.make(
+            objectives.ObjectiveConfig(name="trades", eps=eps, steps=10, step_size=step_size)
+        )
+        model = trainer_lib.RobustTrainer(network, objective, reuse_masks=not _PER_FORWARD.value)
+        model.compile(
+            optimizer=keras.optimizers.SGD(0.01, momentum=0.9, weight_decay=1e-4),
+            jit_compile=_JIT.value,
+        )
+        model.optimizer.build(model.trainable_variables)
 
     rng = np.random.RandomState(0)
     images = rng.rand(batch, *shape).astype(np.float32)
     labels = rng.randint(0, classes, batch)
     dataset = tf.data.Dataset.from_tensors((images, labels)).repeat().prefetch(2)
+    if strategy.num_replicas_in_sync > 1:
+        dataset = strategy.experimental_distribute_dataset(dataset)
     iterator = iter(dataset)
     model.make_train_function()
 
@@ -184,6 +206,7 @@ def run_case(arch, phase, keep_ratio):
         "mask_share": mask_seconds / step_seconds,
         "jit_compile": _JIT.value,
         "masks": "per_forward" if _PER_FORWARD.value else "once_per_step",
+        "replicas": strategy.num_replicas_in_sync,
     }
 
     if not _SKIP_EVAL.value:
@@ -223,6 +246,7 @@ def _subprocess_case(arch, phase, keep_ratio):
         f"--jit_compile={_JIT.value}",
         f"--per_forward_masks={_PER_FORWARD.value}",
         f"--skip_eval={_SKIP_EVAL.value}",
+        f"--cpu_replicas={_CPU_REPLICAS.value}",
     ]
     if _REPEATS.value:
         passed.append(f"--repeats={_REPEATS.value}")
@@ -264,7 +288,8 @@ def main(argv):
         print(
             f"TRADES PGD-10 train step, batch {_BATCH.value}, "
             f"masks {'per forward pass' if _PER_FORWARD.value else 'once per step'}, "
-            f"XLA {'on' if _JIT.value else 'off'}; medians after warm-up."
+            f"XLA {'on' if _JIT.value else 'off'}, {_CPU_REPLICAS.value} replica(s); "
+            "medians after warm-up."
         )
         print(
             f"{'arch':<10} {'phase':<9} {'keep':>5} {'img/s':>9} {'masks':>8} "

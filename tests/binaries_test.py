@@ -22,6 +22,9 @@ class BadInputTest(tf.test.TestCase, parameterized.TestCase):
         (["--workdir=/tmp/x", "--objective=fgsm"], "objective"),
         (["--workdir=/tmp/x", "--phase=prune", "--keep_ratio=1.5"], "keep_ratio"),
         (["--workdir=/tmp/x", "--phase=finetune", "--keep_ratio=0.1"], "source_checkpoint"),
+        (["--workdir=/tmp/x", "--strategy=multi_worker"], "needs TF_CONFIG"),
+        (["--workdir=/tmp/x", "--strategy=mirrored", "--num_gpus=8"], "--num_gpus=8"),
+        (["--workdir=/tmp/x", "--strategy=ring"], "strategy"),
     )
     def test_train_rejects(self, args, word):
         result = run_binary("train", *args)

@@ -80,6 +80,7 @@ class MultiDeviceTest(tf.test.TestCase):
         _finish(process)
 
     def _assert_matches_single(self, out):
+        self.assertEqual(_report(out)["eval"], _report(self.single)["eval"])
         for phase in _PHASES:
             expected, actual = _weights(self.single, phase), _weights(out, phase)
             self.assertEqual(sorted(expected), sorted(actual))

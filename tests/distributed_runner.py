@@ -7,8 +7,9 @@ cnn_small with the natural objective (no random numbers, so runs on one and on
 several devices can be compared), then writes to --out:
 
   weights_<phase>.npz   the final variables of each phase
-  report.json           replicas, seconds per step of each phase, and the
-                        random numbers each replica drew inside a step
+  report.json           replicas, seconds per step of each phase, the
+                        evaluation of the last model, and the random
+                        numbers each replica drew inside a step
 
 With --kill_after_epoch=K the pretrain phase stops after epoch K (like a
 killed run); rerunning the same command resumes it.
@@ -98,6 +99,23 @@ def main():
             os.path.join(args.out, f"weights_{phase}.npz"),
             **{v.path: v.numpy() for v in model.weights},
         )
+
+    # Evaluation splits each batch between the replicas (no random start, so
+    # the attack is the same on every device).
+    from hydra_tf import attacks
+    from hydra_tf import data
+    from hydra_tf import evaluation
+
+    with strategy.scope():
+        model = training.load_network(source)
+    test_ds, _ = data.load("fashion_mnist", "test", limit=96)
+    result = evaluation.evaluate(
+        model,
+        data.make_pipeline(test_ds, 32, training=False),
+        attacks.PGDConfig(eps=0.1, steps=3, random_start=False),
+        strategy=strategy,
+    )
+    report["eval"] = [result.clean_acc, result.robust_acc, result.num_examples]
 
     # Random numbers of one step, drawn on every replica from one seed.
     @tf.function
