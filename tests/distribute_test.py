@@ -30,8 +30,8 @@ _RUNNER = os.path.join(_ROOT, "tests", "distributed_runner.py")
 _PHASES = ("pretrain", "prune", "finetune")
 
 
-def _start(work, name, *flags, env=None):
-    out = os.path.join(work, f"{name}_out")
+def _start(work, name, *flags, env=None, process_index=""):
+    out = os.path.join(work, f"{name}_out{process_index}")
     command = [
         sys.executable,
         _RUNNER,
@@ -100,7 +100,8 @@ class MultiDeviceTest(tf.test.TestCase):
         print("seconds per step, one device:", _report(self.single)["seconds_per_step"])
         print("seconds per step, two CPU replicas:", report["seconds_per_step"])
 
-    def test_multi_worker_two_processes_match_one_device(self):
+    def _cluster(self, name, *flags, allow_failure=False):
+        """Runs a two-worker cluster on loopback; returns [(exit code, stderr, out)]."""
         ports = [_free_port(), _free_port()]
         cluster = {"worker": [f"localhost:{port}" for port in ports]}
         processes = []
@@ -109,20 +110,38 @@ class MultiDeviceTest(tf.test.TestCase):
             processes.append(
                 _start(
                     self.work,
-                    "multi_worker",
+                    name,
                     "--strategy=multi_worker",
+                    *flags,
                     env={"TF_CONFIG": json.dumps(config)},
+                    process_index=str(index),
                 )
             )
-        for process, _ in processes:
-            _finish(process)
-        chief_out = processes[0][1]
+        return [(*_finish(p, allow_failure), out) for p, out in processes]
+
+    def test_multi_worker_two_processes_match_one_device(self):
+        chief_out = self._cluster("multi_worker")[0][2]
         self.assertEqual(_report(chief_out)["replicas"], 2)
         self._assert_matches_single(chief_out)
         # Only the chief wrote the run's files; the other worker kept its own.
         run = os.path.join(self.work, "multi_worker", "pretrain")
         self.assertTrue(os.path.exists(os.path.join(run, "model.keras")))
         self.assertTrue(os.path.exists(os.path.join(run, "workers", "worker_1", "model.keras")))
+
+    def test_killed_multi_worker_run_resumes(self):
+        flags = ("--phases=pretrain", "--epochs=3")
+        for code, stderr, _ in self._cluster(
+            "mw_killed", *flags, "--kill_after_epoch=1", allow_failure=True
+        ):
+            self.assertNotEqual(code, 0)
+            self.assertIn("killed after epoch 1", stderr)
+        run = os.path.join(self.work, "mw_killed", "pretrain")
+        self.assertFalse(os.path.exists(os.path.join(run, "model.keras")))
+        chief_out = self._cluster("mw_killed", *flags)[0][2]
+        self.assertTrue(_report(chief_out)["resumed"]["pretrain"])
+        with open(os.path.join(run, "history.csv")) as f:
+            epochs = [line.split(",")[0] for line in f.read().splitlines()[1:]]
+        self.assertEqual(epochs, ["0", "1", "2"])
 
     def test_killed_mirrored_run_resumes(self):
         flags = ("--strategy=mirrored", "--cpu_replicas=2", "--phases=pretrain", "--epochs=3")
