@@ -4,7 +4,9 @@ Data flows one way through the package:
 
   data -> architectures / layers (score layers, masks, scores)
        -> objectives (attacks) -> trainer / phases / training
-       -> evaluation -> export; pipeline runs them all.
+       -> evaluation -> export (tflite); pipeline runs them all.
+  distribute (tf.distribute strategies, per-replica randomness) is used by
+  trainer and training.
 """
 
 from hydra_tf.architectures import ARCHITECTURES
@@ -17,6 +19,7 @@ from hydra_tf.data import DatasetInfo
 from hydra_tf.data import DatasetUnavailableError
 from hydra_tf.data import load
 from hydra_tf.data import make_pipeline
+from hydra_tf.distribute import make_strategy
 from hydra_tf.evaluation import EvalResult
 from hydra_tf.evaluation import default_attack
 from hydra_tf.evaluation import evaluate
@@ -40,6 +43,8 @@ from hydra_tf.pipeline import PipelineConfig
 from hydra_tf.scores import scaled_init
 from hydra_tf.smoothing import SmoothingConfig
 from hydra_tf.smoothing import certify_dataset
+from hydra_tf.tflite import TFLiteConversionError
+from hydra_tf.tflite import deploy
 from hydra_tf.trainer import RobustTrainer
 from hydra_tf.training import NonFiniteLossError
 from hydra_tf.training import TrainConfig
@@ -64,15 +69,18 @@ __all__ = [
     "ScoredConv2D",
     "ScoredDense",
     "SmoothingConfig",
+    "TFLiteConversionError",
     "TrainConfig",
     "build",
     "certify_dataset",
     "default_attack",
+    "deploy",
     "evaluate",
     "kept_count",
     "layer_sparsity",
     "load",
     "make_pipeline",
+    "make_strategy",
     "pgd",
     "prepare",
     "robust_correct",
