@@ -34,6 +34,7 @@ _OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Where to write the result
 
 
 def _certify():
+    common.require_one_device("binaries.certify")
     network = training.load_network(_CHECKPOINT.value)
     meta = data.info(common.DATASET.value)
     test_ds, count = data.load(

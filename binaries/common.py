@@ -143,6 +143,15 @@ def strategy():
     )
 
 
+def require_one_device(binary):
+    """Refuses the distribution flags in a binary that runs on one device."""
+    if STRATEGY.value != "default" or CPU_REPLICAS.value:
+        raise app.UsageError(
+            f"{binary} runs on one device; --strategy={STRATEGY.value} is not supported here "
+            "(training, evaluation and the pipeline take it)."
+        )
+
+
 def certify_settings():
     """The certification flags a user set, as `PipelineConfig` field values."""
     values = {

@@ -40,6 +40,7 @@ _FORMAT = flags.DEFINE_enum(
 
 
 def _export():
+    common.require_one_device("binaries.export")
     network = training.load_network(_CHECKPOINT.value)
     keras_path, saved_model_path, plain = export.export(network, _OUTPUT_DIR.value, _NAME.value)
     logging.info(

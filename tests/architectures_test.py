@@ -13,6 +13,25 @@ def _weight_shapes(model):
     return {v.path.split("/", 1)[1]: tuple(v.shape) for v in model.weights}
 
 
+class SyncBatchNormTest(tf.test.TestCase):
+    def test_sync_batch_norm_reaches_every_batch_norm_layer(self):
+        def synchronized(model):
+            return [
+                layer.synchronized
+                for layer in model.layers
+                if isinstance(layer, keras.layers.BatchNormalization)
+            ]
+
+        plain = synchronized(architectures.build("resnet18", (32, 32, 3), 10))
+        synced = synchronized(
+            architectures.build("resnet18", (32, 32, 3), 10, keep_ratio=0.1, sync_batch_norm=True)
+        )
+        self.assertNotEmpty(plain)
+        self.assertFalse(any(plain))
+        self.assertTrue(all(synced))
+        self.assertLen(synced, len(plain))
+
+
 class BuildTest(tf.test.TestCase, parameterized.TestCase):
     @parameterized.parameters(
         ("cnn_small", (28, 28, 1)),
