@@ -10,6 +10,10 @@ to --output_dir:
   certify.json   settings, per-example records (label, prediction, radius,
                  p_lower, correct, seconds) and certified accuracy per radius
   certify.md     the certified-accuracy table
+
+With --strategy (e.g. mirrored over several GPUs), each example's noisy
+copies are split between the replicas; the counts, and so the results, are
+those of one device. Only the chief writes.
 """
 
 import os
@@ -20,6 +24,7 @@ from absl import logging
 
 from binaries import common
 from hydra_tf import data
+from hydra_tf import distribute
 from hydra_tf import smoothing
 from hydra_tf import training
 
@@ -34,8 +39,9 @@ _OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Where to write the result
 
 
 def _certify():
-    common.require_one_device("binaries.certify")
-    network = training.load_network(_CHECKPOINT.value)
+    strategy = common.strategy()
+    with strategy.scope():
+        network = training.load_network(_CHECKPOINT.value)
     meta = data.info(common.DATASET.value)
     test_ds, count = data.load(
         common.DATASET.value, "test", common.DATA_DIR.value, common.TEST_LIMIT.value
@@ -49,7 +55,11 @@ def _certify():
         seed=common.SEED.value,
     )
     logging.info("Certifying %d examples with %s", count, config)
-    records = smoothing.certify_dataset(network, test_ds, meta.num_classes, config)
+    records = smoothing.certify_dataset(
+        network, test_ds, meta.num_classes, config, strategy=strategy
+    )
+    if not distribute.is_chief(strategy):
+        return
     report = smoothing.report(records, config, checkpoint=os.path.abspath(_CHECKPOINT.value))
     os.makedirs(_OUTPUT_DIR.value, exist_ok=True)
     training.write_json(os.path.join(_OUTPUT_DIR.value, "certify.json"), report)

@@ -20,6 +20,7 @@ import tensorflow as tf
 from absl import logging
 from scipy import stats
 
+from hydra_tf import distribute
 from hydra_tf import layers
 
 ABSTAIN = -1
@@ -84,42 +85,63 @@ class Smoother:
       network: a Keras model mapping images to logits.
       num_classes: number of classes.
       config: a `SmoothingConfig`.
+      strategy: a `tf.distribute.Strategy` (default: the current one). With
+        several replicas, each takes its own chunk of noisy copies and the
+        class counts are summed; since a chunk's noise depends only on its
+        index, the counts are those of one device.
     """
 
-    def __init__(self, network, num_classes, config):
+    def __init__(self, network, num_classes, config, strategy=None):
         self.network = network
         self.num_classes = int(num_classes)
         self.config = config
-        self._counts = tf.function(self._batch_counts, reduce_retracing=True)
+        self.strategy = strategy or tf.distribute.get_strategy()
+        self._counts = tf.function(self._group_counts, reduce_retracing=True)
 
-    def _batch_counts(self, x, count, seed):
-        """Class counts of `count` noisy copies of one image `x`."""
+    def _replica_counts(self, x, num, first_chunk, key):
+        """Class counts of this replica's chunk (`first_chunk` + replica id) of `num` copies."""
+        chunk = first_chunk + distribute.replica_id()
+        batch = tf.constant(self.config.batch, tf.int64)
+        # The last group of chunks may give some replicas fewer copies, or none.
+        size = tf.clip_by_value(num - chunk * batch, 0, batch)
+        seed = tf.stack([tf.constant(self.config.seed, tf.int64), key + chunk])
+        # A replica without copies still runs one (convolutions reject empty
+        # batches here) and counts nothing.
         noise = tf.random.stateless_normal(
-            tf.concat([[count], tf.shape(x)], 0), seed=seed, dtype=x.dtype
+            tf.concat([[tf.maximum(size, 1)], tf.shape(x, out_type=tf.int64)], 0),
+            seed=seed,
+            dtype=x.dtype,
         )
         noisy = x[None] + self.config.sigma * noise
         # Scores are fixed while sampling: select each mask once.
         with layers.masks_fixed(self.network):
             logits = self.network(noisy, training=False)
         predicted = tf.argmax(logits, axis=-1, output_type=tf.int32)
-        return tf.math.bincount(predicted, minlength=self.num_classes, maxlength=self.num_classes)
+        counts = tf.math.bincount(predicted, minlength=self.num_classes, maxlength=self.num_classes)
+        return counts * tf.cast(size > 0, counts.dtype)
+
+    def _group_counts(self, x, num, first_chunk, key):
+        """Class counts of one chunk per replica, summed over the replicas."""
+        per_replica = self.strategy.run(self._replica_counts, args=(x, num, first_chunk, key))
+        return self.strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
 
     def sample_counts(self, x, num, example, draw):
         """Counts of each class over `num` noisy copies of image `x`.
 
-        `example` and `draw` (0: selection, 1: estimation) key the noise, so
-        the same call always sees the same noise.
+        The copies come in chunks of `config.batch`; chunk c's noise is keyed
+        by (seed, example, draw, c), with `draw` 0 for selection and 1 for
+        estimation, so the same call always sees the same noise, on any
+        number of replicas.
         """
         x = tf.convert_to_tensor(x, tf.float32)
+        key = tf.constant(example * 1_000_003 + draw * 100_003, tf.int64)
+        replicas = self.strategy.num_replicas_in_sync
+        chunks = -(-num // self.config.batch)
         counts = np.zeros(self.num_classes, np.int64)
-        done = 0
-        chunk = 0
-        while done < num:
-            size = min(self.config.batch, num - done)
-            seed = tf.constant([self.config.seed, example * 1_000_003 + draw * 100_003 + chunk])
-            counts += self._counts(x, tf.constant(size), seed).numpy()
-            done += size
-            chunk += 1
+        for first in range(0, chunks, replicas):
+            counts += self._counts(
+                x, tf.constant(num, tf.int64), tf.constant(first, tf.int64), key
+            ).numpy()
         return counts
 
     def predict(self, x, example=0):
@@ -160,14 +182,17 @@ def certified_accuracy(records, radii=REPORT_RADII):
     return result
 
 
-def certify_dataset(network, dataset, num_classes, config, limit=None, log_every=10):
+def certify_dataset(network, dataset, num_classes, config, limit=None, log_every=10, strategy=None):
     """Certifies each example of an unbatched (image, label) dataset.
+
+    With a `strategy` of several replicas, each example's noisy copies are
+    split between them (see `Smoother`).
 
     Returns:
       A list of per-example dicts: index, label, prediction, radius, p_lower,
       correct, seconds.
     """
-    smoother = Smoother(network, num_classes, config)
+    smoother = Smoother(network, num_classes, config, strategy)
     records = []
     start = time.time()
     for index, (x, y) in enumerate(dataset):

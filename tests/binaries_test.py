@@ -34,10 +34,10 @@ class BadInputTest(tf.test.TestCase, parameterized.TestCase):
 
     def test_one_device_binaries_reject_a_strategy(self):
         result = run_binary(
-            "certify", "--checkpoint=/tmp/x.keras", "--output_dir=/tmp/x", "--strategy=mirrored"
+            "export", "--checkpoint=/tmp/x.keras", "--output_dir=/tmp/x", "--strategy=mirrored"
         )
         self.assertNotEqual(result.returncode, 0)
-        self.assertIn("binaries.certify runs on one device", result.stderr)
+        self.assertIn("binaries.export runs on one device", result.stderr)
 
     def test_pipeline_rejects_bad_ratios(self):
         result = run_binary("pipeline", "--keep_ratios=0.1,2")

@@ -81,6 +81,10 @@ class MultiDeviceTest(tf.test.TestCase):
 
     def _assert_matches_single(self, out):
         self.assertEqual(_report(out)["eval"], _report(self.single)["eval"])
+        # Same noise chunks on any number of replicas: the same counts, exactly.
+        self.assertEqual(_report(out)["counts"], _report(self.single)["counts"])
+        self.assertEqual(sum(_report(out)["counts"]), 250)
+        self.assertEqual(_report(out)["certify"], _report(self.single)["certify"])
         for phase in _PHASES:
             expected, actual = _weights(self.single, phase), _weights(out, phase)
             self.assertEqual(sorted(expected), sorted(actual))

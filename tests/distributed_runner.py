@@ -8,8 +8,9 @@ several devices can be compared), then writes to --out:
 
   weights_<phase>.npz   the final variables of each phase
   report.json           replicas, seconds per step of each phase, the
-                        evaluation of the last model, and the random
-                        numbers each replica drew inside a step
+                        evaluation and certification of the last model,
+                        and the random numbers each replica drew inside a
+                        step
 
 With --kill_after_epoch=K the pretrain phase stops after epoch K (like a
 killed run); rerunning the same command resumes it.
@@ -116,6 +117,19 @@ def main():
         strategy=strategy,
     )
     report["eval"] = [result.clean_acc, result.robust_acc, result.num_examples]
+
+    # Certification splits each example's noisy copies between the replicas:
+    # 250 copies in chunks of 100 leave the second replica an empty last chunk.
+    from hydra_tf import smoothing
+
+    certify_config = smoothing.SmoothingConfig(n0=20, n=250, batch=100, seed=3)
+    records = smoothing.certify_dataset(
+        model, test_ds, 10, certify_config, limit=4, log_every=0, strategy=strategy
+    )
+    report["certify"] = [[r["prediction"], r["p_lower"], r["radius"]] for r in records]
+    smoother = smoothing.Smoother(model, 10, certify_config, strategy)
+    image = next(iter(test_ds))[0]
+    report["counts"] = smoother.sample_counts(image, 250, example=7, draw=1).tolist()
 
     # Random numbers of one step, drawn on every replica from one seed.
     @tf.function
