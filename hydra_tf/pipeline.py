@@ -391,7 +391,9 @@ def run(config, strategy=None, jit_compile=False):
     hydra_model = stage(f"hydra_{smallest:g}", "prune", training.MODEL_FILE)
     kept = kept_weights(dense.model_path, hydra_model, smallest)
     results["kept_overlap"] = kept["overlap"]
-    results["figures"] = figures(config.workdir, rows, kept, smallest)
+    results["figures"] = figures(
+        config.workdir, rows, kept, smallest, metric="certified" if config.certifies else "robust"
+    )
     results["seconds"] = time.time() - start
     training.write_json(stage("results.json"), results)
     with open(stage("results.md"), "w") as f:
@@ -433,7 +435,7 @@ def kept_weights(dense_path, hydra_path, keep_ratio):
     }
 
 
-def figures(workdir, rows, kept, keep_ratio, title=""):
+def figures(workdir, rows, kept, keep_ratio, title="", metric="robust"):
     """Writes the PNG figures under `<workdir>/plots`; returns their relative paths.
 
     Args:
@@ -442,12 +444,13 @@ def figures(workdir, rows, kept, keep_ratio, title=""):
       kept: `kept_weights(...)` of the HYDRA network at `keep_ratio`.
       keep_ratio: the keep ratio `kept` describes.
       title: prefix of the figure titles.
+      metric: "robust" (PGD) or "certified" (smoothing), for the labels.
     """
     out = os.path.join(workdir, "plots")
     os.makedirs(out, exist_ok=True)
     paths = {
         "robust_vs_pruning": plots.robust_vs_pruning(
-            rows, os.path.join(out, "robust_vs_pruning.png"), title
+            rows, os.path.join(out, "robust_vs_pruning.png"), title, metric
         ),
         "kept_magnitudes": plots.kept_magnitude_histogram(
             kept["magnitudes"],

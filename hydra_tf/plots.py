@@ -27,7 +27,7 @@ def _save(fig, path):
     return path
 
 
-def robust_vs_pruning(rows, path, title=""):
+def robust_vs_pruning(rows, path, title="", metric="robust"):
     """Robust accuracy (and clean, dashed) against the pruning ratio.
 
     Args:
@@ -35,6 +35,8 @@ def robust_vs_pruning(rows, path, title=""):
         optionally "robust_std" / "clean_std" (spread over seeds).
       path: PNG file to write.
       title: figure title.
+      metric: what "robust_acc" holds, for the labels: "robust" (under
+        attack) or "certified" (randomized smoothing).
 
     Returns:
       `path`.
@@ -53,16 +55,18 @@ def robust_vs_pruning(rows, path, title=""):
                 fmt=style,
                 color=_COLORS[method],
                 capsize=3,
-                label=f"{_LABELS[method]} {key}",
+                label=f"{_LABELS[method]} {metric if key == 'robust' else key}",
                 alpha=1.0 if key == "robust" else 0.5,
             )
     for r in rows:
         if r["method"] == "dense":
-            ax.axhline(100 * r["robust_acc"], color=_COLORS["dense"], ls=":", label="dense robust")
+            ax.axhline(
+                100 * r["robust_acc"], color=_COLORS["dense"], ls=":", label=f"dense {metric}"
+            )
             break
     ax.set_xlabel("pruning ratio (% of weights removed per layer)")
     ax.set_ylabel("accuracy (%)")
-    ax.set_title(title or "Robust accuracy vs pruning ratio")
+    ax.set_title(title or f"{metric.capitalize()} accuracy vs pruning ratio")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return _save(fig, path)

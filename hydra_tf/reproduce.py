@@ -223,7 +223,12 @@ def run(base, archs, seeds, output_dir, strategy=None, jit_compile=False):
         )
         arch_dir = os.path.join(output_dir, arch)
         paths = pipeline.figures(
-            arch_dir, [r for r in rows if r["arch"] == arch], kept, smallest, title=arch
+            arch_dir,
+            [r for r in rows if r["arch"] == arch],
+            kept,
+            smallest,
+            title=arch,
+            metric="certified" if base.certifies else "robust",
         )
         figures[arch] = {name: os.path.join(arch, path) for name, path in paths.items()}
     first = runs[0][3]["rows"][0]
