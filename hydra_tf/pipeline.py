@@ -100,6 +100,11 @@ class PipelineConfig:
         return self.objective.name in SMOOTHING_OBJECTIVES
 
     @property
+    def metric(self):
+        """What a row's robust_acc holds: "certified" (smoothing) or "robust" (PGD)."""
+        return "certified" if self.certifies else "robust"
+
+    @property
     def smoothing(self):
         return smoothing.SmoothingConfig(
             sigma=self.objective.sigma,
@@ -391,9 +396,7 @@ def run(config, strategy=None, jit_compile=False):
     hydra_model = stage(f"hydra_{smallest:g}", "prune", training.MODEL_FILE)
     kept = kept_weights(dense.model_path, hydra_model, smallest)
     results["kept_overlap"] = kept["overlap"]
-    results["figures"] = figures(
-        config.workdir, rows, kept, smallest, metric="certified" if config.certifies else "robust"
-    )
+    results["figures"] = figures(config.workdir, rows, kept, smallest, metric=config.metric)
     results["seconds"] = time.time() - start
     training.write_json(stage("results.json"), results)
     with open(stage("results.md"), "w") as f:

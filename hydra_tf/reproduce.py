@@ -228,7 +228,7 @@ def run(base, archs, seeds, output_dir, strategy=None, jit_compile=False):
             kept,
             smallest,
             title=arch,
-            metric="certified" if base.certifies else "robust",
+            metric=base.metric,
         )
         figures[arch] = {name: os.path.join(arch, path) for name, path in paths.items()}
     first = runs[0][3]["rows"][0]

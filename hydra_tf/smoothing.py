@@ -135,13 +135,12 @@ class Smoother:
         """
         x = tf.convert_to_tensor(x, tf.float32)
         key = tf.constant(example * 1_000_003 + draw * 100_003, tf.int64)
+        total = tf.constant(num, tf.int64)
         replicas = self.strategy.num_replicas_in_sync
         chunks = -(-num // self.config.batch)
         counts = np.zeros(self.num_classes, np.int64)
         for first in range(0, chunks, replicas):
-            counts += self._counts(
-                x, tf.constant(num, tf.int64), tf.constant(first, tf.int64), key
-            ).numpy()
+            counts += self._counts(x, total, tf.constant(first, tf.int64), key).numpy()
         return counts
 
     def predict(self, x, example=0):
