@@ -118,11 +118,34 @@ class EndToEndTest(tf.test.TestCase):
             "--n0=20",
             "--n=200",
             "--sigma=0.25",
+            "--sample_batch=64",
             f"--output_dir={certify_dir}",
         )
         self.assertEqual(result.returncode, 0, result.stderr[-3000:])
         with open(os.path.join(certify_dir, "certify.json")) as f:
             certified = json.load(f)
+        # Two CPU replicas split the noisy copies (4 chunks of 64 for n=200)
+        # and must certify exactly as one device.
+        mirrored_dir = os.path.join(work, "certify_mirrored")
+        result = run_binary(
+            "certify",
+            f"--checkpoint={pruned}/model.keras",
+            "--test_limit=4",
+            "--n0=20",
+            "--n=200",
+            "--sigma=0.25",
+            "--sample_batch=64",
+            "--strategy=mirrored",
+            "--cpu_replicas=2",
+            f"--output_dir={mirrored_dir}",
+        )
+        self.assertEqual(result.returncode, 0, result.stderr[-3000:])
+        with open(os.path.join(mirrored_dir, "certify.json")) as f:
+            mirrored = json.load(f)
+        outcome = lambda report: [
+            (r["prediction"], r["radius"], r["p_lower"]) for r in report["records"]
+        ]
+        self.assertEqual(outcome(mirrored), outcome(certified))
         self.assertLen(certified["records"], 4)
         self.assertEqual(
             sorted(certified["certified_accuracy"], key=float), ["0", "0.25", "0.5", "0.75", "1"]
