@@ -111,37 +111,29 @@ class EndToEndTest(tf.test.TestCase):
         self.assertNotEqual(result.returncode, 0)
         self.assertIn("--format=tflite needs a --tflite_mode", result.stderr)
         certify_dir = os.path.join(work, "certify")
-        result = run_binary(
-            "certify",
-            f"--checkpoint={pruned}/model.keras",
-            "--test_limit=4",
-            "--n0=20",
-            "--n=200",
-            "--sigma=0.25",
-            "--sample_batch=64",
-            f"--output_dir={certify_dir}",
-        )
-        self.assertEqual(result.returncode, 0, result.stderr[-3000:])
-        with open(os.path.join(certify_dir, "certify.json")) as f:
-            certified = json.load(f)
+
+        def certify(output_dir, *flags):
+            result = run_binary(
+                "certify",
+                f"--checkpoint={pruned}/model.keras",
+                "--test_limit=4",
+                "--n0=20",
+                "--n=200",
+                "--sigma=0.25",
+                "--sample_batch=64",
+                f"--output_dir={output_dir}",
+                *flags,
+            )
+            self.assertEqual(result.returncode, 0, result.stderr[-3000:])
+            with open(os.path.join(output_dir, "certify.json")) as f:
+                return json.load(f)
+
+        certified = certify(certify_dir)
         # Two CPU replicas split the noisy copies (4 chunks of 64 for n=200)
         # and must certify exactly as one device.
-        mirrored_dir = os.path.join(work, "certify_mirrored")
-        result = run_binary(
-            "certify",
-            f"--checkpoint={pruned}/model.keras",
-            "--test_limit=4",
-            "--n0=20",
-            "--n=200",
-            "--sigma=0.25",
-            "--sample_batch=64",
-            "--strategy=mirrored",
-            "--cpu_replicas=2",
-            f"--output_dir={mirrored_dir}",
+        mirrored = certify(
+            os.path.join(work, "certify_mirrored"), "--strategy=mirrored", "--cpu_replicas=2"
         )
-        self.assertEqual(result.returncode, 0, result.stderr[-3000:])
-        with open(os.path.join(mirrored_dir, "certify.json")) as f:
-            mirrored = json.load(f)
         outcome = lambda report: [
             (r["prediction"], r["radius"], r["p_lower"]) for r in report["records"]
         ]
