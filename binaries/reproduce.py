@@ -17,6 +17,7 @@ attacked, and the tables report certified accuracy at --certify_radius.
 
 Examples:
   python -m binaries.reproduce --workdir=runs/reproduce --output_dir=results/reproduce
+  python -m binaries.reproduce --finetune_epochs=1 --arch_epochs=cnn_large=3/2/1
   python -m binaries.reproduce --objective=smoothing --sigma=0.25 --archs=cnn_small \
       --certify_limit=500 --workdir=runs/smoothing --output_dir=results/smoothing
 """
@@ -38,6 +39,12 @@ _KEEP_RATIOS = flags.DEFINE_list("keep_ratios", ["0.1", "0.05", "0.01"], "Keep r
 _PRETRAIN_EPOCHS = flags.DEFINE_integer("pretrain_epochs", 5, "Pretrain epochs.", lower_bound=1)
 _PRUNE_EPOCHS = flags.DEFINE_integer("prune_epochs", 2, "Prune epochs.", lower_bound=1)
 _FINETUNE_EPOCHS = flags.DEFINE_integer("finetune_epochs", 2, "Finetune epochs.", lower_bound=1)
+_SCHEDULES = flags.DEFINE_list(
+    "arch_epochs",
+    [],
+    "Per-architecture epochs replacing the three above, as <arch>=<pretrain>/<prune>/<finetune>, "
+    "e.g. cnn_large=3/2/1.",
+)
 _PRUNE_LR = flags.DEFINE_float(
     "prune_lr", 0.01, "Learning rate of the score training (prune phase).", lower_bound=0.0
 )
@@ -57,6 +64,13 @@ def _reproduce():
         ratios = tuple(float(k) for k in _KEEP_RATIOS.value)
     except ValueError as error:
         raise app.UsageError(f"--seeds must be integers, --keep_ratios numbers: {error}")
+    try:
+        schedules = reproduce.parse_schedules(_SCHEDULES.value)
+    except ValueError as error:
+        raise app.UsageError(f"--arch_epochs: {error}")
+    extra = sorted(set(schedules) - set(_ARCHS.value))
+    if extra:
+        raise app.UsageError(f"--arch_epochs names architectures not in --archs: {extra}.")
     base = pipeline.PipelineConfig(
         workdir=_WORKDIR.value,
         dataset=common.DATASET.value,
@@ -83,6 +97,7 @@ def _reproduce():
         _OUTPUT_DIR.value,
         strategy=strategy,
         jit_compile=common.JIT_COMPILE.value,
+        schedules=schedules,
     )
     logging.info("\n%s", reproduce.markdown(study))
 

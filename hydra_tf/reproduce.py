@@ -18,6 +18,47 @@ from hydra_tf import distribute
 from hydra_tf import pipeline
 from hydra_tf import training
 
+_SCHEDULE_FIELDS = ("pretrain_epochs", "prune_epochs", "finetune_epochs")
+
+
+def parse_schedules(specs):
+    """Per-architecture epochs from specs like "cnn_large=3/2/1".
+
+    Each spec is `<arch>=<pretrain>/<prune>/<finetune>` (epochs, positive
+    integers). A larger network can so get a shorter schedule than the rest of
+    the study, to fit a time budget; the tables say which schedule each
+    architecture had.
+
+    Returns:
+      {arch: {"pretrain_epochs": int, "prune_epochs": int, "finetune_epochs": int}}.
+
+    Raises:
+      ValueError: a malformed spec or an architecture given twice.
+    """
+    schedules = {}
+    for spec in specs:
+        arch, sep, epochs = spec.partition("=")
+        parts = epochs.split("/")
+        if not sep or not arch or len(parts) != 3 or not all(p.isdigit() for p in parts):
+            raise ValueError(
+                f"Bad schedule {spec!r}: expected <arch>=<pretrain>/<prune>/<finetune> epochs, "
+                "e.g. cnn_large=3/2/1."
+            )
+        values = [int(p) for p in parts]
+        if min(values) < 1:
+            raise ValueError(f"Bad schedule {spec!r}: every phase needs at least one epoch.")
+        if arch in schedules:
+            raise ValueError(f"Architecture {arch!r} has two schedules.")
+        schedules[arch] = dict(zip(_SCHEDULE_FIELDS, values))
+    return schedules
+
+
+def _schedule_text(epochs):
+    return (
+        f"pretrain {epochs['pretrain_epochs']}, prune {epochs['prune_epochs']}, "
+        f"finetune {epochs['finetune_epochs']}"
+    )
+
 
 def _mean_std(values):
     mean = statistics.fmean(values)
@@ -87,8 +128,10 @@ def gap(rows, arch, keep_ratio):
 def _caption(study):
     base = study["config"]["pipeline"]
     objective, attack = base["objective"], study["attack"]
+    schedules = study["config"].get("schedules", {})
+    which = "" if not schedules else " (unless an architecture says otherwise)"
     schedule = (
-        f"Epochs: pretrain {base['pretrain_epochs']}, prune {base['prune_epochs']} "
+        f"Epochs{which}: pretrain {base['pretrain_epochs']}, prune {base['prune_epochs']} "
         f"(lr {base['prune_lr']:g}), finetune {base['finetune_epochs']}; training examples: "
         f"{base['train_limit'] or 'all'}."
     )
@@ -153,7 +196,11 @@ def markdown(study):
             )
 
         header = ["method", "0% (dense)"] + [f"{(1 - k) * 100:g}%" for k in ratios]
-        lines += ["", f"## {arch}", "", "| " + " | ".join(header) + " |"]
+        lines += ["", f"## {arch}", ""]
+        schedule = config.get("schedules", {}).get(arch)
+        if schedule:
+            lines += [f"Epochs for {arch}: {_schedule_text(schedule)}.", ""]
+        lines.append("| " + " | ".join(header) + " |")
         lines.append("|" + "---|" * len(header))
         for method, label in (("lwm", "LWM"), ("hydra", "HYDRA")):
             cells = [label, cell(dense) if dense else "-"]
@@ -177,11 +224,17 @@ def markdown(study):
             ]
         for name, path in study["figures"].get(arch, {}).items():
             lines += ["", f"![{arch} {name}]({path})"]
-    lines += ["", f"Total time: {study['seconds'] / 3600:.2f} h."]
+    lines += [
+        "",
+        (
+            f"Wall time of the invocation that wrote this: {study['seconds'] / 3600:.2f} h "
+            "(runs already finished in the workdir are reused, not retrained)."
+        ),
+    ]
     return "\n".join(lines) + "\n"
 
 
-def run(base, archs, seeds, output_dir, strategy=None, jit_compile=False):
+def run(base, archs, seeds, output_dir, strategy=None, jit_compile=False, schedules=None):
     """Runs the pipeline for every arch and seed; writes the aggregated study.
 
     Args:
@@ -191,10 +244,17 @@ def run(base, archs, seeds, output_dir, strategy=None, jit_compile=False):
       seeds: integer seeds.
       output_dir: where `results.json`, `results.md` and `plots/` go.
       strategy, jit_compile: passed to `pipeline.run`; only the chief writes.
+      schedules: optional {arch: {"pretrain_epochs", "prune_epochs",
+        "finetune_epochs"}} (see `parse_schedules`) replacing the epochs of
+        `base` for those architectures.
 
     Returns:
       The study dict written to `results.json`.
     """
+    schedules = dict(schedules or {})
+    unknown = sorted(set(schedules) - set(archs))
+    if unknown:
+        raise ValueError(f"Schedules for architectures not in the study: {unknown}.")
     start = time.time()
     os.makedirs(output_dir, exist_ok=True)
     runs = []
@@ -202,7 +262,11 @@ def run(base, archs, seeds, output_dir, strategy=None, jit_compile=False):
         for seed in seeds:
             logging.info("Study: %s, seed %d", arch, seed)
             config = dataclasses.replace(
-                base, arch=arch, seed=seed, workdir=os.path.join(base.workdir, arch, f"seed{seed}")
+                base,
+                arch=arch,
+                seed=seed,
+                workdir=os.path.join(base.workdir, arch, f"seed{seed}"),
+                **schedules.get(arch, {}),
             )
             runs.append(
                 (arch, seed, config, pipeline.run(config, strategy, jit_compile=jit_compile))
@@ -237,6 +301,7 @@ def run(base, archs, seeds, output_dir, strategy=None, jit_compile=False):
             "pipeline": base.to_json(),
             "archs": list(archs),
             "seeds": list(seeds),
+            "schedules": schedules,
         },
         "attack": first["attack"],
         "num_test_examples": first["num_examples"],

@@ -94,6 +94,36 @@ class CertifiedStudyTest(tf.test.TestCase):
         self.assertIn("| hydra 99% | 80.0 | 40.0 | 20.0 |", table)
 
 
+class ScheduleTest(tf.test.TestCase):
+    def test_parses_per_arch_epochs(self):
+        self.assertEqual(
+            reproduce.parse_schedules(["cnn_large=3/2/1", "cnn_small=5/4/2"]),
+            {
+                "cnn_large": {"pretrain_epochs": 3, "prune_epochs": 2, "finetune_epochs": 1},
+                "cnn_small": {"pretrain_epochs": 5, "prune_epochs": 4, "finetune_epochs": 2},
+            },
+        )
+        self.assertEqual(reproduce.parse_schedules([]), {})
+
+    def test_rejects_bad_specs(self):
+        for spec in ("cnn_large", "cnn_large=3/2", "=3/2/1", "cnn_large=3/x/1", "cnn_large=3/0/1"):
+            with self.subTest(spec=spec), self.assertRaisesRegex(ValueError, "schedule"):
+                reproduce.parse_schedules([spec])
+        with self.assertRaisesRegex(ValueError, "two schedules"):
+            reproduce.parse_schedules(["a=1/1/1", "a=2/2/2"])
+
+    def test_study_refuses_a_schedule_for_an_absent_arch(self):
+        base = pipeline.PipelineConfig(workdir=tempfile.mkdtemp())
+        with self.assertRaisesRegex(ValueError, "not in the study"):
+            reproduce.run(
+                base,
+                ("cnn_small",),
+                (0,),
+                tempfile.mkdtemp(),
+                schedules=reproduce.parse_schedules(["cnn_large=1/1/1"]),
+            )
+
+
 class StudyTest(tf.test.TestCase):
     def test_two_seeds_end_to_end(self):
         out = tempfile.mkdtemp()
@@ -106,7 +136,15 @@ class StudyTest(tf.test.TestCase):
             objective=objectives.ObjectiveConfig(name="pgd_at", eps=0.1, steps=2, step_size=0.05),
             **settings,
         )
-        study = reproduce.run(base, ("cnn_small",), (0, 1), os.path.join(out, "study"))
+        # cnn_small gets its own schedule: two prune epochs instead of the base's one.
+        self.assertEqual(base.prune_epochs, 1)
+        study = reproduce.run(
+            base,
+            ("cnn_small",),
+            (0, 1),
+            os.path.join(out, "study"),
+            schedules=reproduce.parse_schedules(["cnn_small=1/2/1"]),
+        )
         with open(os.path.join(out, "study", "results.json")) as f:
             saved = json.load(f)
         self.assertEqual(saved["config"]["seeds"], [0, 1])
@@ -125,6 +163,10 @@ class StudyTest(tf.test.TestCase):
         with open(os.path.join(out, "study", "results.md")) as f:
             table = f.read()
         self.assertIn("## cnn_small", table)
+        self.assertIn("Epochs for cnn_small: pretrain 1, prune 2, finetune 1.", table)
+        for run in saved["runs"]:
+            with open(os.path.join(run["workdir"], "hydra_0.05", "prune", "history.csv")) as f:
+                self.assertLen(f.read().strip().splitlines(), 3)  # header + 2 epochs
         self.assertIn("| HYDRA - LWM |", table)
         self.assertEqual(study["num_test_examples"], 32)
 
