@@ -44,6 +44,18 @@ class BadInputTest(tf.test.TestCase, parameterized.TestCase):
         self.assertNotEqual(result.returncode, 0)
         self.assertIn("keep_ratios", result.stderr)
 
+    @parameterized.parameters(
+        (["--arch_epochs=cnn_large=3/2"], "<arch>=<pretrain>/<prune>/<finetune>"),
+        (["--archs=cnn_small", "--arch_epochs=cnn_large=3/2/1"], "not in --archs"),
+    )
+    def test_reproduce_rejects_bad_schedules(self, args, words):
+        work = tempfile.mkdtemp()
+        result = run_binary("reproduce", f"--workdir={work}", *args)
+        self.assertNotEqual(result.returncode, 0)
+        self.assertIn(words, result.stderr)
+        self.assertNotIn("Traceback", result.stderr)
+        self.assertEqual(os.listdir(work), [])  # refused before any run started
+
 
 class EndToEndTest(tf.test.TestCase):
     def test_train_prune_evaluate_export(self):
