@@ -18,9 +18,14 @@ attacked, and the tables report certified accuracy at --certify_radius.
 Examples:
   python -m binaries.reproduce --workdir=runs/reproduce --output_dir=results/reproduce
   python -m binaries.reproduce --finetune_epochs=1 --arch_epochs=cnn_large=3/2/1
+  python -m binaries.reproduce --merge=studies/cnn_small,studies/cnn_large \
+      --output_dir=results/reproduce
   python -m binaries.reproduce --objective=smoothing --sigma=0.25 --archs=cnn_small \
       --certify_limit=500 --workdir=runs/smoothing --output_dir=results/smoothing
 """
+
+import json
+import os
 
 from absl import app
 from absl import flags
@@ -45,6 +50,12 @@ _SCHEDULES = flags.DEFINE_list(
     "Per-architecture epochs replacing the three above, as <arch>=<pretrain>/<prune>/<finetune>, "
     "e.g. cnn_large=3/2/1.",
 )
+_MERGE = flags.DEFINE_list(
+    "merge",
+    [],
+    "Instead of running: merge these study directories (each with a results.json, e.g. one "
+    "per architecture) into one study in --output_dir.",
+)
 _PRUNE_LR = flags.DEFINE_float(
     "prune_lr", 0.01, "Learning rate of the score training (prune phase).", lower_bound=0.0
 )
@@ -52,7 +63,24 @@ _EVAL_STEPS = flags.DEFINE_integer("eval_steps", 50, "PGD steps of the evaluatio
 _EVAL_RESTARTS = flags.DEFINE_integer("eval_restarts", 2, "PGD restarts of the evaluation.")
 
 
+def _merge():
+    studies = []
+    for directory in _MERGE.value:
+        path = os.path.join(directory, "results.json")
+        if not os.path.exists(path):
+            raise app.UsageError(f"--merge: {path} not found.")
+        with open(path) as f:
+            studies.append(json.load(f))
+    try:
+        study = reproduce.merge(studies, _MERGE.value, _OUTPUT_DIR.value)
+    except ValueError as error:
+        raise app.UsageError(f"--merge: {error}")
+    logging.info("\n%s", reproduce.markdown(study))
+
+
 def _reproduce():
+    if _MERGE.value:
+        return _merge()
     strategy = common.strategy()
     unknown = sorted(set(_ARCHS.value) - set(architectures.ARCHITECTURES))
     if unknown:

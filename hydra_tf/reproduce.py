@@ -9,6 +9,7 @@ like the paper's Table 1 with the HYDRA - LWM gap, and figures.
 
 import dataclasses
 import os
+import shutil
 import statistics
 import time
 
@@ -224,13 +225,18 @@ def markdown(study):
             ]
         for name, path in study["figures"].get(arch, {}).items():
             lines += ["", f"![{arch} {name}]({path})"]
-    lines += [
-        "",
-        (
+    if study.get("merged_from"):
+        timing = (
+            f"Merged from {len(study['merged_from'])} studies, whose invocations took "
+            + " + ".join(f"{t / 3600:.2f}" for t in study["merged_seconds"])
+            + " h of wall time (runs already finished in a workdir are reused, not retrained)."
+        )
+    else:
+        timing = (
             f"Wall time of the invocation that wrote this: {study['seconds'] / 3600:.2f} h "
             "(runs already finished in the workdir are reused, not retrained)."
-        ),
-    ]
+        )
+    lines += ["", timing]
     return "\n".join(lines) + "\n"
 
 
@@ -319,3 +325,85 @@ def run(base, archs, seeds, output_dir, strategy=None, jit_compile=False, schedu
         f.write(markdown(study))
     logging.info("Study finished in %.2f h; results in %s", study["seconds"] / 3600, output_dir)
     return study
+
+
+# Pipeline settings that may differ between merged studies: what each run is,
+# where it lives, its epochs (kept per architecture), and the deployment mode.
+_PER_STUDY_FIELDS = ("arch", "seed", "workdir", "tflite_mode") + _SCHEDULE_FIELDS
+
+
+def merge(studies, sources, output_dir):
+    """Merges studies of different architectures into one study.
+
+    Studies run by separate invocations (say cnn_small and cnn_large, each with
+    its own epochs) become one `results.json` / `results.md` with a section per
+    architecture, as if one invocation with per-architecture schedules had run
+    them. The studies must agree on everything else (dataset, objective,
+    attack, keep ratios, seeds, learning rates, test examples).
+
+    Args:
+      studies: study dicts (the `results.json` of `run`).
+      sources: the directory each study was read from (its figures are copied).
+      output_dir: where the merged `results.json`, `results.md` and figures go.
+
+    Returns:
+      The merged study dict.
+
+    Raises:
+      ValueError: the studies share an architecture or differ in a setting.
+    """
+    if len(studies) < 2:
+        raise ValueError("Merging needs at least two studies.")
+    first = studies[0]
+    base = first["config"]["pipeline"]
+    archs, schedules = [], {}
+    for study, source in zip(studies, sources):
+        config = study["config"]["pipeline"]
+        shared = (set(config) & set(base)) - set(_PER_STUDY_FIELDS)
+        differing = sorted(k for k in shared if config[k] != base[k])
+        if study["config"]["seeds"] != first["config"]["seeds"]:
+            differing.append("seeds")
+        for key in ("attack", "num_test_examples"):
+            if study[key] != first[key]:
+                differing.append(key)
+        if differing:
+            raise ValueError(f"Study {source} differs from {sources[0]} in {differing}.")
+        for arch in study["config"]["archs"]:
+            if arch in archs:
+                raise ValueError(f"Architecture {arch!r} is in two studies.")
+            archs.append(arch)
+            own = study["config"].get("schedules", {}).get(arch)
+            own = own or {k: config[k] for k in _SCHEDULE_FIELDS}
+            if any(own[k] != base[k] for k in _SCHEDULE_FIELDS):
+                schedules[arch] = own
+    os.makedirs(output_dir, exist_ok=True)
+    figures = {}
+    for study, source in zip(studies, sources):
+        for arch, paths in study["figures"].items():
+            figures[arch] = dict(paths)
+            for path in paths.values():
+                target = os.path.join(output_dir, path)
+                if os.path.abspath(os.path.join(source, path)) != os.path.abspath(target):
+                    os.makedirs(os.path.dirname(target), exist_ok=True)
+                    shutil.copyfile(os.path.join(source, path), target)
+    merged = {
+        "config": {
+            "pipeline": base,
+            "archs": archs,
+            "seeds": first["config"]["seeds"],
+            "schedules": schedules,
+        },
+        "attack": first["attack"],
+        "num_test_examples": first["num_test_examples"],
+        "rows": [row for study in studies for row in study["rows"]],
+        "kept_overlap": {k: v for study in studies for k, v in study["kept_overlap"].items()},
+        "figures": figures,
+        "runs": [run for study in studies for run in study["runs"]],
+        "seconds": sum(study["seconds"] for study in studies),
+        "merged_seconds": [study["seconds"] for study in studies],
+        "merged_from": list(sources),
+    }
+    training.write_json(os.path.join(output_dir, "results.json"), merged)
+    with open(os.path.join(output_dir, "results.md"), "w") as f:
+        f.write(markdown(merged))
+    return merged

@@ -47,8 +47,9 @@ class BadInputTest(tf.test.TestCase, parameterized.TestCase):
     @parameterized.parameters(
         (["--arch_epochs=cnn_large=3/2"], "<arch>=<pretrain>/<prune>/<finetune>"),
         (["--archs=cnn_small", "--arch_epochs=cnn_large=3/2/1"], "not in --archs"),
+        (["--merge=/nonexistent/a,/nonexistent/b"], "/nonexistent/a/results.json not found"),
     )
-    def test_reproduce_rejects_bad_schedules(self, args, words):
+    def test_reproduce_rejects_bad_input(self, args, words):
         work = tempfile.mkdtemp()
         result = run_binary("reproduce", f"--workdir={work}", *args)
         self.assertNotEqual(result.returncode, 0)

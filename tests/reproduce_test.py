@@ -124,6 +124,70 @@ class ScheduleTest(tf.test.TestCase):
             )
 
 
+class MergeTest(tf.test.TestCase):
+    def _study(self, arch, epochs=(5, 2, 1), **overrides):
+        """A study of one architecture written to its own directory, with a figure."""
+        source = tempfile.mkdtemp()
+        config = pipeline.PipelineConfig(
+            workdir="unused",
+            keep_ratios=(0.01,),
+            pretrain_epochs=epochs[0],
+            prune_epochs=epochs[1],
+            finetune_epochs=epochs[2],
+            **overrides,
+        )
+        os.makedirs(os.path.join(source, arch, "plots"))
+        with open(os.path.join(source, arch, "plots", "robust.png"), "wb") as f:
+            f.write(arch.encode())
+        study = {
+            "config": {"pipeline": config.to_json(), "archs": [arch], "seeds": [0, 1]},
+            "attack": {"name": "pgd_linf", "eps": 0.1, "steps": 50, "restarts": 2},
+            "num_test_examples": 2000,
+            "rows": reproduce.aggregate(
+                [(arch, 0, {"rows": [_row("hydra", 0.01, 0.7, 0.5), _row("lwm", 0.01, 0.6, 0.2)]})]
+            ),
+            "kept_overlap": {arch: [0.8]},
+            "figures": {arch: {"robust": f"{arch}/plots/robust.png"}},
+            "runs": [{"arch": arch, "seed": 0, "workdir": f"runs/{arch}"}],
+            "seconds": 3600.0,
+        }
+        return study, source
+
+    def test_merges_architectures_with_their_own_epochs(self):
+        small, small_dir = self._study("cnn_small")
+        large, large_dir = self._study("cnn_large", epochs=(3, 2, 1))
+        out = tempfile.mkdtemp()
+        merged = reproduce.merge([small, large], [small_dir, large_dir], out)
+        self.assertEqual(merged["config"]["archs"], ["cnn_small", "cnn_large"])
+        self.assertEqual(
+            merged["config"]["schedules"],
+            {"cnn_large": {"pretrain_epochs": 3, "prune_epochs": 2, "finetune_epochs": 1}},
+        )
+        self.assertLen(merged["rows"], 4)
+        self.assertAlmostEqual(reproduce.gap(merged["rows"], "cnn_large", 0.01), 0.3)
+        with open(os.path.join(out, "cnn_large", "plots", "robust.png"), "rb") as f:
+            self.assertEqual(f.read(), b"cnn_large")  # figures travel with the study
+        with open(os.path.join(out, "results.md")) as f:
+            table = f.read()
+        self.assertIn("## cnn_small", table)
+        self.assertIn("Epochs for cnn_large: pretrain 3, prune 2, finetune 1.", table)
+        self.assertNotIn("Epochs for cnn_small", table)
+        self.assertIn("took 1.00 + 1.00 h", table)
+        with open(os.path.join(out, "results.json")) as f:
+            self.assertEqual(json.load(f)["merged_from"], [small_dir, large_dir])
+
+    def test_refuses_studies_that_do_not_compare(self):
+        small, small_dir = self._study("cnn_small")
+        other_lr, other_dir = self._study("cnn_large", prune_lr=0.03)
+        with self.assertRaisesRegex(ValueError, "prune_lr"):
+            reproduce.merge([small, other_lr], [small_dir, other_dir], tempfile.mkdtemp())
+        again, again_dir = self._study("cnn_small")
+        with self.assertRaisesRegex(ValueError, "in two studies"):
+            reproduce.merge([small, again], [small_dir, again_dir], tempfile.mkdtemp())
+        with self.assertRaisesRegex(ValueError, "at least two"):
+            reproduce.merge([small], [small_dir], tempfile.mkdtemp())
+
+
 class StudyTest(tf.test.TestCase):
     def test_two_seeds_end_to_end(self):
         out = tempfile.mkdtemp()
