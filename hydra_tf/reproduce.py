@@ -240,6 +240,13 @@ def markdown(study):
     return "\n".join(lines) + "\n"
 
 
+def _write(study, output_dir):
+    """Writes `results.json` and `results.md` of a study to `output_dir`."""
+    training.write_json(os.path.join(output_dir, "results.json"), study)
+    with open(os.path.join(output_dir, "results.md"), "w") as f:
+        f.write(markdown(study))
+
+
 def run(base, archs, seeds, output_dir, strategy=None, jit_compile=False, schedules=None):
     """Runs the pipeline for every arch and seed; writes the aggregated study.
 
@@ -320,9 +327,7 @@ def run(base, archs, seeds, output_dir, strategy=None, jit_compile=False, schedu
         ],
         "seconds": time.time() - start,
     }
-    training.write_json(os.path.join(output_dir, "results.json"), study)
-    with open(os.path.join(output_dir, "results.md"), "w") as f:
-        f.write(markdown(study))
+    _write(study, output_dir)
     logging.info("Study finished in %.2f h; results in %s", study["seconds"] / 3600, output_dir)
     return study
 
@@ -403,7 +408,5 @@ def merge(studies, sources, output_dir):
         "merged_seconds": [study["seconds"] for study in studies],
         "merged_from": list(sources),
     }
-    training.write_json(os.path.join(output_dir, "results.json"), merged)
-    with open(os.path.join(output_dir, "results.md"), "w") as f:
-        f.write(markdown(merged))
+    _write(merged, output_dir)
     return merged
