@@ -53,6 +53,27 @@ class PGDAdversarial(Natural):
         return attacks.pgd(model, x, y, self.attack, loss="ce")
 
 
+class LogitKLDivergence(keras.losses.Loss):
+    """KL(softmax(y_true) || softmax(y_pred)) computed from two sets of logits.
+
+    Both distributions come from `log_softmax`, with no clipping.
+    `keras.losses.KLDivergence` clips probabilities to [1e-7, 1]: on exactly
+    the examples an attack breaks hardest (the perturbed prediction puts almost
+    no mass on the clean class) the clipped loss saturates and its gradient
+    vanishes, so TRADES would stop learning from them. As a Keras `Loss` it is
+    averaged over the batch and scaled for `tf.distribute` like the other
+    losses, and computed in float32 under mixed precision.
+    """
+
+    def __init__(self, name="logit_kl_divergence", **kwargs):
+        super().__init__(name=name, **kwargs)
+
+    def call(self, y_true, y_pred):
+        log_p = tf.nn.log_softmax(y_true)
+        log_q = tf.nn.log_softmax(y_pred)
+        return tf.reduce_sum(tf.exp(log_p) * (log_p - log_q), axis=-1)
+
+
 class _Consistency(Natural):
     """CE(clean) + beta * KL(p(clean) || p(perturbed)): TRADES and smoothing."""
 
@@ -61,15 +82,14 @@ class _Consistency(Natural):
         if not beta >= 0:
             raise ValueError(f"{self.name} beta must be >= 0. Received: beta={beta}")
         self.beta = float(beta)
-        self._kl = keras.losses.KLDivergence()
+        self._kl = LogitKLDivergence()
 
     def loss(self, model, x, y, perturbed):
         # Two forward passes, not one on the concatenation, so that BatchNorm
         # normalises clean and perturbed batches separately (as TRADES does).
         clean = model(x, training=True)
         other = model(perturbed, training=True)
-        divergence = self._kl(tf.nn.softmax(clean), tf.nn.softmax(other))
-        return self._ce(y, clean) + self.beta * divergence, clean
+        return self._ce(y, clean) + self.beta * self._kl(clean, other), clean
 
 
 class Trades(_Consistency):

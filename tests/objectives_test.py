@@ -93,6 +93,33 @@ class ObjectiveTest(tf.test.TestCase, parameterized.TestCase):
         self.assertAllClose(loss, expected, rtol=1e-4)
         self.assertAllClose(logits, clean)
 
+    @parameterized.parameters("trades", "smoothing")
+    def test_divergence_is_exact_on_saturated_logits(self, name):
+        # The perturbed prediction puts ~e^-20 mass on the clean class: a
+        # clipped KL (keras.losses.KLDivergence) saturates at ~16.1 with a
+        # gradient of ~1e-12; the exact one is ~19.99 with gradient q - p.
+        clean = np.zeros((1, 10), np.float32)
+        clean[0, 0] = 10.0
+        other = np.zeros((1, 10), np.float32)
+        other[0, 1] = 20.0
+        p = np.exp(clean[0].astype(np.float64)) / np.exp(clean[0].astype(np.float64)).sum()
+        q = np.exp(other[0].astype(np.float64)) / np.exp(other[0].astype(np.float64)).sum()
+        expected_kl = float(np.sum(p * (np.log(p) - np.log(q))))
+        self.assertGreater(expected_kl, 19.9)
+        beta = 2.0
+        objective = objectives.make(objectives.ObjectiveConfig(name=name, beta=beta))
+        identity = lambda t, training=False: t  # the "network" outputs its input as logits
+        other = tf.constant(other)
+        with tf.GradientTape() as tape:
+            tape.watch(other)
+            loss, _ = objective.loss(identity, tf.constant(clean), np.array([0]), other)
+        divergence = (float(loss) - _ce(clean.astype(np.float64), np.array([0]))) / beta
+        self.assertAllClose(divergence, expected_kl, rtol=1e-4)
+        grad = tape.gradient(loss, other).numpy()[0] / beta
+        self.assertAllClose(grad, q - p, atol=1e-4)
+        self.assertLess(grad[0], -0.99)
+        self.assertGreater(grad[1], 0.99)
+
     def test_bad_sigma(self):
         with self.assertRaisesRegex(ValueError, "sigma"):
             objectives.Smoothing(sigma=0.0)
