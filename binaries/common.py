@@ -16,6 +16,7 @@ from hydra_tf import data
 from hydra_tf import distribute
 from hydra_tf import objectives
 from hydra_tf import tflite
+from hydra_tf import training
 
 DATASET = flags.DEFINE_enum("dataset", "fashion_mnist", data.SUPPORTED_DATASETS, "Dataset.")
 DATA_DIR = flags.DEFINE_string(
@@ -51,6 +52,28 @@ SIGMA = flags.DEFINE_float(
     lower_bound=0.0,
 )
 SEED = flags.DEFINE_integer("seed", 0, "Random seed.")
+WEIGHT_DECAY_MODE = flags.DEFINE_enum(
+    "weight_decay_mode",
+    "coupled",
+    training.WEIGHT_DECAY_MODES,
+    "coupled: L2 added to the gradient before momentum (PyTorch's weight_decay, as in the "
+    "reference code); decoupled: Keras' weight_decay (about 10x weaker with momentum 0.9).",
+)
+PRUNE_BN = flags.DEFINE_enum(
+    "prune_bn",
+    "train",
+    training.PRUNE_BN_MODES,
+    "BatchNorm in the prune phase: train (the reference: gamma/beta trained, batch "
+    "statistics), freeze_affine (the reference's --freeze_bn: gamma/beta frozen, batch "
+    "statistics), freeze (inference mode with the dense network's statistics).",
+)
+
+
+def training_choices():
+    """The training choices shared by every binary, as config field values."""
+    return {"weight_decay_mode": WEIGHT_DECAY_MODE.value, "prune_bn": PRUNE_BN.value}
+
+
 CERTIFY_RADIUS = flags.DEFINE_float(
     "certify_radius",
     None,

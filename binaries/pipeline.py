@@ -87,6 +87,7 @@ def _pipeline():
         keep_ratios=tuple(float(k) for k in _KEEP_RATIOS.value),
         seed=common.SEED.value,
         sync_batch_norm=common.SYNC_BATCH_NORM.value,
+        **common.training_choices(),
         **settings,
     )
     logging.info("Pipeline config: %s", dataclasses.asdict(config))

@@ -116,6 +116,7 @@ def _reproduce():
         eval_restarts=_EVAL_RESTARTS.value,
         tflite_mode=common.TFLITE_MODE.value,
         sync_batch_norm=common.SYNC_BATCH_NORM.value,
+        **common.training_choices(),
         **common.certify_settings(),
     )
     study = reproduce.run(

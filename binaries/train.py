@@ -39,7 +39,9 @@ _EPOCHS = flags.DEFINE_integer("epochs", 10, "Training epochs.", lower_bound=1)
 _OPTIMIZER = flags.DEFINE_enum("optimizer", "sgd", training.OPTIMIZERS, "Optimizer.")
 _LR = flags.DEFINE_float("learning_rate", 0.1, "Initial learning rate.", lower_bound=0.0)
 _MOMENTUM = flags.DEFINE_float("momentum", 0.9, "SGD momentum.")
-_WEIGHT_DECAY = flags.DEFINE_float("weight_decay", 1e-4, "Weight decay.", lower_bound=0.0)
+_WEIGHT_DECAY = flags.DEFINE_float(
+    "weight_decay", 1e-4, "Weight decay (see --weight_decay_mode).", lower_bound=0.0
+)
 _SCHEDULE = flags.DEFINE_enum("schedule", "cosine", training.SCHEDULES, "LR schedule.")
 
 flags.register_validator(
@@ -83,6 +85,7 @@ def _train():
         schedule=_SCHEDULE.value,
         sync_batch_norm=common.SYNC_BATCH_NORM.value,
         seed=common.SEED.value,
+        **common.training_choices(),
     )
     training.train(config, strategy=strategy, jit_compile=common.JIT_COMPILE.value)
 

@@ -1,9 +1,12 @@
 """The three HYDRA phases: which network is built and which variables train.
 
 - pretrain: a plain (dense) network; every weight trains.
-- prune: a score network; kernels, biases and BatchNorm are frozen (BatchNorm
-  in inference mode); only the importance scores train. Scores start from the
-  source weights' scaled magnitude (or a random init).
+- prune: a score network; kernels and biases are frozen and the importance
+  scores train. Scores start from the source weights' scaled magnitude (or a
+  random init). BatchNorm trains as in the reference code (gamma / beta
+  trained, batch statistics, moving averages updated), unless `prune_bn` says
+  otherwise: a 1% sub-network produces other activations than the dense
+  network whose statistics it would otherwise be normalised with.
 - finetune: a score network whose mask is frozen (scores do not train); the
   surviving weights, biases and BatchNorm train. Starting finetune from a dense
   source gives the LWM baseline (mask = top-k weight magnitude).
@@ -16,6 +19,7 @@ from hydra_tf import layers as score_layers
 from hydra_tf import scores
 
 PHASES = ("pretrain", "prune", "finetune")
+PRUNE_BN_MODES = ("train", "freeze_affine", "freeze")
 SCORE_INITS = ("scaled",) + scores.RANDOM_INITS
 
 
@@ -123,7 +127,7 @@ def transfer_weights(source, target):
     return scores_found
 
 
-def prepare(network, phase, source=None, score_init="scaled"):
+def prepare(network, phase, source=None, score_init="scaled", prune_bn="train"):
     """Loads the source into `network` and sets what trains in `phase`.
 
     Args:
@@ -133,11 +137,18 @@ def prepare(network, phase, source=None, score_init="scaled"):
         finetune; optional for pretrain, which then continues from it).
       score_init: "scaled" to set scores from the weight magnitude when the
         source has none; a random init name keeps the layer's random scores.
+      prune_bn: BatchNorm in the prune phase: "train" (the reference code:
+        gamma / beta train, batch statistics, moving averages updated),
+        "freeze_affine" (the reference's --freeze_bn: gamma / beta frozen,
+        batch statistics still used and updated) or "freeze" (inference mode
+        with the source network's statistics, nothing updated).
 
     Returns:
       A short description of where the scores came from, for the logs.
     """
     validate_phase(phase)
+    if prune_bn not in PRUNE_BN_MODES:
+        raise ValueError(f"Unknown prune_bn {prune_bn!r}. Supported: {', '.join(PRUNE_BN_MODES)}.")
     if phase != "pretrain" and source is None:
         raise ValueError(
             f"The {phase} phase needs a source checkpoint (the model of the previous "
@@ -156,8 +167,15 @@ def prepare(network, phase, source=None, score_init="scaled"):
                 origin = f"random ({score_init})"
     for layer in _weighted_layers(network).values():
         if isinstance(layer, keras.layers.BatchNormalization):
-            # trainable=False also puts Keras BatchNorm in inference mode.
-            layer.trainable = phase != "prune"
+            # Layer-level trainable=False also puts Keras BatchNorm in
+            # inference mode; variable-level trainable=False only stops the
+            # optimizer, and the layer keeps using batch statistics.
+            frozen_layer = phase == "prune" and prune_bn == "freeze"
+            frozen_affine = phase == "prune" and prune_bn != "train"
+            layer.trainable = not frozen_layer
+            for variable in (layer.gamma, layer.beta):
+                if variable is not None:
+                    variable.trainable = not frozen_affine
     for layer in score_layers.scored_layers(network):
         layer.score.trainable = phase == "prune"
         layer.kernel.trainable = phase != "prune"

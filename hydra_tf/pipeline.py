@@ -61,6 +61,8 @@ class PipelineConfig:
     prune_lr: float = 0.1
     finetune_lr: float = 0.01
     weight_decay: float = 1e-4
+    weight_decay_mode: str = "coupled"
+    prune_bn: str = "train"
     eval_steps: int = evaluation.DEFAULT_STEPS
     eval_restarts: int = evaluation.DEFAULT_RESTARTS
     eval_eps: float | None = None
@@ -175,6 +177,8 @@ def _train_config(config, phase, workdir, keep_ratio=1.0, source=None, epochs=1,
         optimizer=config.optimizer,
         learning_rate=lr,
         weight_decay=config.weight_decay,
+        weight_decay_mode=config.weight_decay_mode,
+        prune_bn=config.prune_bn,
         sync_batch_norm=config.sync_batch_norm,
         seed=config.seed,
     )

@@ -70,10 +70,17 @@ class RobustTrainer(keras.Model):
         with the same results.
       seed: keys the step's random numbers (attack starts, noise) with the
         step counter and the replica (`distribute.step_randomness`).
+      l2: coupled weight decay: `l2 * w` is added to the gradient of every
+        trained variable before the optimizer sees it (PyTorch's SGD / Adam
+        `weight_decay`, which the reference code used). With momentum 0.9 it
+        decays about 10x more than the same decoupled (Keras) weight decay.
     """
 
-    def __init__(self, network, objective, reuse_masks=True, seed=0, **kwargs):
+    def __init__(self, network, objective, reuse_masks=True, seed=0, l2=0.0, **kwargs):
         super().__init__(**kwargs)
+        if not l2 >= 0:
+            raise ValueError(f"l2 must be >= 0. Received: l2={l2}")
+        self.l2 = float(l2)
         self.seed = int(seed)
         self.network = network
         self.objective = objective
@@ -184,11 +191,26 @@ class RobustTrainer(keras.Model):
             }
             with masks.reusing({**hard, **graded}):
                 loss, logits = self.objective.loss(self.network, x, y, perturbed)
-            scaled = self.optimizer.scale_loss(loss)
+            total = tf.cast(loss, tf.float32) + self._l2_penalty(variables)
+            scaled = self.optimizer.scale_loss(total)
         grads = tape.gradient(scaled, variables)
         self.optimizer.apply(grads, variables)
         self._track(loss, y, logits)
         return self._results()
+
+    def _l2_penalty(self, variables):
+        """0.5 * l2 * sum ||v||^2, whose gradient is l2 * v (coupled weight decay).
+
+        Added to the loss rather than to the gradients, so that the mixed
+        precision loss scale and its unscaling treat it like the data term.
+        Divided by the number of replicas like the losses: the optimizer sums
+        the replicas' gradients, which then hold l2 * v once.
+        """
+        if not self.l2:
+            return 0.0
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        total = tf.add_n([tf.reduce_sum(tf.square(tf.cast(v, tf.float32))) for v in variables])
+        return (0.5 * self.l2 / replicas) * total
 
     def test_step(self, data):
         x, y = data

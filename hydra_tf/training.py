@@ -33,6 +33,20 @@ from hydra_tf import trainer as trainer_lib
 
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("cosine", "constant")
+# coupled: L2 added to the gradient before momentum / Adam (PyTorch's
+# `weight_decay`, the reference code's); decoupled: Keras' `weight_decay`
+# (w -= lr * wd * w after the update, as in AdamW).
+WEIGHT_DECAY_MODES = ("coupled", "decoupled")
+# Batch normalisation while pruning: "train" (the reference: gamma / beta
+# train, batch statistics, moving averages updated), "freeze_affine" (the
+# reference's --freeze_bn: gamma / beta frozen, batch statistics still used),
+# "freeze" (inference mode with the dense network's statistics).
+PRUNE_BN_MODES = phases.PRUNE_BN_MODES
+# Bumped when training changes what a configuration computes, so that a
+# finished run of older code is not mistaken for a run of this one.
+# 2: exact (unclipped) TRADES / smoothing KL; coupled weight decay and
+#    trained BatchNorm in the prune phase by default.
+REVISION = 2
 MODEL_FILE = "model.keras"
 CONFIG_FILE = "config.json"
 
@@ -64,10 +78,13 @@ class TrainConfig:
     learning_rate: float = 0.1
     momentum: float = 0.9
     weight_decay: float = 1e-4
+    weight_decay_mode: str = "coupled"
+    prune_bn: str = "train"
     schedule: str = "cosine"
     # BatchNorm statistics over all replicas' examples (tf.distribute).
     sync_batch_norm: bool = False
     seed: int = 0
+    revision: int = REVISION
 
     def __post_init__(self):
         phases.validate_phase(self.phase)
@@ -108,6 +125,17 @@ class TrainConfig:
             )
         if not self.learning_rate > 0:
             raise ValueError(f"learning_rate must be > 0. Received: {self.learning_rate}")
+        if not self.weight_decay >= 0:
+            raise ValueError(f"weight_decay must be >= 0. Received: {self.weight_decay}")
+        if self.weight_decay_mode not in WEIGHT_DECAY_MODES:
+            raise ValueError(
+                f"Unknown weight_decay_mode {self.weight_decay_mode!r}. "
+                f"Supported: {', '.join(WEIGHT_DECAY_MODES)}."
+            )
+        if self.prune_bn not in PRUNE_BN_MODES:
+            raise ValueError(
+                f"Unknown prune_bn {self.prune_bn!r}. Supported: {', '.join(PRUNE_BN_MODES)}."
+            )
 
     def to_json(self):
         return dataclasses.asdict(self)
@@ -116,6 +144,12 @@ class TrainConfig:
     def from_json(cls, values):
         values = dict(values)
         values["objective"] = objectives.ObjectiveConfig(**values["objective"])
+        # A config written before revision 2 trained with what is now the
+        # other choice; say so rather than take today's defaults.
+        values.setdefault("revision", 1)
+        if values["revision"] < 2:
+            values.setdefault("weight_decay_mode", "decoupled")
+            values.setdefault("prune_bn", "freeze")
         return cls(**values)
 
 
@@ -143,14 +177,24 @@ def load_network(path):
         ) from error
 
 
-def _optimizer(config, steps_per_epoch):
+def make_optimizer(config, steps_per_epoch):
+    """The optimizer and learning-rate schedule of `config`.
+
+    Decoupled weight decay is the optimizer's (Keras `weight_decay`); coupled
+    weight decay is not, it is `coupled_l2(config)` given to the trainer.
+    """
     lr = config.learning_rate
     if config.schedule == "cosine":
         lr = keras.optimizers.schedules.CosineDecay(lr, decay_steps=config.epochs * steps_per_epoch)
-    decay = config.weight_decay or None
+    decay = (config.weight_decay if config.weight_decay_mode == "decoupled" else 0.0) or None
     if config.optimizer == "sgd":
         return keras.optimizers.SGD(lr, momentum=config.momentum, weight_decay=decay)
     return keras.optimizers.Adam(lr, weight_decay=decay)
+
+
+def coupled_l2(config):
+    """The trainer's coupled L2 coefficient (0 with decoupled weight decay)."""
+    return config.weight_decay if config.weight_decay_mode == "coupled" else 0.0
 
 
 class _StopOnNonFinite(keras.callbacks.Callback):
@@ -273,6 +317,13 @@ def train(config, verbose=None, strategy=None, jit_compile=False):
     if chief and os.path.exists(config_path):
         with open(config_path) as f:
             previous = json.load(f)
+        if previous.get("revision", 1) != config.revision:
+            raise ValueError(
+                f"{config.workdir} holds a run of another hydra_tf training revision "
+                f"({previous.get('revision', 1)}; this code is {config.revision}: see "
+                "training.REVISION), whose results are not comparable. Use a new --workdir, "
+                "or delete the old one."
+            )
         if not _same_config(previous, config):
             raise ValueError(
                 f"{config.workdir} already holds a run with another configuration "
@@ -312,11 +363,16 @@ def train(config, verbose=None, strategy=None, jit_compile=False):
             score_init=config.score_init,
             sync_batch_norm=config.sync_batch_norm,
         )
-        origin = phases.prepare(network, config.phase, source, config.score_init)
-        trainer = trainer_lib.RobustTrainer(
-            network, objectives.make(config.objective), seed=config.seed
+        origin = phases.prepare(
+            network, config.phase, source, config.score_init, prune_bn=config.prune_bn
         )
-        trainer.compile(optimizer=_optimizer(config, steps_per_epoch), jit_compile=jit_compile)
+        trainer = trainer_lib.RobustTrainer(
+            network,
+            objectives.make(config.objective),
+            seed=config.seed,
+            l2=coupled_l2(config),
+        )
+        trainer.compile(optimizer=make_optimizer(config, steps_per_epoch), jit_compile=jit_compile)
     logging.info(
         "%s: %d training examples, %d steps/epoch, objective %s, scores from %s, %d replica(s)%s",
         name,

@@ -13,6 +13,19 @@ from hydra_tf import data
 
 
 @functools.cache
+def mirrored_cpus():
+    """The process's one MirroredStrategy over the two logical CPUs of conftest.py.
+
+    Separate MirroredStrategy objects in one process reuse collective instance
+    keys and can pair up each other's all-reduces, so every test shares this one.
+    """
+    import tensorflow as tf
+
+    devices = tf.config.list_logical_devices("CPU")
+    return tf.distribute.MirroredStrategy([d.name for d in devices[:2]])
+
+
+@functools.cache
 def fashion_arrays(split, limit):
     """(images, labels) numpy arrays of real Fashion-MNIST."""
     ds, _ = data.load("fashion_mnist", split, limit=limit)

@@ -48,18 +48,52 @@ class PhaseTest(tf.test.TestCase):
         _fit(dense, steps=1)  # moves BN statistics away from their init
         return dense
 
-    def test_prune_changes_scores_only(self):
+    def _prune(self, prune_bn):
         network = _bn_net(keep_ratio=0.3)
-        origin = phases.prepare(network, "prune", self._source())
+        origin = phases.prepare(network, "prune", self._source(), prune_bn=prune_bn)
         self.assertEqual(origin, "scaled weight magnitude")
         before = _snapshot(network)
         _fit(network)
-        after = _snapshot(network)
+        return before, _snapshot(network)
+
+    def test_prune_changes_scores_and_batch_norm_by_default(self):
+        # The reference code: kernels and biases frozen; BN's gamma / beta
+        # train and its moving statistics follow the pruned network.
+        before, after = self._prune("train")
+        for path, value in before.items():
+            if path.endswith(("score", "gamma", "beta", "moving_mean", "moving_variance")):
+                self.assertNotAllClose(value, after[path], msg=path)
+            else:  # kernels and biases
+                self.assertAllEqual(value, after[path], msg=path)
+
+    def test_prune_freeze_affine_keeps_gamma_beta_but_updates_statistics(self):
+        before, after = self._prune("freeze_affine")
+        for path, value in before.items():
+            if path.endswith(("score", "moving_mean", "moving_variance")):
+                self.assertNotAllClose(value, after[path], msg=path)
+            else:
+                self.assertAllEqual(value, after[path], msg=path)
+
+    def test_prune_freeze_changes_scores_only(self):
+        before, after = self._prune("freeze")
         for path, value in before.items():
             if path.endswith("score"):
                 self.assertNotAllClose(value, after[path], msg=path)
             else:  # kernels, biases, BN gamma/beta and moving statistics
                 self.assertAllEqual(value, after[path], msg=path)
+
+    def test_prune_batch_norm_uses_batch_statistics_unless_frozen(self):
+        x, _ = _batch()
+        for prune_bn, batch_stats in (("train", True), ("freeze_affine", True), ("freeze", False)):
+            network = _bn_net(keep_ratio=0.3)
+            phases.prepare(network, "prune", self._source(), prune_bn=prune_bn)
+            bn_out = keras.Model(network.input, network.get_layer("bn1").output)
+            differs = not np.allclose(bn_out(x, training=True), bn_out(x, training=False))
+            self.assertEqual(differs, batch_stats, msg=prune_bn)
+
+    def test_unknown_prune_bn(self):
+        with self.assertRaisesRegex(ValueError, "prune_bn"):
+            phases.prepare(_bn_net(keep_ratio=0.3), "prune", self._source(), prune_bn="off")
 
     def test_finetune_changes_only_surviving_weights(self):
         source = _bn_net(keep_ratio=0.3)

@@ -1,7 +1,5 @@
 """Tests for hydra_tf.trainer: the train step, and loss scaling under tf.distribute."""
 
-import functools
-
 import keras
 import numpy as np
 import tensorflow as tf
@@ -13,6 +11,7 @@ from hydra_tf import layers as score_layers
 from hydra_tf import objectives
 from hydra_tf import phases
 from hydra_tf import trainer
+from tests import helpers
 
 
 def _data():
@@ -53,14 +52,6 @@ def _train(strategy, objective_name, phase):
     return [v.numpy() for v in network.trainable_variables], history.history["loss"]
 
 
-@functools.cache
-def _mirrored():
-    # One strategy per process: separate MirroredStrategy objects reuse
-    # collective instance keys and can pair up each other's all-reduces.
-    devices = tf.config.list_logical_devices("CPU")
-    return tf.distribute.MirroredStrategy([d.name for d in devices[:2]])
-
-
 class DistributedTest(tf.test.TestCase, parameterized.TestCase):
     @parameterized.parameters(
         ("natural", "pretrain"), ("pgd_at", "prune"), ("trades", "finetune"), ("trades", "pretrain")
@@ -69,7 +60,7 @@ class DistributedTest(tf.test.TestCase, parameterized.TestCase):
         devices = tf.config.list_logical_devices("CPU")
         self.assertGreaterEqual(len(devices), 2, "conftest.py should create 2 logical CPUs")
         single, single_loss = _train(tf.distribute.get_strategy(), objective_name, phase)
-        mirrored, mirrored_loss = _train(_mirrored(), objective_name, phase)
+        mirrored, mirrored_loss = _train(helpers.mirrored_cpus(), objective_name, phase)
         self.assertLen(mirrored, len(single))
         for a, b in zip(single, mirrored):
             self.assertAllClose(a, b, atol=2e-5, rtol=1e-4)

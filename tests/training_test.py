@@ -4,13 +4,16 @@ import os
 import tempfile
 from unittest import mock
 
+import keras
 import numpy as np
 import tensorflow as tf
 from absl.testing import parameterized
 
 from hydra_tf import objectives
 from hydra_tf import phases
+from hydra_tf import trainer
 from hydra_tf import training
+from tests import helpers
 
 
 def _config(workdir, **overrides):
@@ -43,6 +46,82 @@ class _NaNAfter(objectives.Natural):
         value, logits = super().loss(model, x, y, perturbed)
         self.count.assign_add(1)
         return tf.where(self.count > self.calls, tf.constant(np.nan), value), logits
+
+
+class _ZeroData(objectives.Natural):
+    """A loss whose gradient is exactly zero: only weight decay moves weights."""
+
+    def loss(self, model, x, y, perturbed):
+        logits = model(perturbed, training=True)
+        return 0.0 * tf.reduce_sum(logits), logits
+
+
+def _heavy_ball_decay(steps, lr, wd, momentum):
+    """w_T / w_0 for SGD with momentum on the gradient wd * w, in closed form.
+
+    v_{t+1} = m v_t - lr wd w_t, w_{t+1} = w_t + v_{t+1}: w_t = c1 l1^t + c2 l2^t
+    with l1, l2 the roots of l^2 - (1 + m - lr wd) l + m = 0 and w_1 = (1 - lr wd) w_0.
+    """
+    b = 1.0 + momentum - lr * wd
+    root = np.sqrt(b * b - 4.0 * momentum)
+    l1, l2 = (b + root) / 2.0, (b - root) / 2.0
+    w1 = 1.0 - lr * wd
+    return ((w1 - l2) * l1**steps - (w1 - l1) * l2**steps) / (l1 - l2)
+
+
+class WeightDecayTest(tf.test.TestCase, parameterized.TestCase):
+    """Coupled (PyTorch-style) vs decoupled (Keras) weight decay, closed form."""
+
+    def _decay(self, mode, strategy=None, policy="float32"):
+        steps, lr, wd = 1000, 0.1, 1e-4
+        config = _config(
+            "/tmp/unused",
+            learning_rate=lr,
+            momentum=0.9,
+            weight_decay=wd,
+            weight_decay_mode=mode,
+            schedule="constant",
+        )
+        strategy = strategy or tf.distribute.get_strategy()
+        keras.mixed_precision.set_global_policy(policy)
+        try:
+            with strategy.scope():
+                keras.utils.set_random_seed(0)
+                network = keras.Sequential(
+                    [keras.Input((2, 2, 1)), keras.layers.Flatten(), keras.layers.Dense(3)]
+                )
+                start = network.layers[-1].kernel.numpy().copy()
+                model = trainer.RobustTrainer(network, _ZeroData(), l2=training.coupled_l2(config))
+                model.compile(optimizer=training.make_optimizer(config, steps))
+            x = np.ones((2 * steps, 2, 2, 1), np.float32)
+            y = np.zeros(2 * steps, np.int64)
+            model.fit(x, y, batch_size=2, epochs=1, shuffle=False, verbose=0)
+            return network.layers[-1].kernel.numpy() / start
+        finally:
+            keras.mixed_precision.set_global_policy("float32")
+
+    def test_coupled_is_the_default(self):
+        self.assertEqual(_config("/tmp/x").weight_decay_mode, "coupled")
+
+    def test_coupled_matches_heavy_ball_closed_form(self):
+        expected = _heavy_ball_decay(1000, 0.1, 1e-4, 0.9)
+        self.assertAllClose(self._decay("coupled"), np.full((4, 3), expected), rtol=1e-4)
+        # About 10x the decoupled shrinkage: exp(-0.1) against exp(-0.01).
+        self.assertLess(expected, 0.91)
+
+    def test_decoupled_matches_keras_closed_form(self):
+        expected = (1.0 - 0.1 * 1e-4) ** 1000
+        self.assertAllClose(self._decay("decoupled"), np.full((4, 3), expected), rtol=1e-4)
+
+    def test_coupled_under_two_replicas(self):
+        strategy = helpers.mirrored_cpus()
+        expected = _heavy_ball_decay(1000, 0.1, 1e-4, 0.9)
+        self.assertAllClose(self._decay("coupled", strategy), np.full((4, 3), expected), rtol=1e-4)
+
+    def test_coupled_under_mixed_precision(self):
+        expected = _heavy_ball_decay(1000, 0.1, 1e-4, 0.9)
+        decay = self._decay("coupled", policy="mixed_float16")
+        self.assertAllClose(decay, np.full((4, 3), expected), rtol=1e-4)
 
 
 class TrainTest(tf.test.TestCase, parameterized.TestCase):
@@ -138,6 +217,9 @@ class TrainTest(tf.test.TestCase, parameterized.TestCase):
         ({"optimizer": "lamb"}, "optimizer"),
         ({"schedule": "step"}, "schedule"),
         ({"score_init": "ones"}, "score init"),
+        ({"weight_decay_mode": "adamw"}, "weight_decay_mode"),
+        ({"weight_decay": -1.0}, "weight_decay"),
+        ({"prune_bn": "off"}, "prune_bn"),
     )
     def test_bad_config(self, overrides, pattern):
         with self.assertRaisesRegex(ValueError, pattern):
