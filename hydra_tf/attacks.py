@@ -4,6 +4,10 @@ The attack always runs the model in inference mode (`training=False`), so
 BatchNorm statistics are neither used from the batch nor updated while the
 adversarial example is searched. Inputs are images in [0, 1]; every iterate is
 projected back into the eps-ball around the clean input and into [0, 1].
+
+The input gradient starts its backward pass from a rescaled logit gradient
+(`input_gradient`), so it does not flush to zero on confidently classified
+examples, in float32 or in a mixed-precision (float16) network.
 """
 
 import dataclasses
@@ -64,16 +68,46 @@ class PGDConfig:
         }
 
 
-def _attack_loss(kind, logits, y, target_probs):
-    """Per-batch sum of the loss the attack ascends."""
+def _ascent_direction(kind, logits, y, target_probs):
+    """A positive per-example multiple of d(attack loss)/d(logits), never underflowing.
+
+    "ce": the cross-entropy gradient is softmax(z) - onehot(y). For a
+    confidently classified example its entries are tiny (e^-margin): they
+    flush to zero in float16 (below 2^-24) and even in float32 past a margin
+    of ~100, and the attack stops moving. Dividing by the largest wrong-class
+    probability, computed in log space, gives exp(z_j - max_{k!=y} z_k) for
+    j != y and minus their sum for y: the same direction, with entries of
+    order 1. "kl" (the TRADES attack, KL(target || softmax(z)) up to a
+    constant): softmax(z) - target, divided by its largest entry.
+
+    PGD follows the sign of the input gradient, which a positive per-example
+    scale does not change (each example's loss depends on its own input
+    only: the attack runs in inference mode).
+    """
+    logits = tf.cast(logits, tf.float32)
     if kind == "ce":
-        return tf.reduce_sum(
-            tf.nn.sparse_softmax_cross_entropy_with_logits(
-                labels=tf.cast(y, tf.int32), logits=logits
-            )
-        )
-    # KL(target || softmax(logits)) up to a constant: the TRADES attack loss.
-    return -tf.reduce_sum(target_probs * tf.nn.log_softmax(logits))
+        onehot = tf.one_hot(tf.cast(y, tf.int32), tf.shape(logits)[-1], dtype=tf.float32)
+        others = tf.where(onehot > 0, tf.constant(-float("inf")), logits)
+        scaled = tf.exp(others - tf.reduce_max(others, axis=-1, keepdims=True))
+        return scaled - onehot * tf.reduce_sum(scaled, axis=-1, keepdims=True)
+    direction = tf.nn.softmax(logits) - tf.cast(target_probs, tf.float32)
+    largest = tf.reduce_max(tf.abs(direction), axis=-1, keepdims=True)
+    return direction / tf.maximum(largest, 1e-30)
+
+
+def input_gradient(model, x, y, loss="ce", target_probs=None):
+    """A per-example positive multiple of the attack loss' gradient w.r.t. `x`.
+
+    The backward pass starts from `_ascent_direction`, whose entries are of
+    order 1, so it does not flush to zero in a float16 (mixed precision)
+    network; the result is float32, like `x`.
+    """
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        logits = model(x, training=False)
+    direction = _ascent_direction(loss, logits, y, target_probs)
+    grad = tape.gradient(logits, x, output_gradients=tf.cast(direction, logits.dtype))
+    return tf.cast(grad, x.dtype)
 
 
 def pgd(model, x, y, config, loss="ce", target_probs=None, start=None):
@@ -111,10 +145,7 @@ def pgd(model, x, y, config, loss="ce", target_probs=None, start=None):
         x_adv = x
 
     def step(i, x_adv):
-        with tf.GradientTape() as tape:
-            tape.watch(x_adv)
-            value = _attack_loss(loss, model(x_adv, training=False), y, target_probs)
-        grad = tape.gradient(value, x_adv)
+        grad = input_gradient(model, x_adv, y, loss, target_probs)
         return i + 1, tf.clip_by_value(x_adv + alpha * tf.sign(grad), lower, upper)
 
     # An explicit while_loop keeps the graph small for many steps and works

@@ -1,6 +1,7 @@
 """Evaluation: clean accuracy and accuracy under a strong L-inf PGD attack.
 
-The network always runs in inference mode. The default attack (50 steps, 2
+The network always runs in inference mode, and in float32 (a network trained
+with mixed precision is evaluated on a float32 copy of its weights). The default attack (50 steps, 2
 random restarts) is strong enough to trust for the models trained here; an
 example counts as robust only if it is classified correctly clean and after
 every restart.
@@ -14,6 +15,7 @@ from absl import logging
 
 from hydra_tf import attacks
 from hydra_tf import layers
+from hydra_tf import precision
 
 DEFAULT_STEPS = 50
 DEFAULT_RESTARTS = 2
@@ -81,7 +83,9 @@ def evaluate(network, dataset, attack, log_every=20, strategy=None):
     Returns:
       An `EvalResult`.
     """
-
+    # A mixed-precision network is attacked in float32 (`precision`).
+    with (strategy or tf.distribute.get_strategy()).scope():
+        network = precision.as_float32(network)
     batch_counts = batch_counter(network, attack)
     if strategy is not None and strategy.num_replicas_in_sync > 1:
         run = _distributed(batch_counts, strategy)

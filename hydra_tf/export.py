@@ -24,13 +24,15 @@ _PLAIN = {
 
 
 def _plain_layer(layer):
+    # The deployed model computes in float32 whatever policy it was trained
+    # with (TF Lite makes its own float16 / int8 files from it).
+    config = {**layer.get_config(), "dtype": "float32"}
     for scored_cls, plain_cls in _PLAIN.items():
         if isinstance(layer, scored_cls):
-            config = layer.get_config()
             for key in score_layers.PRUNING_CONFIG_KEYS:
                 config.pop(key, None)
             return plain_cls.from_config(config)
-    return layer.__class__.from_config(layer.get_config())
+    return layer.__class__.from_config(config)
 
 
 def strip_scores(network):

@@ -22,6 +22,7 @@ from scipy import stats
 
 from hydra_tf import distribute
 from hydra_tf import layers
+from hydra_tf import precision
 
 ABSTAIN = -1
 # Radii at which certified accuracy is reported (Cohen et al.'s table).
@@ -92,10 +93,12 @@ class Smoother:
     """
 
     def __init__(self, network, num_classes, config, strategy=None):
-        self.network = network
         self.num_classes = int(num_classes)
         self.config = config
         self.strategy = strategy or tf.distribute.get_strategy()
+        with self.strategy.scope():
+            # A mixed-precision network is certified in float32 (`precision`).
+            self.network = precision.as_float32(network)
         self._counts = tf.function(self._group_counts, reduce_retracing=True)
 
     def _replica_counts(self, x, num, first_chunk, key):
