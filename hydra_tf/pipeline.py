@@ -184,19 +184,50 @@ def _train_config(config, phase, workdir, keep_ratio=1.0, source=None, epochs=1,
     )
 
 
+def evaluation_key(config):
+    """What a row's numbers depend on besides the network: the cache key of `eval.json`.
+
+    The attack (or the certification settings) and the test examples. A cached
+    evaluation is reused only under the same key; a rerun with, for example,
+    another `eval_steps` evaluates again.
+    """
+    key = {"dataset": config.dataset, "test_limit": config.test_limit}
+    if config.certifies:
+        key["certify"] = {
+            **config.smoothing.to_json(),
+            "radius": config.certify_radius,
+            "limit": config.certify_limit,
+        }
+    else:
+        key["attack"] = config.attack.to_json()
+    return json.loads(json.dumps(key))
+
+
+def _read_cache(path, key):
+    """The cached dict at `path` if it was written under `key`, else None."""
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        cached = json.load(f)
+    if cached.get("eval_key") != key:
+        logging.info("%s was evaluated with other settings; evaluating again.", path)
+        return None
+    return cached
+
+
 def evaluate_and_export(config, model_path, out_dir, name):
     """Exports a trained network and evaluates the export; cached in `eval.json`.
 
     The exported plain model (masks folded into its kernels) is what gets
     evaluated: it is the model users deploy, it computes the same function as
-    the score network (tests/export_test.py), and it needs no mask work.
+    the score network (tests/export_test.py), and it needs no mask work. The
+    cache is keyed by `evaluation_key(config)`.
     """
     cache = os.path.join(out_dir, "eval.json")
-    if os.path.exists(cache):
-        with open(cache) as f:
-            row = json.load(f)
-    else:
-        row = _evaluate(config, model_path, out_dir, name)
+    key = evaluation_key(config)
+    row = _read_cache(cache, key)
+    if row is None:
+        row = {**_evaluate(config, model_path, out_dir, name), "eval_key": key}
         training.write_json(cache, row)
     if config.tflite_mode != "none":
         row.update(_deploy(config, os.path.join(config.workdir, row["keras_path"]), out_dir, name))
@@ -220,15 +251,15 @@ _MODE_KEYS = (
 def _deploy(config, keras_path, out_dir, name):
     """TF Lite export and verification of one network: the row's `tflite_*` fields.
 
-    Cached in `<out_dir>/tflite/row.json` for the configured mode.
+    Cached in `<out_dir>/tflite/row.json` for the configured mode and
+    evaluation settings (its robust accuracy uses the table's attack).
     """
     directory = os.path.join(out_dir, "tflite")
     cache = os.path.join(directory, "row.json")
-    if os.path.exists(cache):
-        with open(cache) as f:
-            fields = json.load(f)
-        if fields.get("tflite_requested") == config.tflite_mode and "tflite_modes" in fields:
-            return fields
+    key = {**evaluation_key(config), "tflite_mode": config.tflite_mode}
+    fields = _read_cache(cache, key)
+    if fields is not None:
+        return {k: v for k, v in fields.items() if k != "eval_key"}
     plain = keras.saving.load_model(keras_path, safe_mode=True)
     images, labels, representative = tflite.verification_data(
         config.dataset, config.data_dir, config.test_limit, config.train_limit, config.seed
@@ -261,7 +292,7 @@ def _deploy(config, keras_path, out_dir, name):
         fields["tflite_fp32_bytes"] = (
             fp32["bytes"] if fp32 else len(tflite.convert(plain, tflite.Mode("float32")))
         )
-    training.write_json(cache, fields)
+    training.write_json(cache, {**fields, "eval_key": key})
     return fields
 
 
@@ -395,6 +426,7 @@ def run(config, strategy=None, jit_compile=False):
         logging.info("Worker finished training; the chief writes the results.")
         return {"config": config.to_json(), "rows": []}
     rows = [{"method": r["method"], "keep_ratio": r["keep_ratio"], **r["row"]} for r in rows]
+    check_comparable(rows)
     results = {"config": config.to_json(), "rows": rows}
     smallest = min(config.keep_ratios)
     hydra_model = stage(f"hydra_{smallest:g}", "prune", training.MODEL_FILE)
@@ -470,10 +502,29 @@ def figures(workdir, rows, kept, keep_ratio, title="", metric="robust"):
     return {name: os.path.relpath(path, workdir) for name, path in paths.items()}
 
 
+def check_comparable(rows):
+    """Raises ValueError unless every row was evaluated the same way.
+
+    One table must not mix, say, PGD-10 and PGD-50 numbers, or different test
+    sets: each row's attack (or certification) and number of examples must
+    agree.
+    """
+    first = rows[0]
+    for row in rows[1:]:
+        for field in ("attack", "num_examples"):
+            if row.get(field) != first.get(field):
+                raise ValueError(
+                    f"Rows evaluated differently cannot share a table: {row['method']} keep "
+                    f"{row['keep_ratio']:g} has {field} {row.get(field)}, {first['method']} has "
+                    f"{first.get(field)}."
+                )
+
+
 def results_markdown(results):
     """The results as a Markdown table shaped like the paper's Table 1."""
     config = results["config"]
     rows = results["rows"]
+    check_comparable(rows)
     ratios = sorted({r["keep_ratio"] for r in rows if r["method"] != "dense"}, reverse=True)
     attack = rows[0]["attack"]
     objective = config["objective"]

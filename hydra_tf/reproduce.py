@@ -78,7 +78,11 @@ def aggregate(runs):
       "robust_acc", "robust_std", "sparsity", "seeds", "per_seed"}, in the
       order of the first run of each architecture. Certified runs (smoothing)
       also get "certified_accuracy": {radius: [mean, std]}.
+
+    Raises:
+      ValueError: if the runs' rows were not all evaluated the same way.
     """
+    pipeline.check_comparable([row for _, _, results in runs for row in results["rows"]])
     groups = {}
     for arch, seed, results in runs:
         for row in results["rows"]:

@@ -1,5 +1,6 @@
 """Tests for hydra_tf.pipeline: the main job end to end on a tiny setting."""
 
+import dataclasses
 import json
 import os
 import tempfile
@@ -79,6 +80,28 @@ class PipelineTest(tf.test.TestCase):
             json.loads(json.dumps(again["rows"])), json.loads(json.dumps(results["rows"]))
         )
         self.assertLess(again["seconds"], results["seconds"])
+
+        # Other evaluation settings: the cached evaluations are not reused.
+        stronger = dataclasses.replace(_tiny(workdir), eval_steps=7)
+        third = pipeline.run(stronger)
+        self.assertEqual(third["config"]["eval_steps"], 7)
+        for row in third["rows"]:
+            self.assertEqual(row["attack"]["steps"], 7)
+            self.assertEqual(row["eval_key"], pipeline.evaluation_key(stronger))
+        with open(os.path.join(workdir, "dense", "tflite", "row.json")) as f:
+            self.assertEqual(json.load(f)["eval_key"]["attack"]["steps"], 7)
+
+    def test_rows_evaluated_differently_share_no_table(self):
+        rows = [
+            {"method": "dense", "keep_ratio": 1.0, "attack": {"steps": 50}, "num_examples": 500},
+            {"method": "hydra", "keep_ratio": 0.1, "attack": {"steps": 10}, "num_examples": 500},
+        ]
+        with self.assertRaisesRegex(ValueError, "hydra keep 0.1 has attack"):
+            pipeline.results_markdown({"config": {}, "rows": rows})
+        rows[1]["attack"] = {"steps": 50}
+        rows[1]["num_examples"] = 100
+        with self.assertRaisesRegex(ValueError, "num_examples"):
+            pipeline.check_comparable(rows)
 
     def test_smoothing_objective_is_certified(self):
         workdir = tempfile.mkdtemp()
