@@ -206,6 +206,7 @@ def run_or_exit(fn, *args):
         FileNotFoundError,
         phases.CheckpointMismatchError,
         training.NonFiniteLossError,
+        training.CollapsedRunError,
         data.DatasetUnavailableError,
         distribute.StrategyError,
     )

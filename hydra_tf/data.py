@@ -24,7 +24,9 @@ import dataclasses
 import gzip
 import numbers
 import os
+import socket
 import struct
+import urllib.parse
 import zlib
 
 import numpy as np
@@ -274,7 +276,7 @@ def _load_idx(name, split, directory, limit):
     return dataset, num_examples
 
 
-def _unavailable_message(name, split, data_dir, error):
+def _unavailable_message(name, split, data_dir, error, unreachable=()):
     hints = []
     if name == "fashion_mnist":
         hints.append(
@@ -291,27 +293,75 @@ def _unavailable_message(name, split, data_dir, error):
         "run once with internet so TFDS can download it into data_dir "
         f"(data_dir={data_dir!r}; None means the TFDS default)"
     )
+    if unreachable:
+        reason = (
+            "TFDS has not prepared it and its download hosts "
+            f"({', '.join(unreachable)}) cannot be reached from this machine"
+        )
+    else:
+        reason = f"TFDS could not load it ({type(error).__name__}: {error})"
     return (
-        f"Dataset {name!r} ({split} split) is not available: TFDS could not "
-        f"load it ({type(error).__name__}: {error}). To get the data, " + "; or ".join(hints) + "."
+        f"Dataset {name!r} ({split} split) is not available: {reason}. To get the data, "
+        + "; or ".join(hints)
+        + "."
     )
+
+
+# Seconds to wait for a TCP connection to a download host.
+_PROBE_TIMEOUT = 3.0
+
+
+def _can_connect(host, port):
+    try:
+        with socket.create_connection((host, port), timeout=_PROBE_TIMEOUT):
+            return True
+    except OSError:
+        return False
+
+
+def _unreachable_download_hosts(tfds, name, data_dir):
+    """The hosts TFDS would download `name` from, if none of them answers.
+
+    Without a network TFDS' downloader retries for minutes before it fails;
+    a TCP probe of its hosts fails within seconds. Returns [] when a host
+    answers or the hosts are unknown (then TFDS is left to try).
+    """
+    try:
+        urls = list(tfds.builder(name, data_dir=data_dir).url_infos or {})
+    except Exception:  # noqa: BLE001 - any failure here just skips the probe.
+        return []
+    hosts = {}
+    for url in urls:
+        parsed = urllib.parse.urlparse(url)
+        if parsed.hostname:
+            hosts.setdefault(
+                parsed.hostname, parsed.port or (80 if parsed.scheme == "http" else 443)
+            )
+    if not hosts or any(_can_connect(host, port) for host, port in list(hosts.items())[:3]):
+        return []
+    return sorted(hosts)
 
 
 def _load_tfds(name, split, data_dir, limit, download):
     # Imported lazily: TFDS is slow to import and not needed for IDX files.
     import tensorflow_datasets as tfds
 
+    kwargs = {"split": split, "data_dir": data_dir, "as_supervised": True, "with_info": True}
     try:
-        dataset, tfds_info = tfds.load(
-            name,
-            split=split,
-            data_dir=data_dir,
-            as_supervised=True,
-            download=download,
-            with_info=True,
-        )
-    except Exception as e:  # TFDS raises many types (assert, IO, network, ...).
-        raise DatasetUnavailableError(_unavailable_message(name, split, data_dir, e)) from e
+        # Prepared data first: no network involved.
+        dataset, tfds_info = tfds.load(name, download=False, **kwargs)
+    except Exception as local_error:  # TFDS raises many types (assert, IO, ...).
+        if not download:
+            message = _unavailable_message(name, split, data_dir, local_error)
+            raise DatasetUnavailableError(message) from local_error
+        unreachable = _unreachable_download_hosts(tfds, name, data_dir)
+        if unreachable:
+            message = _unavailable_message(name, split, data_dir, local_error, unreachable)
+            raise DatasetUnavailableError(message) from local_error
+        try:
+            dataset, tfds_info = tfds.load(name, download=True, **kwargs)
+        except Exception as e:  # TFDS raises many types (assert, IO, network, ...).
+            raise DatasetUnavailableError(_unavailable_message(name, split, data_dir, e)) from e
     if limit is not None:
         dataset = dataset.take(limit)
     num_examples = int(dataset.cardinality())

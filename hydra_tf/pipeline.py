@@ -370,7 +370,7 @@ def run(config, strategy=None, jit_compile=False):
     """
     start = time.time()
     chief = distribute.is_chief(strategy)
-    os.makedirs(config.workdir, exist_ok=True)
+    training.make_dir(config.workdir)
     if chief:
         training.write_json(os.path.join(config.workdir, "pipeline_config.json"), config.to_json())
     stage = lambda *parts: os.path.join(config.workdir, *parts)

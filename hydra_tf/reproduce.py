@@ -273,7 +273,8 @@ def run(base, archs, seeds, output_dir, strategy=None, jit_compile=False, schedu
     if unknown:
         raise ValueError(f"Schedules for architectures not in the study: {unknown}.")
     start = time.time()
-    os.makedirs(output_dir, exist_ok=True)
+    training.make_dir(output_dir, "--output_dir")
+    training.make_dir(base.workdir)
     runs = []
     for arch in archs:
         for seed in seeds:
@@ -385,7 +386,7 @@ def merge(studies, sources, output_dir):
             own = own or {k: config[k] for k in _SCHEDULE_FIELDS}
             if any(own[k] != base[k] for k in _SCHEDULE_FIELDS):
                 schedules[arch] = own
-    os.makedirs(output_dir, exist_ok=True)
+    training.make_dir(output_dir, "--output_dir")
     figures = {}
     for study, source in zip(studies, sources):
         for arch, paths in study["figures"].items():

@@ -22,6 +22,7 @@ import sys
 import time
 
 import keras
+import numpy as np
 import tensorflow as tf
 from absl import logging
 
@@ -53,6 +54,17 @@ CONFIG_FILE = "config.json"
 
 class NonFiniteLossError(RuntimeError):
     """Training produced a NaN or infinite loss."""
+
+
+class CollapsedRunError(RuntimeError):
+    """The network fell to a constant output (chance-level accuracy)."""
+
+
+# A network "collapsed" when it gives one class for at least this share of the
+# check images and its accuracy is below twice chance; it is "healthy" when
+# neither holds. A run stops when a healthy network collapses.
+_COLLAPSE_SHARE = 0.9
+_CHECK_IMAGES = 512
 
 
 @dataclasses.dataclass(frozen=True)
@@ -223,6 +235,55 @@ class _StopOnNonFinite(keras.callbacks.Callback):
             )
 
 
+class _StopOnCollapse(keras.callbacks.Callback):
+    """Raises when a network that classified well falls to a constant output.
+
+    A learning rate that is too high can drive a phase into a constant output
+    (validation accuracy at chance level) without any NaN: one prune run of
+    the reproduction did so at lr 0.1. Checked on a few test images after
+    each epoch, against the network at the start of the run and after each
+    earlier epoch: a network that starts at chance level (a from-scratch
+    pretrain, or an LWM mask that already kills the network) is not stopped,
+    one that falls there is. Raising before BackupAndRestore saves keeps the
+    last good epoch, as `_StopOnNonFinite` does.
+    """
+
+    def __init__(self, images, labels, num_classes, backup_dir, name):
+        super().__init__()
+        self._images = images
+        self._labels = np.asarray(labels)
+        self._chance = 1.0 / num_classes
+        self._backup_dir = backup_dir
+        self._name = name
+        self._was_healthy = False
+
+    def _state(self):
+        logits = self.model(self._images, training=False)
+        predicted = np.argmax(np.asarray(logits), axis=-1)
+        accuracy = float(np.mean(predicted == self._labels))
+        share = float(np.max(np.bincount(predicted)) / len(predicted))
+        return accuracy, share
+
+    def _healthy(self, accuracy, share):
+        return accuracy >= 2 * self._chance and share < _COLLAPSE_SHARE
+
+    def on_train_begin(self, logs=None):
+        self._was_healthy = self._healthy(*self._state())
+
+    def on_epoch_end(self, epoch, logs=None):
+        accuracy, share = self._state()
+        if self._healthy(accuracy, share):
+            self._was_healthy = True
+        elif self._was_healthy and share >= _COLLAPSE_SHARE and accuracy < 2 * self._chance:
+            raise CollapsedRunError(
+                f"{self._name} collapsed at epoch {epoch + 1}: the network gives one class for "
+                f"{100 * share:.0f}% of {len(self._labels)} test images (accuracy "
+                f"{100 * accuracy:.1f}%, chance {100 * self._chance:.0f}%); training stopped. "
+                f"The last good epoch is kept in {self._backup_dir}. Lower the learning rate "
+                "(a new --workdir for the new setting)."
+            )
+
+
 class _LogProgress(keras.callbacks.Callback):
     """One absl log line per epoch with the metrics and the time taken."""
 
@@ -274,6 +335,22 @@ def _same_config(previous, config):
     return json.loads(json.dumps(upgraded)) == current
 
 
+def make_dir(path, flag="--workdir"):
+    """Creates directory `path` (and its parents) if missing.
+
+    Raises:
+      ValueError: one line naming `flag` if `path`, or a parent of it, is a
+        file (os.makedirs would raise FileExistsError / NotADirectoryError).
+    """
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ValueError(f"{flag}={path} is a file, not a directory. Pass a directory.")
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as error:
+        raise ValueError(f"Cannot create {flag}={path}: {error.strerror or error}.") from error
+    return path
+
+
 def write_json(path, value):
     """Writes JSON atomically (a killed run never leaves half a file)."""
     tmp = f"{path}.tmp"
@@ -302,11 +379,13 @@ def train(config, verbose=None, strategy=None, jit_compile=False):
       ValueError: bad configuration, or a workdir holding another run's config.
       CheckpointMismatchError: a source checkpoint of another architecture.
       NonFiniteLossError: the loss became NaN/inf (last good state kept).
+      CollapsedRunError: the network fell to a constant output (last good
+        state kept).
     """
     strategy = strategy or tf.distribute.get_strategy()
     chief = distribute.is_chief(strategy)
-    own_dir = distribute.worker_dir(config.workdir, strategy)
-    os.makedirs(own_dir, exist_ok=True)
+    make_dir(config.workdir)
+    own_dir = make_dir(distribute.worker_dir(config.workdir, strategy))
     config_path = os.path.join(config.workdir, CONFIG_FILE)
     history_path = os.path.join(own_dir, "history.csv")
     backup_dir = os.path.join(own_dir, "backup")
@@ -349,6 +428,7 @@ def train(config, verbose=None, strategy=None, jit_compile=False):
         augment=data.default_augment(config.dataset),
         seed=config.seed,
     )
+    check_images, check_labels = next(iter(test_ds.batch(_CHECK_IMAGES)))
     test_ds = data.make_pipeline(test_ds, config.batch_size, training=False)
     steps_per_epoch = math.ceil(num_train / config.batch_size)
 
@@ -385,6 +465,7 @@ def train(config, verbose=None, strategy=None, jit_compile=False):
     )
     callbacks = [
         _StopOnNonFinite(backup_dir),
+        _StopOnCollapse(check_images, check_labels, meta.num_classes, backup_dir, name),
         keras.callbacks.BackupAndRestore(backup_dir),
         keras.callbacks.CSVLogger(history_path, append=True),
         keras.callbacks.TensorBoard(os.path.join(own_dir, "tensorboard")),

@@ -32,6 +32,16 @@ class BadInputTest(tf.test.TestCase, parameterized.TestCase):
         self.assertIn(word, result.stderr)
         self.assertNotIn("Traceback", result.stderr)
 
+    @parameterized.parameters("train", "pipeline")
+    def test_workdir_that_is_a_file(self, binary):
+        path = os.path.join(tempfile.mkdtemp(), "file")
+        with open(path, "w") as f:
+            f.write("x")
+        result = run_binary(binary, f"--workdir={path}", "--train_limit=64", "--test_limit=64")
+        self.assertNotEqual(result.returncode, 0)
+        self.assertIn("is a file, not a directory", result.stderr)
+        self.assertNotIn("Traceback", result.stderr)
+
     def test_one_device_binaries_reject_a_strategy(self):
         result = run_binary(
             "export", "--checkpoint=/tmp/x.keras", "--output_dir=/tmp/x", "--strategy=mirrored"

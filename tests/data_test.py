@@ -2,8 +2,10 @@
 
 import gzip
 import os
+import socket
 import struct
 import tempfile
+import time
 from unittest import mock
 
 import numpy as np
@@ -267,6 +269,33 @@ class TfdsTest(tf.test.TestCase, parameterized.TestCase):
         self.assertEqual(load.call_args.args, (name,))
         self.assertEqual(load.call_args.kwargs["split"], "test")
         self.assertTrue(load.call_args.kwargs["as_supervised"])
+
+    def test_no_network_fails_within_seconds(self):
+        # TFDS' own downloader retries for minutes without a network; the
+        # download hosts are probed first instead.
+        missing = os.path.join(_make_tempdir(self), "missing")
+        original = AssertionError("not prepared")
+        start = time.time()
+        with (
+            mock.patch.object(socket, "create_connection", side_effect=OSError("unreachable")),
+            mock.patch.object(tfds, "load", side_effect=original) as load,
+            self.assertRaisesRegex(data.DatasetUnavailableError, "cannot be reached") as cm,
+        ):
+            data.load("mnist", "test", data_dir=missing)
+        self.assertLess(time.time() - start, 30)
+        self.assertIn("--data_dir", str(cm.exception))
+        # Only the offline attempt ran; TFDS never started a download.
+        self.assertEqual([c.kwargs["download"] for c in load.call_args_list], [False])
+
+    def test_reachable_host_lets_tfds_download(self):
+        missing = os.path.join(_make_tempdir(self), "missing")
+        with (
+            mock.patch.object(data, "_can_connect", return_value=True),
+            mock.patch.object(tfds, "load", side_effect=AssertionError("offline")) as load,
+            self.assertRaises(data.DatasetUnavailableError),
+        ):
+            data.load("mnist", "test", data_dir=missing)
+        self.assertEqual([c.kwargs["download"] for c in load.call_args_list], [False, True])
 
 
 class ValidationTest(tf.test.TestCase, parameterized.TestCase):

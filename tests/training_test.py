@@ -48,6 +48,25 @@ class _NaNAfter(objectives.Natural):
         return tf.where(self.count > self.calls, tf.constant(np.nan), value), logits
 
 
+class _KillAfter(objectives.Natural):
+    """Natural loss; after `calls` steps a penalty drives every fc1 bias to -inf.
+
+    With every fc1 unit dead the network outputs the constant fc2 bias: a
+    collapse without any NaN, as a too-high learning rate can cause.
+    """
+
+    def __init__(self, calls):
+        super().__init__()
+        self.calls = calls
+        self.count = tf.Variable(0)
+
+    def loss(self, model, x, y, perturbed):
+        value, logits = super().loss(model, x, y, perturbed)
+        self.count.assign_add(1)
+        penalty = 1e4 * tf.reduce_sum(model.get_layer("fc1").bias)
+        return value + tf.where(self.count > self.calls, penalty, 0.0), logits
+
+
 class _ZeroData(objectives.Natural):
     """A loss whose gradient is exactly zero: only weight decay moves weights."""
 
@@ -155,6 +174,39 @@ class TrainTest(tf.test.TestCase, parameterized.TestCase):
         again = training.train(config, verbose=0)  # finished: skipped
         self.assertEqual(again.seconds, 0.0)
         self.assertEqual(again.history["epoch"], [0.0, 1.0, 2.0])
+
+    def test_collapse_stops_and_keeps_last_good_state(self):
+        workdir = tempfile.mkdtemp()
+        config = _config(workdir, train_limit=1024, test_limit=256)
+        steps_per_epoch = 16  # 1024 examples / batch 64
+        with (
+            mock.patch.object(
+                training.objectives, "make", lambda _: _KillAfter(steps_per_epoch + 1)
+            ),
+            self.assertRaisesRegex(training.CollapsedRunError, "collapsed at epoch 2.*backup"),
+        ):
+            training.train(config, verbose=0)
+        self.assertFalse(os.path.exists(os.path.join(workdir, "model.keras")))
+        self.assertTrue(os.path.isdir(os.path.join(workdir, "backup")))
+        # Only the good epoch is in the history.
+        self.assertEqual(training._read_history(os.path.join(workdir, "history.csv"))["epoch"], [0])
+
+    def test_run_starting_at_chance_is_not_stopped(self):
+        # From the first step on the network is dead: it never classified
+        # well in this run, so there is nothing it fell from.
+        workdir = tempfile.mkdtemp()
+        with mock.patch.object(training.objectives, "make", lambda _: _KillAfter(0)):
+            result = training.train(_config(workdir, epochs=2), verbose=0)
+        self.assertLessEqual(result.history["val_accuracy"][-1], 0.2)
+
+    def test_workdir_that_is_a_file(self):
+        path = os.path.join(tempfile.mkdtemp(), "file")
+        with open(path, "w") as f:
+            f.write("x")
+        with self.assertRaisesRegex(ValueError, "--workdir=.* is a file, not a directory"):
+            training.train(_config(path), verbose=0)
+        with self.assertRaisesRegex(ValueError, "Cannot create --workdir"):
+            training.train(_config(os.path.join(path, "run")), verbose=0)
 
     def test_nan_loss_stops_and_keeps_last_good_state(self):
         workdir = tempfile.mkdtemp()
