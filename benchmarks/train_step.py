@@ -146,9 +146,12 @@ def run_case(arch, phase, keep_ratio):
         objective = objectives.make(
             objectives.ObjectiveConfig(name="trades", eps=eps, steps=10, step_size=step_size)
         )
-        model = trainer_lib.RobustTrainer(network, objective, reuse_masks=not _PER_FORWARD.value)
+        # Coupled weight decay 1e-4, the training default.
+        model = trainer_lib.RobustTrainer(
+            network, objective, reuse_masks=not _PER_FORWARD.value, l2=1e-4
+        )
         model.compile(
-            optimizer=keras.optimizers.SGD(0.01, momentum=0.9, weight_decay=1e-4),
+            optimizer=keras.optimizers.SGD(0.01, momentum=0.9),
             jit_compile=_JIT.value,
         )
         model.optimizer.build(model.trainable_variables)
