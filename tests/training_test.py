@@ -34,37 +34,29 @@ class _Killed(Exception):
     pass
 
 
-class _NaNAfter(objectives.Natural):
-    """Natural loss that turns NaN after `calls` training steps."""
+class _BadAfter(objectives.Natural):
+    """Natural loss that turns bad after `calls` training steps.
 
-    def __init__(self, calls):
-        super().__init__()
-        self.calls = calls
-        self.count = tf.Variable(0)
-
-    def loss(self, model, x, y, perturbed):
-        value, logits = super().loss(model, x, y, perturbed)
-        self.count.assign_add(1)
-        return tf.where(self.count > self.calls, tf.constant(np.nan), value), logits
-
-
-class _KillAfter(objectives.Natural):
-    """Natural loss; after `calls` steps a penalty drives every fc1 bias to -inf.
-
-    With every fc1 unit dead the network outputs the constant fc2 bias: a
-    collapse without any NaN, as a too-high learning rate can cause.
+    kind "nan": the loss becomes NaN. kind "collapse": a penalty drives every
+    fc1 bias to -inf, so every fc1 unit dies and the network outputs the
+    constant fc2 bias: a collapse without any NaN, as a too-high learning rate
+    can cause.
     """
 
-    def __init__(self, calls):
+    def __init__(self, calls, kind):
         super().__init__()
         self.calls = calls
+        self.kind = kind
         self.count = tf.Variable(0)
 
     def loss(self, model, x, y, perturbed):
         value, logits = super().loss(model, x, y, perturbed)
         self.count.assign_add(1)
-        penalty = 1e4 * tf.reduce_sum(model.get_layer("fc1").bias)
-        return value + tf.where(self.count > self.calls, penalty, 0.0), logits
+        if self.kind == "nan":
+            bad = tf.constant(np.nan)
+        else:
+            bad = value + 1e4 * tf.reduce_sum(model.get_layer("fc1").bias)
+        return tf.where(self.count > self.calls, bad, value), logits
 
 
 class _ZeroData(objectives.Natural):
@@ -175,27 +167,38 @@ class TrainTest(tf.test.TestCase, parameterized.TestCase):
         self.assertEqual(again.seconds, 0.0)
         self.assertEqual(again.history["epoch"], [0.0, 1.0, 2.0])
 
-    def test_collapse_stops_and_keeps_last_good_state(self):
-        workdir = tempfile.mkdtemp()
-        config = _config(workdir, train_limit=1024, test_limit=256)
-        steps_per_epoch = 16  # 1024 examples / batch 64
+    def _stopped(self, kind, error, pattern, **overrides):
+        """Trains until `_BadAfter` (after one epoch) stops the run; returns its config."""
+        config = _config(tempfile.mkdtemp(), **overrides)
+        steps_per_epoch = config.train_limit // config.batch_size
         with (
             mock.patch.object(
-                training.objectives, "make", lambda _: _KillAfter(steps_per_epoch + 1)
+                training.objectives, "make", lambda _: _BadAfter(steps_per_epoch + 1, kind)
             ),
-            self.assertRaisesRegex(training.CollapsedRunError, "collapsed at epoch 2.*backup"),
+            self.assertRaisesRegex(error, pattern),
         ):
             training.train(config, verbose=0)
-        self.assertFalse(os.path.exists(os.path.join(workdir, "model.keras")))
-        self.assertTrue(os.path.isdir(os.path.join(workdir, "backup")))
+        self.assertFalse(os.path.exists(os.path.join(config.workdir, "model.keras")))
+        self.assertTrue(os.path.isdir(os.path.join(config.workdir, "backup")))
+        return config
+
+    def test_collapse_stops_and_keeps_last_good_state(self):
+        config = self._stopped(
+            "collapse",
+            training.CollapsedRunError,
+            "collapsed at epoch 2.*backup",
+            train_limit=1024,
+            test_limit=256,
+        )
         # Only the good epoch is in the history.
-        self.assertEqual(training._read_history(os.path.join(workdir, "history.csv"))["epoch"], [0])
+        history = training._read_history(os.path.join(config.workdir, "history.csv"))
+        self.assertEqual(history["epoch"], [0])
 
     def test_run_starting_at_chance_is_not_stopped(self):
         # From the first step on the network is dead: it never classified
         # well in this run, so there is nothing it fell from.
         workdir = tempfile.mkdtemp()
-        with mock.patch.object(training.objectives, "make", lambda _: _KillAfter(0)):
+        with mock.patch.object(training.objectives, "make", lambda _: _BadAfter(0, "collapse")):
             result = training.train(_config(workdir, epochs=2), verbose=0)
         self.assertLessEqual(result.history["val_accuracy"][-1], 0.2)
 
@@ -209,18 +212,7 @@ class TrainTest(tf.test.TestCase, parameterized.TestCase):
             training.train(_config(os.path.join(path, "run")), verbose=0)
 
     def test_nan_loss_stops_and_keeps_last_good_state(self):
-        workdir = tempfile.mkdtemp()
-        config = _config(workdir)
-        steps_per_epoch = 4  # 256 examples / batch 64
-        with (
-            mock.patch.object(
-                training.objectives, "make", lambda _: _NaNAfter(steps_per_epoch + 1)
-            ),
-            self.assertRaisesRegex(training.NonFiniteLossError, "epoch 2, batch 2.*backup"),
-        ):
-            training.train(config, verbose=0)
-        self.assertFalse(os.path.exists(os.path.join(workdir, "model.keras")))
-        self.assertTrue(os.path.isdir(os.path.join(workdir, "backup")))
+        config = self._stopped("nan", training.NonFiniteLossError, "epoch 2, batch 2.*backup")
         # Rerunning (here with a sane loss) resumes from the last good epoch.
         result = training.train(config, verbose=0)
         self.assertTrue(result.resumed)
