@@ -39,7 +39,10 @@ _FINETUNE_EPOCHS = flags.DEFINE_integer("finetune_epochs", None, "Override the p
 _EVAL_STEPS = flags.DEFINE_integer("eval_steps", None, "Override the preset's PGD steps.")
 _EVAL_RESTARTS = flags.DEFINE_integer("eval_restarts", None, "Override the preset's restarts.")
 _PRUNE_LR = flags.DEFINE_float(
-    "prune_lr", None, "Learning rate of the score training (default 0.1).", lower_bound=0.0
+    "prune_lr",
+    None,
+    "Learning rate of the score training (default 0.1, measured in results/fixes/README.md).",
+    lower_bound=0.0,
 )
 
 
