@@ -119,13 +119,13 @@ def run_case(arch, phase, keep_ratio):
     import numpy as np
     import tensorflow as tf
 
-    from hydra_tf import architectures
-    from hydra_tf import attacks
     from hydra_tf import evaluation
-    from hydra_tf import layers
     from hydra_tf import objectives
-    from hydra_tf import phases
-    from hydra_tf import trainer as trainer_lib
+    from hydra_tf.models import architectures
+    from hydra_tf.models import layers
+    from hydra_tf.objectives import attacks
+    from hydra_tf.pruning import phases
+    from hydra_tf.training import trainer as trainer_lib
 
     shape, classes, eps, step_size = SETTINGS[arch]
     steps_repeats, eval_repeats = REPEATS[arch]

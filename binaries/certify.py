@@ -25,8 +25,8 @@ from absl import logging
 from binaries import common
 from hydra_tf import data
 from hydra_tf import distribute
-from hydra_tf import smoothing
 from hydra_tf import training
+from hydra_tf.evaluation import smoothing
 
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "model.keras to certify.", required=True)
 _N0 = flags.DEFINE_integer("n0", 100, "Noise samples to select the class.", lower_bound=1)

@@ -11,12 +11,12 @@ from absl import app
 from absl import flags
 from absl import logging
 
-from hydra_tf import architectures
 from hydra_tf import data
 from hydra_tf import distribute
 from hydra_tf import objectives
-from hydra_tf import tflite
 from hydra_tf import training
+from hydra_tf.export import tflite
+from hydra_tf.models import architectures
 
 DATASET = flags.DEFINE_enum("dataset", "fashion_mnist", data.SUPPORTED_DATASETS, "Dataset.")
 DATA_DIR = flags.DEFINE_string(
@@ -198,8 +198,8 @@ def main_without_args(fn):
 
 def run_or_exit(fn, *args):
     """Runs `fn`; expected failures end with a one-line error, not a traceback."""
-    from hydra_tf import phases
     from hydra_tf import training
+    from hydra_tf.pruning import phases
 
     expected = (
         ValueError,

@@ -16,13 +16,13 @@ from absl import flags
 from absl import logging
 
 from binaries import common
-from hydra_tf import attacks
 from hydra_tf import data
 from hydra_tf import distribute
 from hydra_tf import evaluation
 from hydra_tf import export
-from hydra_tf import masks
 from hydra_tf import training
+from hydra_tf.models import masks
+from hydra_tf.objectives import attacks
 
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "model.keras to evaluate.", required=True)
 _STEPS = flags.DEFINE_integer(

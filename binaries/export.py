@@ -27,9 +27,9 @@ from absl import logging
 from binaries import common
 from hydra_tf import evaluation
 from hydra_tf import export
-from hydra_tf import masks
-from hydra_tf import tflite
 from hydra_tf import training
+from hydra_tf.export import tflite
+from hydra_tf.models import masks
 
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "model.keras to export.", required=True)
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Output directory.", required=True)

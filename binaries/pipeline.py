@@ -26,7 +26,7 @@ from absl import flags
 from absl import logging
 
 from binaries import common
-from hydra_tf import pipeline
+from hydra_tf.experiments import pipeline
 
 _PRESET = flags.DEFINE_enum("preset", "small", sorted(pipeline.PRESETS), "Size preset.")
 _WORKDIR = flags.DEFINE_string("workdir", "runs/pipeline", "Output directory.")

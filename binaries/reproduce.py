@@ -32,9 +32,9 @@ from absl import flags
 from absl import logging
 
 from binaries import common
-from hydra_tf import architectures
-from hydra_tf import pipeline
-from hydra_tf import reproduce
+from hydra_tf.experiments import pipeline
+from hydra_tf.experiments import reproduce
+from hydra_tf.models import architectures
 
 _WORKDIR = flags.DEFINE_string("workdir", "runs/reproduce", "Where the runs go.")
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", "results/reproduce", "Where the study goes.")

@@ -21,8 +21,8 @@ from absl import app
 from absl import flags
 
 from binaries import common
-from hydra_tf import phases
 from hydra_tf import training
+from hydra_tf.pruning import phases
 
 _PHASE = flags.DEFINE_enum("phase", "pretrain", phases.PHASES, "Which phase to run.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory of this run.", required=True)

@@ -5,8 +5,8 @@ from absl import flags
 from absl.testing import flagsaver
 
 from binaries import common
-from hydra_tf import phases
 from hydra_tf import training
+from hydra_tf.pruning import phases
 
 
 class CommonTest(tf.test.TestCase):

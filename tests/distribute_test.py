@@ -19,11 +19,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from hydra_tf import architectures
 from hydra_tf import distribute
-from hydra_tf import layers as score_layers
 from hydra_tf import objectives
-from hydra_tf import trainer as trainer_lib
+from hydra_tf.models import architectures
+from hydra_tf.models import layers as score_layers
+from hydra_tf.training import trainer as trainer_lib
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _RUNNER = os.path.join(_ROOT, "tests", "distributed_runner.py")

@@ -103,9 +103,9 @@ def main():
 
     # Evaluation splits each batch between the replicas (no random start, so
     # the attack is the same on every device).
-    from hydra_tf import attacks
     from hydra_tf import data
     from hydra_tf import evaluation
+    from hydra_tf.objectives import attacks
 
     with strategy.scope():
         model = training.load_network(source)
@@ -120,7 +120,7 @@ def main():
 
     # Certification splits each example's noisy copies between the replicas:
     # 250 copies in chunks of 100 leave the second replica an empty last chunk.
-    from hydra_tf import smoothing
+    from hydra_tf.evaluation import smoothing
 
     certify_config = smoothing.SmoothingConfig(n0=20, n=250, batch=100, seed=3)
     records = smoothing.certify_dataset(

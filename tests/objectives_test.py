@@ -5,8 +5,8 @@ import numpy as np
 import tensorflow as tf
 from absl.testing import parameterized
 
-from hydra_tf import attacks
 from hydra_tf import objectives
+from hydra_tf.objectives import attacks
 
 
 def _linear_model():

@@ -1,4 +1,4 @@
-"""Tests for hydra_tf.pipeline: the main job end to end on a tiny setting."""
+"""Tests for hydra_tf.experiments.pipeline: the main job end to end on a tiny setting."""
 
 import dataclasses
 import json
@@ -9,7 +9,7 @@ import keras
 import tensorflow as tf
 
 from hydra_tf import objectives
-from hydra_tf import pipeline
+from hydra_tf.experiments import pipeline
 
 
 def _tiny(workdir):

@@ -1,4 +1,4 @@
-"""Tests for hydra_tf.reproduce: aggregation over seeds and the study end to end."""
+"""Tests for hydra_tf.experiments.reproduce: aggregation over seeds and the study end to end."""
 
 import json
 import os
@@ -7,8 +7,8 @@ import tempfile
 import tensorflow as tf
 
 from hydra_tf import objectives
-from hydra_tf import pipeline
-from hydra_tf import reproduce
+from hydra_tf.experiments import pipeline
+from hydra_tf.experiments import reproduce
 
 
 def _row(method, keep, clean, robust):

@@ -6,11 +6,11 @@ import tempfile
 import tensorflow as tf
 from absl import logging
 
-from hydra_tf import attacks
 from hydra_tf import evaluation
 from hydra_tf import objectives
-from hydra_tf import phases
 from hydra_tf import training
+from hydra_tf.objectives import attacks
+from hydra_tf.pruning import phases
 from tests import helpers
 
 

@@ -10,9 +10,9 @@ import tensorflow as tf
 from absl.testing import parameterized
 
 from hydra_tf import objectives
-from hydra_tf import phases
-from hydra_tf import trainer
 from hydra_tf import training
+from hydra_tf.pruning import phases
+from hydra_tf.training import trainer
 from tests import helpers
 
 

@@ -51,9 +51,9 @@ import tensorflow as tf
 from absl import logging
 from ai_edge_litert import schema_py_generated as schema
 
-from hydra_tf import attacks
 from hydra_tf import data
-from hydra_tf import tflite_probe
+from hydra_tf.export import tflite_probe
+from hydra_tf.objectives import attacks
 
 WEIGHT_FORMATS = ("float32", "float16", "dynamic_int8", "int8")
 # How much accuracy `choose` lets a mode lose against the Keras model.

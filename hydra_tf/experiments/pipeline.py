@@ -22,18 +22,18 @@ import keras
 import numpy as np
 from absl import logging
 
-from hydra_tf import attacks
 from hydra_tf import data
 from hydra_tf import distribute
 from hydra_tf import evaluation
 from hydra_tf import export
-from hydra_tf import layers as score_layers
-from hydra_tf import masks
 from hydra_tf import objectives
-from hydra_tf import plots
-from hydra_tf import smoothing
-from hydra_tf import tflite
 from hydra_tf import training
+from hydra_tf.evaluation import smoothing
+from hydra_tf.experiments import plots
+from hydra_tf.export import tflite
+from hydra_tf.models import layers as score_layers
+from hydra_tf.models import masks
+from hydra_tf.objectives import attacks
 
 
 @dataclasses.dataclass(frozen=True)

@@ -16,8 +16,8 @@ import dataclasses
 import keras
 import tensorflow as tf
 
-from hydra_tf import attacks
 from hydra_tf import distribute
+from hydra_tf.objectives import attacks
 
 OBJECTIVES = ("natural", "pgd_at", "trades", "smoothing", "gaussian")
 

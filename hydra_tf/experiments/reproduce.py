@@ -16,8 +16,8 @@ import time
 from absl import logging
 
 from hydra_tf import distribute
-from hydra_tf import pipeline
 from hydra_tf import training
+from hydra_tf.experiments import pipeline
 
 _SCHEDULE_FIELDS = ("pretrain_epochs", "prune_epochs", "finetune_epochs")
 

@@ -11,8 +11,8 @@ import os
 import keras
 import numpy as np
 
-from hydra_tf import layers as score_layers
-from hydra_tf import masks
+from hydra_tf.models import layers as score_layers
+from hydra_tf.models import masks
 
 # Our layers and the built-in layer each becomes. FastConv2D differs from
 # Conv2D only in its training gradient; score layers also drop their scores.

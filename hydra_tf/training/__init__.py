@@ -29,8 +29,8 @@ from absl import logging
 from hydra_tf import data
 from hydra_tf import distribute
 from hydra_tf import objectives
-from hydra_tf import phases
-from hydra_tf import trainer as trainer_lib
+from hydra_tf.pruning import phases
+from hydra_tf.training import trainer as trainer_lib
 
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("cosine", "constant")
@@ -175,8 +175,8 @@ class TrainResult:
 
 def load_network(path):
     """Loads a network saved by a run (`model.keras`), with a clear error."""
-    # Importing hydra_tf.layers registers the score layers for deserialisation.
-    from hydra_tf import layers  # noqa: F401
+    # Importing hydra_tf.models.layers registers the score layers for deserialisation.
+    from hydra_tf.models import layers  # noqa: F401
 
     if not os.path.exists(path):
         raise FileNotFoundError(f"Checkpoint not found: {path}")
