@@ -1,12 +1,13 @@
 """hydra_tf: robustness-aware neural-network pruning (HYDRA) for Keras 3 on TensorFlow.
 
-Data flows one way through the package:
+Data flows one way through the package, one sub-package per stage:
 
-  data -> architectures / layers (score layers, masks, scores)
-       -> objectives (attacks) -> trainer / phases / training
-       -> evaluation -> export (tflite); pipeline runs them all.
-  distribute (tf.distribute strategies, per-replica randomness) is used by
-  trainer and training.
+  data -> models (score layers, masks, scores, layer kinds) + pruning (phases)
+       -> objectives (losses, attacks, bounds) -> training (trainer, phase runs)
+       -> evaluation (empirical, smoothing) -> export (plain, TF Lite);
+  experiments (pipeline, study, plots) run them all. `distribute`
+  (tf.distribute strategies, per-replica randomness) and `files` (shared
+  files) serve every stage.
 """
 
 from hydra_tf.data import DatasetInfo

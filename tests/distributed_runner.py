@@ -49,6 +49,7 @@ def main():
         distribute.split_cpu(args.cpu_replicas)
     import tensorflow as tf
 
+    from hydra_tf import files
     from hydra_tf import objectives
     from hydra_tf import training
 
@@ -95,7 +96,7 @@ def main():
         report["seconds_per_step"][phase] = (time.time() - start) / steps
         report["resumed"][phase] = result.resumed
         source = result.model_path
-        model = training.load_network(result.model_path)
+        model = files.load_network(result.model_path)
         np.savez(
             os.path.join(args.out, f"weights_{phase}.npz"),
             **{v.path: v.numpy() for v in model.weights},
@@ -105,10 +106,11 @@ def main():
     # the attack is the same on every device).
     from hydra_tf import data
     from hydra_tf import evaluation
+    from hydra_tf import files
     from hydra_tf.objectives import attacks
 
     with strategy.scope():
-        model = training.load_network(source)
+        model = files.load_network(source)
     test_ds, _ = data.load("fashion_mnist", "test", limit=96)
     result = evaluation.evaluate(
         model,

@@ -9,6 +9,7 @@ import numpy as np
 import tensorflow as tf
 from absl.testing import parameterized
 
+from hydra_tf import files
 from hydra_tf import objectives
 from hydra_tf import training
 from hydra_tf.pruning import phases
@@ -191,7 +192,7 @@ class TrainTest(tf.test.TestCase, parameterized.TestCase):
             test_limit=256,
         )
         # Only the good epoch is in the history.
-        history = training._read_history(os.path.join(config.workdir, "history.csv"))
+        history = files.read_history(os.path.join(config.workdir, "history.csv"))
         self.assertEqual(history["epoch"], [0])
 
     def test_run_starting_at_chance_is_not_stopped(self):
@@ -216,7 +217,7 @@ class TrainTest(tf.test.TestCase, parameterized.TestCase):
         # Rerunning (here with a sane loss) resumes from the last good epoch.
         result = training.train(config, verbose=0)
         self.assertTrue(result.resumed)
-        network = training.load_network(result.model_path)
+        network = files.load_network(result.model_path)
         for variable in network.weights:
             self.assertTrue(np.all(np.isfinite(variable.numpy())), variable.path)
         self.assertEqual(result.history["epoch"], [0.0, 1.0, 2.0])

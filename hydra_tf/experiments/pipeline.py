@@ -26,6 +26,7 @@ from hydra_tf import data
 from hydra_tf import distribute
 from hydra_tf import evaluation
 from hydra_tf import export
+from hydra_tf import files
 from hydra_tf import objectives
 from hydra_tf import training
 from hydra_tf.evaluation import smoothing
@@ -228,7 +229,7 @@ def evaluate_and_export(config, model_path, out_dir, name):
     row = _read_cache(cache, key)
     if row is None:
         row = {**_evaluate(config, model_path, out_dir, name), "eval_key": key}
-        training.write_json(cache, row)
+        files.write_json(cache, row)
     if config.tflite_mode != "none":
         row.update(_deploy(config, os.path.join(config.workdir, row["keras_path"]), out_dir, name))
     return row
@@ -292,12 +293,12 @@ def _deploy(config, keras_path, out_dir, name):
         fields["tflite_fp32_bytes"] = (
             fp32["bytes"] if fp32 else len(tflite.convert(plain, tflite.Mode("float32")))
         )
-    training.write_json(cache, {**fields, "eval_key": key})
+    files.write_json(cache, {**fields, "eval_key": key})
     return fields
 
 
 def _evaluate(config, model_path, out_dir, name):
-    network = training.load_network(model_path)
+    network = files.load_network(model_path)
     keras_path, saved_model_path, plain = export.export(network, out_dir, name)
     test_ds, _ = data.load(config.dataset, "test", config.data_dir, config.test_limit)
     start = time.time()
@@ -370,9 +371,9 @@ def run(config, strategy=None, jit_compile=False):
     """
     start = time.time()
     chief = distribute.is_chief(strategy)
-    training.make_dir(config.workdir)
+    files.make_dir(config.workdir)
     if chief:
-        training.write_json(os.path.join(config.workdir, "pipeline_config.json"), config.to_json())
+        files.write_json(os.path.join(config.workdir, "pipeline_config.json"), config.to_json())
     stage = lambda *parts: os.path.join(config.workdir, *parts)
     train = lambda train_config: training.train(
         train_config, strategy=strategy, jit_compile=jit_compile
@@ -434,7 +435,7 @@ def run(config, strategy=None, jit_compile=False):
     results["kept_overlap"] = kept["overlap"]
     results["figures"] = figures(config.workdir, rows, kept, smallest, metric=config.metric)
     results["seconds"] = time.time() - start
-    training.write_json(stage("results.json"), results)
+    files.write_json(stage("results.json"), results)
     with open(stage("results.md"), "w") as f:
         f.write(results_markdown(results))
     logging.info("Pipeline finished in %.1fs; results in %s", results["seconds"], config.workdir)
@@ -455,8 +456,8 @@ def kept_weights(dense_path, hydra_path, keep_ratio):
       "magnitudes"), and "overlap" (fraction of HYDRA's kept weights that LWM
       keeps too).
     """
-    dense = training.load_network(dense_path)
-    hydra = training.load_network(hydra_path)
+    dense = files.load_network(dense_path)
+    hydra = files.load_network(hydra_path)
     magnitudes, hydra_kept, lwm_kept = [], [], []
     for layer in score_layers.scored_layers(hydra):
         kernel = np.abs(dense.get_layer(layer.name).kernel.numpy())

@@ -16,6 +16,7 @@ import time
 from absl import logging
 
 from hydra_tf import distribute
+from hydra_tf import files
 from hydra_tf import training
 from hydra_tf.experiments import pipeline
 
@@ -246,7 +247,7 @@ def markdown(study):
 
 def _write(study, output_dir):
     """Writes `results.json` and `results.md` of a study to `output_dir`."""
-    training.write_json(os.path.join(output_dir, "results.json"), study)
+    files.write_json(os.path.join(output_dir, "results.json"), study)
     with open(os.path.join(output_dir, "results.md"), "w") as f:
         f.write(markdown(study))
 
@@ -273,8 +274,8 @@ def run(base, archs, seeds, output_dir, strategy=None, jit_compile=False, schedu
     if unknown:
         raise ValueError(f"Schedules for architectures not in the study: {unknown}.")
     start = time.time()
-    training.make_dir(output_dir, "--output_dir")
-    training.make_dir(base.workdir)
+    files.make_dir(output_dir, "--output_dir")
+    files.make_dir(base.workdir)
     runs = []
     for arch in archs:
         for seed in seeds:
@@ -386,7 +387,7 @@ def merge(studies, sources, output_dir):
             own = own or {k: config[k] for k in _SCHEDULE_FIELDS}
             if any(own[k] != base[k] for k in _SCHEDULE_FIELDS):
                 schedules[arch] = own
-    training.make_dir(output_dir, "--output_dir")
+    files.make_dir(output_dir, "--output_dir")
     figures = {}
     for study, source in zip(studies, sources):
         for arch, paths in study["figures"].items():
