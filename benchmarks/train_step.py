@@ -144,7 +144,7 @@ def run_case(arch, phase, keep_ratio):
         if source is not None:
             phases.prepare(network, phase, source)
         objective = objectives.make(
-            objectives.ObjectiveConfig(name="trades", eps=eps, steps=10, step_size=step_size)
+            objectives.config("trades", eps=eps, steps=10, step_size=step_size)
         )
         # Coupled weight decay 1e-4, the training default.
         model = trainer_lib.RobustTrainer(

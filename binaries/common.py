@@ -89,18 +89,27 @@ CERTIFY_LIMIT = flags.DEFINE_integer(
 
 
 def objective_config():
-    """The `ObjectiveConfig` the flags describe."""
+    """The config of the objective the flags describe (it keeps the settings it has)."""
     step = ATTACK_STEP_SIZE.value
     if step is None:
         step = EPS.value / 4 if EPS.value > 0 else None
-    return objectives.ObjectiveConfig(
-        name=OBJECTIVE.value,
+    return objectives.config(
+        OBJECTIVE.value,
         eps=EPS.value,
         steps=ATTACK_STEPS.value,
         step_size=step,
         beta=BETA.value,
         sigma=SIGMA.value,
     )
+
+
+def attack_eps(objective):
+    """`eval_eps` for a pipeline: --eps when the objective has no attack radius of its own.
+
+    Certified objectives (smoothing) have none; the TF Lite export still
+    checks robust accuracy under PGD at --eps.
+    """
+    return None if hasattr(objective, "eps") else EPS.value
 
 
 TFLITE_MODE = flags.DEFINE_enum(

@@ -78,12 +78,14 @@ def _pipeline():
     settings.update({k: v for k, v in overrides.items() if v is not None})
     if flags.FLAGS["batch_size"].present:
         settings["batch_size"] = common.BATCH_SIZE.value
+    objective = common.objective_config()
     config = pipeline.PipelineConfig(
         workdir=_WORKDIR.value,
         dataset=common.DATASET.value,
         data_dir=common.DATA_DIR.value,
         arch=common.ARCH.value,
-        objective=common.objective_config(),
+        objective=objective,
+        eval_eps=common.attack_eps(objective),
         keep_ratios=tuple(float(k) for k in _KEEP_RATIOS.value),
         seed=common.SEED.value,
         sync_batch_norm=common.SYNC_BATCH_NORM.value,

@@ -99,11 +99,13 @@ def _reproduce():
     extra = sorted(set(schedules) - set(_ARCHS.value))
     if extra:
         raise app.UsageError(f"--arch_epochs names architectures not in --archs: {extra}.")
+    objective = common.objective_config()
     base = pipeline.PipelineConfig(
         workdir=_WORKDIR.value,
         dataset=common.DATASET.value,
         data_dir=common.DATA_DIR.value,
-        objective=common.objective_config(),
+        objective=objective,
+        eval_eps=common.attack_eps(objective),
         keep_ratios=ratios,
         train_limit=common.TRAIN_LIMIT.value,
         test_limit=common.TEST_LIMIT.value,

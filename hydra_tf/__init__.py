@@ -38,7 +38,7 @@ from hydra_tf.models.masks import sparsity
 from hydra_tf.models.masks import topk_mask
 from hydra_tf.models.scores import scaled_init
 from hydra_tf.objectives import OBJECTIVES
-from hydra_tf.objectives import ObjectiveConfig
+from hydra_tf.objectives import REGISTRY as OBJECTIVE_REGISTRY
 from hydra_tf.objectives.attacks import PGDConfig
 from hydra_tf.objectives.attacks import pgd
 from hydra_tf.objectives.attacks import robust_correct
@@ -54,6 +54,7 @@ from hydra_tf.training.trainer import RobustTrainer
 __all__ = [
     "ARCHITECTURES",
     "OBJECTIVES",
+    "OBJECTIVE_REGISTRY",
     "PHASES",
     "PRESETS",
     "CheckpointMismatchError",
@@ -63,7 +64,6 @@ __all__ = [
     "FastConv2D",
     "LayerFactory",
     "NonFiniteLossError",
-    "ObjectiveConfig",
     "PGDConfig",
     "PipelineConfig",
     "RobustTrainer",

@@ -26,7 +26,7 @@ class CommonTest(tf.test.TestCase):
     def test_explicit_step_size_and_zero_eps(self):
         with flagsaver.flagsaver(attack_step_size=0.01):
             self.assertAlmostEqual(common.objective_config().step_size, 0.01)
-        with flagsaver.flagsaver(eps=0.0, objective="natural"):
+        with flagsaver.flagsaver(eps=0.0, objective="pgd_at"):
             self.assertIsNone(common.objective_config().step_size)
 
     def test_expected_errors_exit_with_status_one(self):

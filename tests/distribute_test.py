@@ -217,7 +217,7 @@ class MixedPrecisionTest(tf.test.TestCase):
             x = np.random.default_rng(0).random((32, 28, 28, 1)).astype(np.float32)
             y = np.arange(32) % 10
             trainer = trainer_lib.RobustTrainer(
-                network, objectives.make(objectives.ObjectiveConfig(name="natural"))
+                network, objectives.make(objectives.config("natural"))
             )
             trainer.compile(optimizer=keras.optimizers.SGD(0.01))
             history = trainer.fit(x, y, batch_size=16, epochs=1, verbose=0)

@@ -54,7 +54,7 @@ def main():
     from hydra_tf import training
 
     strategy = distribute.make_strategy(args.strategy)
-    objective = objectives.ObjectiveConfig(name=args.objective, eps=0.1, steps=2, step_size=0.05)
+    objective = objectives.config(args.objective, eps=0.1, steps=2, step_size=0.05)
     common = {
         "train_limit": args.train_limit,
         "test_limit": 64,

@@ -35,7 +35,7 @@ class RobustSubnetworkTest(tf.test.TestCase):
             batch_size=64,
             epochs=2,
             learning_rate=0.1,
-            objective=objectives.ObjectiveConfig(name="pgd_at", eps=0.1, steps=5, step_size=0.03),
+            objective=objectives.config("pgd_at", eps=0.1, steps=5, step_size=0.03),
         )
         pruned = files.load_network(training.train(config, verbose=0).model_path)
 

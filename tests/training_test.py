@@ -25,7 +25,7 @@ def _config(workdir, **overrides):
         "batch_size": 64,
         "epochs": 3,
         "learning_rate": 0.05,
-        "objective": objectives.ObjectiveConfig(name="natural"),
+        "objective": objectives.config("natural"),
     }
     values.update(overrides)
     return training.TrainConfig(**values)
@@ -271,7 +271,7 @@ class TrainTest(tf.test.TestCase, parameterized.TestCase):
             _config("/tmp/unused", **overrides)
 
     def test_config_json_round_trip(self):
-        config = _config("/tmp/x", objective=objectives.ObjectiveConfig(name="trades", eps=0.2))
+        config = _config("/tmp/x", objective=objectives.config("trades", eps=0.2))
         self.assertEqual(training.TrainConfig.from_json(config.to_json()), config)
 
 

@@ -45,10 +45,8 @@ class PipelineConfig:
     dataset: str = "fashion_mnist"
     data_dir: str | None = None
     arch: str = "cnn_small"
-    objective: objectives.ObjectiveConfig = dataclasses.field(
-        default_factory=lambda: objectives.ObjectiveConfig(
-            name="trades", eps=0.1, steps=10, step_size=0.025
-        )
+    objective: object = dataclasses.field(
+        default_factory=lambda: objectives.TradesConfig(eps=0.1, steps=10, step_size=0.025)
     )
     keep_ratios: tuple = (0.1, 0.05, 0.01)
     train_limit: int | None = None
@@ -94,13 +92,18 @@ class PipelineConfig:
 
     @property
     def attack(self):
-        eps = self.objective.eps if self.eval_eps is None else self.eval_eps
+        eps = getattr(self.objective, "eps", None) if self.eval_eps is None else self.eval_eps
+        if eps is None:
+            raise ValueError(
+                f"Objective {self.objective.name!r} has no attack radius: set eval_eps for the "
+                "attack (the TF Lite robust-accuracy check uses it)."
+            )
         return attacks.PGDConfig(eps=eps, steps=self.eval_steps, restarts=self.eval_restarts)
 
     @property
     def certifies(self):
         """Whether models are certified (smoothing) rather than attacked."""
-        return self.objective.name in SMOOTHING_OBJECTIVES
+        return objectives.certified(self.objective)
 
     @property
     def metric(self):
@@ -120,8 +123,6 @@ class PipelineConfig:
     def to_json(self):
         return dataclasses.asdict(self)
 
-
-SMOOTHING_OBJECTIVES = ("smoothing", "gaussian")
 
 # Sizes for the three presets; the dataset, arch and eps come from the flags.
 PRESETS = {

@@ -143,8 +143,9 @@ def _caption(study):
     )
     if attack.get("name") == "certify_l2":
         return (
-            f"Objective {objective['name']} (Gaussian noise sigma {objective['sigma']:g}, "
-            f"beta {objective['beta']:g}). {schedule} Certified accuracy of the smoothed "
+            f"Objective {objective['name']} (Gaussian noise sigma {objective['sigma']:g}"
+            + (f", beta {objective['beta']:g}" if "beta" in objective else "")
+            + f"). {schedule} Certified accuracy of the smoothed "
             f"classifier at L2 radius {attack['radius']:g} (n0 {attack['n0']}, n {attack['n']}, "
             f"alpha {attack['alpha']:g}) on {study['num_test_examples']} test images. "
             "Cells: certified % (clean % of the base network), mean ± std."

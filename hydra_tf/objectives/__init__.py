@@ -1,197 +1,98 @@
 """Training objectives: what loss a batch contributes in every phase.
 
-An objective has two steps, so that the (expensive, gradient-free for the
-weights) attack runs outside the training tape:
+`REGISTRY` maps each objective's name to its class; the binaries take their
+`--objective` choices from it. Each class has its own config class
+(`Config`), builds itself from it (`from_config`) and says whether its
+networks are certified (`certified`) rather than attacked. See
+`hydra_tf.objectives.base` for the interface.
 
-- `perturb(model, x, y)` builds the inputs the loss needs (e.g. adversarial
-  examples), with the model in inference mode;
-- `loss(model, x, y, perturbed)` runs the model in training mode and returns
-  `(loss, logits)`, where `loss` is already scaled for `tf.distribute` (it is
-  built from Keras `Loss` objects, which divide by the number of replicas), and
-  `logits` are what the accuracy metric is measured on.
+Adding an objective: a module with the class and its config (copy
+`adversarial.py` or `noise.py`), one entry in `REGISTRY`, and its tests.
 """
 
 import dataclasses
 
-import keras
-import tensorflow as tf
+from hydra_tf.objectives import adversarial
+from hydra_tf.objectives import base
+from hydra_tf.objectives import noise
+from hydra_tf.objectives.adversarial import PGDAdversarial
+from hydra_tf.objectives.adversarial import PGDATConfig
+from hydra_tf.objectives.adversarial import Trades
+from hydra_tf.objectives.adversarial import TradesConfig
+from hydra_tf.objectives.base import LogitKLDivergence
+from hydra_tf.objectives.base import Natural
+from hydra_tf.objectives.base import NaturalConfig
+from hydra_tf.objectives.noise import GaussianConfig
+from hydra_tf.objectives.noise import GaussianNoise
+from hydra_tf.objectives.noise import Smoothing
+from hydra_tf.objectives.noise import SmoothingObjectiveConfig
 
-from hydra_tf import distribute
-from hydra_tf.objectives import attacks
-
-OBJECTIVES = ("natural", "pgd_at", "trades", "smoothing", "gaussian")
-
-
-class Natural:
-    """Plain (benign) cross-entropy training."""
-
-    name = "natural"
-
-    def __init__(self):
-        self._ce = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-
-    def perturb(self, model, x, y):
-        del model, y
-        return x
-
-    def loss(self, model, x, y, perturbed):
-        del x
-        logits = model(perturbed, training=True)
-        return self._ce(y, logits), logits
-
-
-class PGDAdversarial(Natural):
-    """Madry et al.: cross-entropy on L-inf PGD examples."""
-
-    name = "pgd_at"
-
-    def __init__(self, attack):
-        super().__init__()
-        self.attack = attack
-
-    def perturb(self, model, x, y):
-        return attacks.pgd(model, x, y, self.attack, loss="ce")
-
-
-class LogitKLDivergence(keras.losses.Loss):
-    """KL(softmax(y_true) || softmax(y_pred)) computed from two sets of logits.
-
-    Both distributions come from `log_softmax`, with no clipping.
-    `keras.losses.KLDivergence` clips probabilities to [1e-7, 1]: on exactly
-    the examples an attack breaks hardest (the perturbed prediction puts almost
-    no mass on the clean class) the clipped loss saturates and its gradient
-    vanishes, so TRADES would stop learning from them. As a Keras `Loss` it is
-    averaged over the batch and scaled for `tf.distribute` like the other
-    losses, and computed in float32 under mixed precision.
-    """
-
-    def __init__(self, name="logit_kl_divergence", **kwargs):
-        super().__init__(name=name, **kwargs)
-
-    def call(self, y_true, y_pred):
-        log_p = tf.nn.log_softmax(y_true)
-        log_q = tf.nn.log_softmax(y_pred)
-        return tf.reduce_sum(tf.exp(log_p) * (log_p - log_q), axis=-1)
-
-
-class _Consistency(Natural):
-    """CE(clean) + beta * KL(p(clean) || p(perturbed)): TRADES and smoothing."""
-
-    def __init__(self, beta):
-        super().__init__()
-        if not beta >= 0:
-            raise ValueError(f"{self.name} beta must be >= 0. Received: beta={beta}")
-        self.beta = float(beta)
-        self._kl = LogitKLDivergence()
-
-    def loss(self, model, x, y, perturbed):
-        # Two forward passes, not one on the concatenation, so that BatchNorm
-        # normalises clean and perturbed batches separately (as TRADES does).
-        clean = model(x, training=True)
-        other = model(perturbed, training=True)
-        return self._ce(y, clean) + self.beta * self._kl(clean, other), clean
-
-
-class Trades(_Consistency):
-    """TRADES: CE(clean) + beta * KL(p(clean) || p(adversarial))."""
-
-    name = "trades"
-
-    def __init__(self, attack, beta=6.0):
-        super().__init__(beta)
-        self.attack = attack
-
-    def perturb(self, model, x, y):
-        target = tf.nn.softmax(model(x, training=False))
-        # TRADES starts from a small Gaussian perturbation of the clean input.
-        start = x + 0.001 * distribute.normal(tf.shape(x), dtype=x.dtype)
-        return attacks.pgd(model, x, y, self.attack, loss="kl", target_probs=target, start=start)
-
-
-def _validate_sigma(sigma):
-    if not sigma > 0:
-        raise ValueError(f"Noise sigma must be > 0. Received: sigma={sigma}")
-    return float(sigma)
-
-
-def _add_noise(x, sigma):
-    # No clipping to [0, 1]: the smoothed classifier certifies exactly this
-    # noise distribution.
-    return x + sigma * distribute.normal(tf.shape(x), dtype=x.dtype)
-
-
-class GaussianNoise(Natural):
-    """Cohen et al.: cross-entropy on inputs with Gaussian noise N(0, sigma^2)."""
-
-    name = "gaussian"
-
-    def __init__(self, sigma):
-        super().__init__()
-        self.sigma = _validate_sigma(sigma)
-
-    def perturb(self, model, x, y):
-        del model, y
-        return _add_noise(x, self.sigma)
-
-
-class Smoothing(_Consistency):
-    """HYDRA's smoothing objective: CE(clean) + beta * KL(p(clean) || p(noisy)).
-
-    TRADES' loss with Gaussian noise N(0, sigma^2) in place of the attack.
-    """
-
-    name = "smoothing"
-
-    def __init__(self, sigma, beta=6.0):
-        super().__init__(beta)
-        self.sigma = _validate_sigma(sigma)
-
-    def perturb(self, model, x, y):
-        del model, y
-        return _add_noise(x, self.sigma)
-
-
-@dataclasses.dataclass(frozen=True)
-class ObjectiveConfig:
-    """What to train against.
-
-    Attributes:
-      name: one of `OBJECTIVES`.
-      eps: L-inf radius of the training attack.
-      steps: PGD steps of the training attack.
-      step_size: PGD step size (None: 2.5 * eps / steps).
-      beta: TRADES / smoothing trade-off weight.
-      sigma: Gaussian noise of the smoothing objectives.
-    """
-
-    name: str = "trades"
-    eps: float = 8 / 255
-    steps: int = 10
-    step_size: float | None = 2 / 255
-    beta: float = 6.0
-    sigma: float = 0.25
-
-    def __post_init__(self):
-        if self.name not in OBJECTIVES:
-            raise ValueError(
-                f"Unknown objective {self.name!r}. Supported: {', '.join(OBJECTIVES)}."
-            )
-
-
-def make(config):
-    """Builds the objective described by an `ObjectiveConfig`."""
-    if config.name == "natural":
-        return Natural()
-    if config.name == "gaussian":
-        return GaussianNoise(config.sigma)
-    if config.name == "smoothing":
-        return Smoothing(config.sigma, beta=config.beta)
-    attack = attacks.PGDConfig(
-        eps=config.eps,
-        steps=config.steps,
-        step_size=config.step_size,
-        random_start=True,
+REGISTRY = {
+    cls.name: cls
+    for cls in (
+        base.Natural,
+        adversarial.PGDAdversarial,
+        adversarial.Trades,
+        noise.Smoothing,
+        noise.GaussianNoise,
     )
-    if config.name == "pgd_at":
-        return PGDAdversarial(attack)
-    return Trades(attack, beta=config.beta)
+}
+OBJECTIVES = tuple(REGISTRY)
+
+
+def _objective_class(name):
+    if name not in REGISTRY:
+        raise ValueError(f"Unknown objective {name!r}. Supported: {', '.join(OBJECTIVES)}.")
+    return REGISTRY[name]
+
+
+def config(name, **values):
+    """The config of objective `name` from `values`, ignoring settings it does not have.
+
+    The binaries pass every objective setting they have flags for (eps,
+    steps, step_size, beta, sigma); each objective keeps its own.
+    """
+    config_class = _objective_class(name).Config
+    fields = {f.name for f in dataclasses.fields(config_class) if f.init}
+    return config_class(**{key: value for key, value in values.items() if key in fields})
+
+
+def from_json(values):
+    """An objective config from its JSON dict (`{"name": ..., settings}`).
+
+    Settings the objective does not have are ignored, so configs written
+    when every objective carried every setting still load.
+    """
+    values = dict(values)
+    return config(values.pop("name"), **values)
+
+
+def make(objective_config):
+    """The objective an objective config describes."""
+    return _objective_class(objective_config.name).from_config(objective_config)
+
+
+def certified(objective_config):
+    """Whether networks trained on this objective are certified rather than attacked."""
+    return _objective_class(objective_config.name).certified
+
+
+__all__ = [
+    "OBJECTIVES",
+    "REGISTRY",
+    "GaussianConfig",
+    "GaussianNoise",
+    "LogitKLDivergence",
+    "Natural",
+    "NaturalConfig",
+    "PGDATConfig",
+    "PGDAdversarial",
+    "Smoothing",
+    "SmoothingObjectiveConfig",
+    "Trades",
+    "TradesConfig",
+    "certified",
+    "config",
+    "from_json",
+    "make",
+]

@@ -79,9 +79,8 @@ class TrainConfig:
     data_dir: str | None = None
     train_limit: int | None = None
     test_limit: int | None = None
-    objective: objectives.ObjectiveConfig = dataclasses.field(
-        default_factory=objectives.ObjectiveConfig
-    )
+    # A config of `objectives.REGISTRY` (by default TRADES at 8/255).
+    objective: object = dataclasses.field(default_factory=objectives.TradesConfig)
     keep_ratio: float = 1.0
     score_init: str = "scaled"
     source_checkpoint: str | None = None
@@ -101,6 +100,7 @@ class TrainConfig:
 
     def __post_init__(self):
         phases.validate_phase(self.phase)
+        objectives.make(self.objective)  # Raises on an unknown objective or bad settings.
         data.info(self.dataset)  # Raises on an unknown dataset.
         if self.phase == "pretrain" and self.keep_ratio != 1.0:
             raise ValueError(
@@ -156,7 +156,7 @@ class TrainConfig:
     @classmethod
     def from_json(cls, values):
         values = dict(values)
-        values["objective"] = objectives.ObjectiveConfig(**values["objective"])
+        values["objective"] = objectives.from_json(values["objective"])
         # A config written before revision 2 trained with what is now the
         # other choice; say so rather than take today's defaults.
         values.setdefault("revision", 1)
