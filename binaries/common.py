@@ -69,9 +69,36 @@ PRUNE_BN = flags.DEFINE_enum(
 )
 
 
-def training_choices():
-    """The training choices shared by every binary, as config field values."""
-    return {"weight_decay_mode": WEIGHT_DECAY_MODE.value, "prune_bn": PRUNE_BN.value}
+def run_settings():
+    """The settings training, the pipeline and the study share, from the flags.
+
+    The one place that turns the shared flags into config field values
+    (`TrainConfig` and `PipelineConfig` have fields of these names): the data,
+    the objective, the batch size, the seed and the training choices.
+    """
+    return {
+        "dataset": DATASET.value,
+        "data_dir": DATA_DIR.value,
+        "train_limit": TRAIN_LIMIT.value,
+        "test_limit": TEST_LIMIT.value,
+        "objective": objective_config(),
+        "batch_size": BATCH_SIZE.value,
+        "seed": SEED.value,
+        "sync_batch_norm": SYNC_BATCH_NORM.value,
+        "weight_decay_mode": WEIGHT_DECAY_MODE.value,
+        "prune_bn": PRUNE_BN.value,
+    }
+
+
+def pipeline_settings():
+    """`run_settings()` plus what the pipeline and the study evaluate with."""
+    settings = run_settings()
+    return {
+        **settings,
+        "eval_eps": attack_eps(settings["objective"]),
+        "tflite_mode": TFLITE_MODE.value,
+        **certify_settings(),
+    }
 
 
 CERTIFY_RADIUS = flags.DEFINE_float(

@@ -99,27 +99,16 @@ def _reproduce():
     extra = sorted(set(schedules) - set(_ARCHS.value))
     if extra:
         raise app.UsageError(f"--arch_epochs names architectures not in --archs: {extra}.")
-    objective = common.objective_config()
     base = pipeline.PipelineConfig(
         workdir=_WORKDIR.value,
-        dataset=common.DATASET.value,
-        data_dir=common.DATA_DIR.value,
-        objective=objective,
-        eval_eps=common.attack_eps(objective),
         keep_ratios=ratios,
-        train_limit=common.TRAIN_LIMIT.value,
-        test_limit=common.TEST_LIMIT.value,
-        batch_size=common.BATCH_SIZE.value,
         pretrain_epochs=_PRETRAIN_EPOCHS.value,
         prune_epochs=_PRUNE_EPOCHS.value,
         prune_lr=_PRUNE_LR.value,
         finetune_epochs=_FINETUNE_EPOCHS.value,
         eval_steps=_EVAL_STEPS.value,
         eval_restarts=_EVAL_RESTARTS.value,
-        tflite_mode=common.TFLITE_MODE.value,
-        sync_batch_norm=common.SYNC_BATCH_NORM.value,
-        **common.training_choices(),
-        **common.certify_settings(),
+        **common.pipeline_settings(),
     )
     study = reproduce.run(
         base,
