@@ -162,27 +162,33 @@ PRESETS = {
 }
 
 
+# Fields every phase run of the pipeline takes from the pipeline's config.
+_SHARED_FIELDS = (
+    "arch",
+    "dataset",
+    "data_dir",
+    "train_limit",
+    "test_limit",
+    "objective",
+    "batch_size",
+    "optimizer",
+    "weight_decay",
+    "weight_decay_mode",
+    "prune_bn",
+    "sync_batch_norm",
+    "seed",
+)
+
+
 def _train_config(config, phase, workdir, keep_ratio=1.0, source=None, epochs=1, lr=0.1):
     return training.TrainConfig(
         workdir=workdir,
         phase=phase,
-        arch=config.arch,
-        dataset=config.dataset,
-        data_dir=config.data_dir,
-        train_limit=config.train_limit,
-        test_limit=config.test_limit,
-        objective=config.objective,
         keep_ratio=keep_ratio,
         source_checkpoint=source,
         epochs=epochs,
-        batch_size=config.batch_size,
-        optimizer=config.optimizer,
         learning_rate=lr,
-        weight_decay=config.weight_decay,
-        weight_decay_mode=config.weight_decay_mode,
-        prune_bn=config.prune_bn,
-        sync_batch_norm=config.sync_batch_norm,
-        seed=config.seed,
+        **{name: getattr(config, name) for name in _SHARED_FIELDS},
     )
 
 
