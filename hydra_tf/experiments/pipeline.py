@@ -31,6 +31,7 @@ from hydra_tf import objectives
 from hydra_tf import training
 from hydra_tf.evaluation import smoothing
 from hydra_tf.experiments import plots
+from hydra_tf.experiments import report
 from hydra_tf.export import tflite
 from hydra_tf.models import layers as score_layers
 from hydra_tf.models import masks
@@ -533,7 +534,7 @@ def results_markdown(results):
     config = results["config"]
     rows = results["rows"]
     check_comparable(rows)
-    ratios = sorted({r["keep_ratio"] for r in rows if r["method"] != "dense"}, reverse=True)
+    ratios = report.keep_ratios(rows)
     attack = rows[0]["attack"]
     objective = config["objective"]
     if attack.get("name") == "certify_l2":
@@ -552,24 +553,12 @@ def results_markdown(results):
             "examples. Cells: robust % (clean %)."
         )
     lines = [f"# HYDRA vs LWM: {config['arch']} on {config['dataset']}", "", caption, ""]
-    header = ["method", "0% (dense)"] + [f"{(1 - k) * 100:g}% pruned" for k in ratios]
-    lines.append("| " + " | ".join(header) + " |")
-    lines.append("|" + "---|" * len(header))
-    dense = next(r for r in rows if r["method"] == "dense")
-    cell = lambda r: f"{100 * r['robust_acc']:.1f} ({100 * r['clean_acc']:.1f})"
-    by_key = {(r["method"], r["keep_ratio"]): r for r in rows}
-    for method in ("lwm", "hydra"):
-        cells = [method.upper() if method == "lwm" else "HYDRA", cell(dense)]
-        cells += [cell(by_key[(method, k)]) if (method, k) in by_key else "-" for k in ratios]
-        lines.append("| " + " | ".join(cells) + " |")
-    deltas = ["HYDRA - LWM (robust)", ""]
-    for k in ratios:
-        if ("lwm", k) in by_key and ("hydra", k) in by_key:
-            gap = by_key[("hydra", k)]["robust_acc"] - by_key[("lwm", k)]["robust_acc"]
-            deltas.append(f"{100 * gap:+.1f}")
-        else:
-            deltas.append("-")
-    lines.append("| " + " | ".join(deltas) + " |")
+    lines += report.method_table(
+        rows,
+        cell=lambda r: f"{100 * r['robust_acc']:.1f} ({100 * r['clean_acc']:.1f})",
+        ratio_label=lambda k: f"{(1 - k) * 100:g}% pruned",
+        delta_label="HYDRA - LWM (robust)",
+    )
     lines += ["", "Measured sparsity of the exported kernels:", ""]
     for r in rows:
         lines.append(f"- {r['method']} keep {r['keep_ratio']:g}: {100 * r['sparsity']:.2f}% zeros")

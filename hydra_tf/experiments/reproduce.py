@@ -19,6 +19,7 @@ from hydra_tf import distribute
 from hydra_tf import files
 from hydra_tf import training
 from hydra_tf.experiments import pipeline
+from hydra_tf.experiments import report
 
 _SCHEDULE_FIELDS = ("pretrain_epochs", "prune_epochs", "finetune_epochs")
 
@@ -192,32 +193,20 @@ def markdown(study):
     ]
     for arch in config["archs"]:
         rows = [r for r in study["rows"] if r["arch"] == arch]
-        ratios = sorted({r["keep_ratio"] for r in rows if r["method"] != "dense"}, reverse=True)
-        by_key = {(r["method"], r["keep_ratio"]): r for r in rows}
-        dense = by_key.get(("dense", 1.0))
-
-        def cell(r):
-            return (
-                f"{100 * r['robust_acc']:.1f} ± {100 * r['robust_std']:.1f} "
-                f"({100 * r['clean_acc']:.1f})"
-            )
-
-        header = ["method", "0% (dense)"] + [f"{(1 - k) * 100:g}%" for k in ratios]
+        ratios = report.keep_ratios(rows)
         lines += ["", f"## {arch}", ""]
         schedule = config.get("schedules", {}).get(arch)
         if schedule:
             lines += [f"Epochs for {arch}: {_schedule_text(schedule)}.", ""]
-        lines.append("| " + " | ".join(header) + " |")
-        lines.append("|" + "---|" * len(header))
-        for method, label in (("lwm", "LWM"), ("hydra", "HYDRA")):
-            cells = [label, cell(dense) if dense else "-"]
-            cells += [cell(by_key[(method, k)]) if (method, k) in by_key else "-" for k in ratios]
-            lines.append("| " + " | ".join(cells) + " |")
-        deltas = ["HYDRA - LWM", ""]
-        for k in ratios:
-            value = gap(rows, arch, k)
-            deltas.append("-" if value is None else f"{100 * value:+.1f}")
-        lines.append("| " + " | ".join(deltas) + " |")
+        lines += report.method_table(
+            rows,
+            cell=lambda r: (
+                f"{100 * r['robust_acc']:.1f} ± {100 * r['robust_std']:.1f} "
+                f"({100 * r['clean_acc']:.1f})"
+            ),
+            ratio_label=lambda k: f"{(1 - k) * 100:g}%",
+            delta_label="HYDRA - LWM",
+        )
         if all("certified_accuracy" in r for r in rows):
             lines += _radius_table(rows, ratios)
         overlaps = study["kept_overlap"].get(arch)
