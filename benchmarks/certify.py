@@ -1,6 +1,6 @@
 """Benchmarks randomized-smoothing certification: seconds per certified image.
 
-Certifies a few images with `hydra_tf.smoothing` (n0 + n noisy forward passes
+Certifies a few images with `hydra_tf.evaluation.smoothing` (n0 + n noisy forward passes
 each) on an untrained network of the given architecture (the cost does not
 depend on the weights) and prints the median seconds per image for each
 sample batch size, after a warm-up image that includes tracing.
@@ -31,8 +31,8 @@ def main(argv):
     import keras
     import numpy as np
 
-    from hydra_tf import architectures
-    from hydra_tf import smoothing
+    from hydra_tf.evaluation import smoothing
+    from hydra_tf.models import architectures
 
     keras.utils.set_random_seed(0)
     network = architectures.build(_ARCH.value, (28, 28, 1), 10)

@@ -119,13 +119,13 @@ def run_case(arch, phase, keep_ratio):
     import numpy as np
     import tensorflow as tf
 
-    from hydra_tf import architectures
-    from hydra_tf import attacks
     from hydra_tf import evaluation
-    from hydra_tf import layers
     from hydra_tf import objectives
-    from hydra_tf import phases
-    from hydra_tf import trainer as trainer_lib
+    from hydra_tf.models import architectures
+    from hydra_tf.models import layers
+    from hydra_tf.objectives import attacks
+    from hydra_tf.pruning import phases
+    from hydra_tf.training import trainer as trainer_lib
 
     shape, classes, eps, step_size = SETTINGS[arch]
     steps_repeats, eval_repeats = REPEATS[arch]
@@ -144,7 +144,7 @@ def run_case(arch, phase, keep_ratio):
         if source is not None:
             phases.prepare(network, phase, source)
         objective = objectives.make(
-            objectives.ObjectiveConfig(name="trades", eps=eps, steps=10, step_size=step_size)
+            objectives.config("trades", eps=eps, steps=10, step_size=step_size)
         )
         # Coupled weight decay 1e-4, the training default.
         model = trainer_lib.RobustTrainer(

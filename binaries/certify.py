@@ -25,8 +25,8 @@ from absl import logging
 from binaries import common
 from hydra_tf import data
 from hydra_tf import distribute
-from hydra_tf import smoothing
-from hydra_tf import training
+from hydra_tf import files
+from hydra_tf.evaluation import smoothing
 
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "model.keras to certify.", required=True)
 _N0 = flags.DEFINE_integer("n0", 100, "Noise samples to select the class.", lower_bound=1)
@@ -41,7 +41,7 @@ _OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Where to write the result
 def _certify():
     strategy = common.strategy()
     with strategy.scope():
-        network = training.load_network(_CHECKPOINT.value)
+        network = files.load_network(_CHECKPOINT.value)
     meta = data.info(common.DATASET.value)
     test_ds, count = data.load(
         common.DATASET.value, "test", common.DATA_DIR.value, common.TEST_LIMIT.value
@@ -62,7 +62,7 @@ def _certify():
         return
     report = smoothing.report(records, config, checkpoint=os.path.abspath(_CHECKPOINT.value))
     os.makedirs(_OUTPUT_DIR.value, exist_ok=True)
-    training.write_json(os.path.join(_OUTPUT_DIR.value, "certify.json"), report)
+    files.write_json(os.path.join(_OUTPUT_DIR.value, "certify.json"), report)
     with open(os.path.join(_OUTPUT_DIR.value, "certify.md"), "w") as f:
         f.write(smoothing.report_markdown(report))
     logging.info("Certified accuracy: %s", report["certified_accuracy"])

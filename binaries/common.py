@@ -11,12 +11,12 @@ from absl import app
 from absl import flags
 from absl import logging
 
-from hydra_tf import architectures
 from hydra_tf import data
 from hydra_tf import distribute
 from hydra_tf import objectives
-from hydra_tf import tflite
 from hydra_tf import training
+from hydra_tf.export import tflite
+from hydra_tf.models import architectures
 
 DATASET = flags.DEFINE_enum("dataset", "fashion_mnist", data.SUPPORTED_DATASETS, "Dataset.")
 DATA_DIR = flags.DEFINE_string(
@@ -69,9 +69,36 @@ PRUNE_BN = flags.DEFINE_enum(
 )
 
 
-def training_choices():
-    """The training choices shared by every binary, as config field values."""
-    return {"weight_decay_mode": WEIGHT_DECAY_MODE.value, "prune_bn": PRUNE_BN.value}
+def run_settings():
+    """The settings training, the pipeline and the study share, from the flags.
+
+    The one place that turns the shared flags into config field values
+    (`TrainConfig` and `PipelineConfig` have fields of these names): the data,
+    the objective, the batch size, the seed and the training choices.
+    """
+    return {
+        "dataset": DATASET.value,
+        "data_dir": DATA_DIR.value,
+        "train_limit": TRAIN_LIMIT.value,
+        "test_limit": TEST_LIMIT.value,
+        "objective": objective_config(),
+        "batch_size": BATCH_SIZE.value,
+        "seed": SEED.value,
+        "sync_batch_norm": SYNC_BATCH_NORM.value,
+        "weight_decay_mode": WEIGHT_DECAY_MODE.value,
+        "prune_bn": PRUNE_BN.value,
+    }
+
+
+def pipeline_settings():
+    """`run_settings()` plus what the pipeline and the study evaluate with."""
+    settings = run_settings()
+    return {
+        **settings,
+        "eval_eps": attack_eps(settings["objective"]),
+        "tflite_mode": TFLITE_MODE.value,
+        **certify_settings(),
+    }
 
 
 CERTIFY_RADIUS = flags.DEFINE_float(
@@ -89,18 +116,27 @@ CERTIFY_LIMIT = flags.DEFINE_integer(
 
 
 def objective_config():
-    """The `ObjectiveConfig` the flags describe."""
+    """The config of the objective the flags describe (it keeps the settings it has)."""
     step = ATTACK_STEP_SIZE.value
     if step is None:
         step = EPS.value / 4 if EPS.value > 0 else None
-    return objectives.ObjectiveConfig(
-        name=OBJECTIVE.value,
+    return objectives.config(
+        OBJECTIVE.value,
         eps=EPS.value,
         steps=ATTACK_STEPS.value,
         step_size=step,
         beta=BETA.value,
         sigma=SIGMA.value,
     )
+
+
+def attack_eps(objective):
+    """`eval_eps` for a pipeline: --eps when the objective has no attack radius of its own.
+
+    Certified objectives (smoothing) have none; the TF Lite export still
+    checks robust accuracy under PGD at --eps.
+    """
+    return None if hasattr(objective, "eps") else EPS.value
 
 
 TFLITE_MODE = flags.DEFINE_enum(
@@ -198,8 +234,8 @@ def main_without_args(fn):
 
 def run_or_exit(fn, *args):
     """Runs `fn`; expected failures end with a one-line error, not a traceback."""
-    from hydra_tf import phases
     from hydra_tf import training
+    from hydra_tf.pruning import phases
 
     expected = (
         ValueError,

@@ -16,13 +16,13 @@ from absl import flags
 from absl import logging
 
 from binaries import common
-from hydra_tf import attacks
 from hydra_tf import data
 from hydra_tf import distribute
 from hydra_tf import evaluation
 from hydra_tf import export
-from hydra_tf import masks
-from hydra_tf import training
+from hydra_tf import files
+from hydra_tf.models import masks
+from hydra_tf.objectives import attacks
 
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "model.keras to evaluate.", required=True)
 _STEPS = flags.DEFINE_integer(
@@ -41,7 +41,7 @@ _OUTPUT = flags.DEFINE_string("output", None, "Where to write the JSON (default:
 def _evaluate():
     strategy = common.strategy()
     with strategy.scope():
-        network = training.load_network(_CHECKPOINT.value)
+        network = files.load_network(_CHECKPOINT.value)
     test_ds, _ = data.load(
         common.DATASET.value, "test", common.DATA_DIR.value, common.TEST_LIMIT.value
     )
@@ -64,7 +64,7 @@ def _evaluate():
     report["sparsity"] = masks.sparsity(export.kernels(export.strip_scores(network)))
     text = json.dumps(report, indent=2, sort_keys=True)
     if _OUTPUT.value:
-        training.write_json(_OUTPUT.value, report)
+        files.write_json(_OUTPUT.value, report)
         logging.info("Wrote %s", _OUTPUT.value)
     logging.info("Evaluation:\n%s", text)
 

@@ -27,9 +27,9 @@ from absl import logging
 from binaries import common
 from hydra_tf import evaluation
 from hydra_tf import export
-from hydra_tf import masks
-from hydra_tf import tflite
-from hydra_tf import training
+from hydra_tf import files
+from hydra_tf.export import tflite
+from hydra_tf.models import masks
 
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "model.keras to export.", required=True)
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Output directory.", required=True)
@@ -41,7 +41,7 @@ _FORMAT = flags.DEFINE_enum(
 
 def _export():
     common.require_one_device("binaries.export")
-    network = training.load_network(_CHECKPOINT.value)
+    network = files.load_network(_CHECKPOINT.value)
     keras_path, saved_model_path, plain = export.export(network, _OUTPUT_DIR.value, _NAME.value)
     logging.info(
         "Exported %s and %s; kernel sparsity %.4f; per layer: %s",

@@ -26,7 +26,7 @@ from absl import flags
 from absl import logging
 
 from binaries import common
-from hydra_tf import pipeline
+from hydra_tf.experiments import pipeline
 
 _PRESET = flags.DEFINE_enum("preset", "small", sorted(pipeline.PRESETS), "Size preset.")
 _WORKDIR = flags.DEFINE_string("workdir", "runs/pipeline", "Output directory.")
@@ -64,10 +64,13 @@ flags.register_validator(
 def _pipeline():
     strategy = common.strategy()
     settings = dict(pipeline.PRESETS[_PRESET.value])
-    if common.TRAIN_LIMIT.value is not None:
-        settings["train_limit"] = common.TRAIN_LIMIT.value
-    if common.TEST_LIMIT.value is not None:
-        settings["test_limit"] = common.TEST_LIMIT.value
+    shared = common.pipeline_settings()
+    # The preset's sizes hold unless a flag sets them.
+    for name in ("train_limit", "test_limit"):
+        if shared[name] is None:
+            del shared[name]
+    if not flags.FLAGS["batch_size"].present:
+        del shared["batch_size"]
     overrides = {
         "pretrain_epochs": _PRETRAIN_EPOCHS.value,
         "prune_epochs": _PRUNE_EPOCHS.value,
@@ -75,22 +78,13 @@ def _pipeline():
         "eval_steps": _EVAL_STEPS.value,
         "eval_restarts": _EVAL_RESTARTS.value,
         "prune_lr": _PRUNE_LR.value,
-        "tflite_mode": common.TFLITE_MODE.value,
-        **common.certify_settings(),
     }
     settings.update({k: v for k, v in overrides.items() if v is not None})
-    if flags.FLAGS["batch_size"].present:
-        settings["batch_size"] = common.BATCH_SIZE.value
+    settings.update(shared)
     config = pipeline.PipelineConfig(
         workdir=_WORKDIR.value,
-        dataset=common.DATASET.value,
-        data_dir=common.DATA_DIR.value,
         arch=common.ARCH.value,
-        objective=common.objective_config(),
         keep_ratios=tuple(float(k) for k in _KEEP_RATIOS.value),
-        seed=common.SEED.value,
-        sync_batch_norm=common.SYNC_BATCH_NORM.value,
-        **common.training_choices(),
         **settings,
     )
     logging.info("Pipeline config: %s", dataclasses.asdict(config))

@@ -32,9 +32,9 @@ from absl import flags
 from absl import logging
 
 from binaries import common
-from hydra_tf import architectures
-from hydra_tf import pipeline
-from hydra_tf import reproduce
+from hydra_tf.experiments import pipeline
+from hydra_tf.experiments import reproduce
+from hydra_tf.models import architectures
 
 _WORKDIR = flags.DEFINE_string("workdir", "runs/reproduce", "Where the runs go.")
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", "results/reproduce", "Where the study goes.")
@@ -106,23 +106,14 @@ def _reproduce():
         raise app.UsageError(f"--arch_epochs names architectures not in --archs: {extra}.")
     base = pipeline.PipelineConfig(
         workdir=_WORKDIR.value,
-        dataset=common.DATASET.value,
-        data_dir=common.DATA_DIR.value,
-        objective=common.objective_config(),
         keep_ratios=ratios,
-        train_limit=common.TRAIN_LIMIT.value,
-        test_limit=common.TEST_LIMIT.value,
-        batch_size=common.BATCH_SIZE.value,
         pretrain_epochs=_PRETRAIN_EPOCHS.value,
         prune_epochs=_PRUNE_EPOCHS.value,
         prune_lr=_PRUNE_LR.value,
         finetune_epochs=_FINETUNE_EPOCHS.value,
         eval_steps=_EVAL_STEPS.value,
         eval_restarts=_EVAL_RESTARTS.value,
-        tflite_mode=common.TFLITE_MODE.value,
-        sync_batch_norm=common.SYNC_BATCH_NORM.value,
-        **common.training_choices(),
-        **common.certify_settings(),
+        **common.pipeline_settings(),
     )
     study = reproduce.run(
         base,

@@ -21,8 +21,8 @@ from absl import app
 from absl import flags
 
 from binaries import common
-from hydra_tf import phases
 from hydra_tf import training
+from hydra_tf.pruning import phases
 
 _PHASE = flags.DEFINE_enum("phase", "pretrain", phases.PHASES, "Which phase to run.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory of this run.", required=True)
@@ -68,24 +68,16 @@ def _train():
         workdir=_WORKDIR.value,
         phase=_PHASE.value,
         arch=common.ARCH.value,
-        dataset=common.DATASET.value,
-        data_dir=common.DATA_DIR.value,
-        train_limit=common.TRAIN_LIMIT.value,
-        test_limit=common.TEST_LIMIT.value,
-        objective=common.objective_config(),
         keep_ratio=_KEEP_RATIO.value,
         score_init=_SCORE_INIT.value,
         source_checkpoint=_SOURCE.value,
         epochs=_EPOCHS.value,
-        batch_size=common.BATCH_SIZE.value,
         optimizer=_OPTIMIZER.value,
         learning_rate=_LR.value,
         momentum=_MOMENTUM.value,
         weight_decay=_WEIGHT_DECAY.value,
         schedule=_SCHEDULE.value,
-        sync_batch_norm=common.SYNC_BATCH_NORM.value,
-        seed=common.SEED.value,
-        **common.training_choices(),
+        **common.run_settings(),
     )
     training.train(config, strategy=strategy, jit_compile=common.JIT_COMPILE.value)
 

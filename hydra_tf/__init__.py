@@ -1,20 +1,15 @@
 """hydra_tf: robustness-aware neural-network pruning (HYDRA) for Keras 3 on TensorFlow.
 
-Data flows one way through the package:
+Data flows one way through the package, one sub-package per stage:
 
-  data -> architectures / layers (score layers, masks, scores)
-       -> objectives (attacks) -> trainer / phases / training
-       -> evaluation -> export (tflite); pipeline runs them all.
-  distribute (tf.distribute strategies, per-replica randomness) is used by
-  trainer and training.
+  data -> models (score layers, masks, scores, layer kinds) + pruning (phases)
+       -> objectives (losses, attacks, bounds) -> training (trainer, phase runs)
+       -> evaluation (empirical, smoothing) -> export (plain, TF Lite);
+  experiments (pipeline, study, plots) run them all. `distribute`
+  (tf.distribute strategies, per-replica randomness) and `files` (shared
+  files) serve every stage.
 """
 
-from hydra_tf.architectures import ARCHITECTURES
-from hydra_tf.architectures import LayerFactory
-from hydra_tf.architectures import build
-from hydra_tf.attacks import PGDConfig
-from hydra_tf.attacks import pgd
-from hydra_tf.attacks import robust_correct
 from hydra_tf.data import DatasetInfo
 from hydra_tf.data import DatasetUnavailableError
 from hydra_tf.data import load
@@ -23,36 +18,43 @@ from hydra_tf.distribute import make_strategy
 from hydra_tf.evaluation import EvalResult
 from hydra_tf.evaluation import default_attack
 from hydra_tf.evaluation import evaluate
+from hydra_tf.evaluation.smoothing import SmoothingConfig
+from hydra_tf.evaluation.smoothing import certify_dataset
+from hydra_tf.experiments.pipeline import PRESETS
+from hydra_tf.experiments.pipeline import PipelineConfig
 from hydra_tf.export import layer_sparsity
 from hydra_tf.export import strip_scores
-from hydra_tf.layers import FastConv2D
-from hydra_tf.layers import ScoredConv2D
-from hydra_tf.layers import ScoredDense
-from hydra_tf.layers import scored_layers
-from hydra_tf.masks import kept_count
-from hydra_tf.masks import sparsity
-from hydra_tf.masks import topk_mask
+from hydra_tf.export.tflite import TFLiteConversionError
+from hydra_tf.export.tflite import deploy
+from hydra_tf.models.architectures import ARCHITECTURES
+from hydra_tf.models.architectures import LayerFactory
+from hydra_tf.models.architectures import build
+from hydra_tf.models.layers import FastConv2D
+from hydra_tf.models.layers import ScoredConv2D
+from hydra_tf.models.layers import ScoredDense
+from hydra_tf.models.layers import scored_layers
+from hydra_tf.models.masks import kept_count
+from hydra_tf.models.masks import sparsity
+from hydra_tf.models.masks import topk_mask
+from hydra_tf.models.scores import scaled_init
 from hydra_tf.objectives import OBJECTIVES
-from hydra_tf.objectives import ObjectiveConfig
-from hydra_tf.phases import PHASES
-from hydra_tf.phases import CheckpointMismatchError
-from hydra_tf.phases import prepare
-from hydra_tf.phases import transfer_weights
-from hydra_tf.pipeline import PRESETS
-from hydra_tf.pipeline import PipelineConfig
-from hydra_tf.scores import scaled_init
-from hydra_tf.smoothing import SmoothingConfig
-from hydra_tf.smoothing import certify_dataset
-from hydra_tf.tflite import TFLiteConversionError
-from hydra_tf.tflite import deploy
-from hydra_tf.trainer import RobustTrainer
+from hydra_tf.objectives import REGISTRY as OBJECTIVE_REGISTRY
+from hydra_tf.objectives.attacks import PGDConfig
+from hydra_tf.objectives.attacks import pgd
+from hydra_tf.objectives.attacks import robust_correct
+from hydra_tf.pruning.phases import PHASES
+from hydra_tf.pruning.phases import CheckpointMismatchError
+from hydra_tf.pruning.phases import prepare
+from hydra_tf.pruning.phases import transfer_weights
 from hydra_tf.training import NonFiniteLossError
 from hydra_tf.training import TrainConfig
 from hydra_tf.training import train
+from hydra_tf.training.trainer import RobustTrainer
 
 __all__ = [
     "ARCHITECTURES",
     "OBJECTIVES",
+    "OBJECTIVE_REGISTRY",
     "PHASES",
     "PRESETS",
     "CheckpointMismatchError",
@@ -62,7 +64,6 @@ __all__ = [
     "FastConv2D",
     "LayerFactory",
     "NonFiniteLossError",
-    "ObjectiveConfig",
     "PGDConfig",
     "PipelineConfig",
     "RobustTrainer",

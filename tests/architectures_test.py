@@ -1,12 +1,12 @@
-"""Tests for hydra_tf.architectures: plain and scored builds of every network."""
+"""Tests for hydra_tf.models.architectures: plain and scored builds of every network."""
 
 import keras
 import numpy as np
 import tensorflow as tf
 from absl.testing import parameterized
 
-from hydra_tf import architectures
-from hydra_tf import layers
+from hydra_tf.models import architectures
+from hydra_tf.models import layers
 
 
 def _weight_shapes(model):

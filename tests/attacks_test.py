@@ -1,11 +1,11 @@
-"""Tests for hydra_tf.attacks: the attack is sound and strong."""
+"""Tests for hydra_tf.objectives.attacks: the attack is sound and strong."""
 
 import keras
 import numpy as np
 import tensorflow as tf
 from absl.testing import parameterized
 
-from hydra_tf import attacks
+from hydra_tf.objectives import attacks
 from tests import helpers
 
 

@@ -42,6 +42,22 @@ class BadInputTest(tf.test.TestCase, parameterized.TestCase):
         self.assertIn("is a file, not a directory", result.stderr)
         self.assertNotIn("Traceback", result.stderr)
 
+    def test_console_shows_no_tensorflow_start_up_lines(self):
+        work = tempfile.mkdtemp()
+        result = run_binary(
+            "train", f"--workdir={work}", "--train_limit=64", "--test_limit=64", "--epochs=1"
+        )
+        self.assertEqual(result.returncode, 0, result.stderr[-2000:])
+        for noise in (
+            "oneDNN",
+            "cudart_stub",
+            "cuInit",
+            "cpu_feature_guard",
+            "absl::InitializeLog",
+        ):
+            self.assertNotIn(noise, result.stderr)
+        self.assertIn("pretrain[cnn_small, keep=1]: finished", result.stderr)
+
     def test_one_device_binaries_reject_a_strategy(self):
         result = run_binary(
             "export", "--checkpoint=/tmp/x.keras", "--output_dir=/tmp/x", "--strategy=mirrored"

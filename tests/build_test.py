@@ -25,9 +25,30 @@ _THIRD_PARTY = {
     "tensorflow_datasets": "tensorflow-datasets",
 }
 # Target name prefix of each local package's libraries (names are unique in
-# the one BUILD file: hydra_tf/export.py is ":export", binaries/common.py is
+# the one BUILD file: hydra_tf/export/tflite.py is ":tflite", the sub-package
+# hydra_tf/export/__init__.py is ":export", binaries/common.py is
 # ":binaries_common", tests/helpers.py is ":test_helpers").
 _LOCAL_PACKAGES = {"hydra_tf": "", "binaries": "binaries_", "tests": "test_"}
+
+
+def _library_name(src):
+    """The target name of a library source file (see `_LOCAL_PACKAGES`)."""
+    parts = src[: -len(".py")].split("/")
+    if parts[-1] == "__init__":
+        parts = parts[:-1]
+    if len(parts) == 1:
+        return parts[0]  # hydra_tf/__init__.py, binaries/__init__.py
+    return _LOCAL_PACKAGES[parts[0]] + parts[-1]
+
+
+def _local_module(dotted):
+    """The source file of a local module or package `a.b.c`, or None."""
+    path = os.path.join(_ROOT, *dotted.split("."))
+    if os.path.isfile(path + ".py"):
+        return os.path.relpath(path + ".py", _ROOT)
+    if os.path.isfile(os.path.join(path, "__init__.py")):
+        return os.path.relpath(os.path.join(path, "__init__.py"), _ROOT)
+    return None
 
 
 def _targets():
@@ -63,12 +84,13 @@ def _expected_deps(path):
         if isinstance(node, ast.Import):
             names = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom) and node.module:
-            if node.module in _LOCAL_PACKAGES:
-                prefix = _LOCAL_PACKAGES[node.module]
-                deps.update(f":{prefix}{alias.name}" for alias in node.names)
-                continue
-            if node.module.startswith("hydra_tf."):
-                deps.add(":" + node.module.split(".")[1])
+            if node.module.split(".")[0] in _LOCAL_PACKAGES:
+                # `from pkg import module` depends on the module; `from pkg
+                # import name` on the package that defines the name.
+                for alias in node.names:
+                    src = _local_module(f"{node.module}.{alias.name}")
+                    src = src or _local_module(node.module)
+                    deps.add(":" + _library_name(src))
                 continue
             names = [node.module]
         else:
@@ -96,7 +118,7 @@ class BuildTest(tf.test.TestCase):
         self.assertEqual(len(covered), len(set(covered)), "a file is in two targets")
         files = set()
         for package in ("hydra_tf", "binaries", "benchmarks", "tests"):
-            files.update(glob.glob(f"{package}/*.py", root_dir=_ROOT))
+            files.update(glob.glob(f"{package}/**/*.py", root_dir=_ROOT, recursive=True))
         files.discard("tests/__init__.py")
         self.assertEqual(sorted(files), sorted(covered))
 
@@ -111,10 +133,8 @@ class BuildTest(tf.test.TestCase):
                 expected = ("py_binary", f"hydra_{stem}")
             elif package == "benchmarks" and stem != "__init__":
                 expected = ("py_binary", f"benchmark_{stem}")
-            elif stem == "__init__":
-                expected = ("py_library", package)
             else:
-                expected = ("py_library", _LOCAL_PACKAGES[package] + stem)
+                expected = ("py_library", _library_name(src))
             self.assertEqual((target["kind"], name), expected, src)
 
     def test_deps_match_imports(self):

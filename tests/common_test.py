@@ -5,8 +5,8 @@ from absl import flags
 from absl.testing import flagsaver
 
 from binaries import common
-from hydra_tf import phases
 from hydra_tf import training
+from hydra_tf.pruning import phases
 
 
 class CommonTest(tf.test.TestCase):
@@ -26,7 +26,7 @@ class CommonTest(tf.test.TestCase):
     def test_explicit_step_size_and_zero_eps(self):
         with flagsaver.flagsaver(attack_step_size=0.01):
             self.assertAlmostEqual(common.objective_config().step_size, 0.01)
-        with flagsaver.flagsaver(eps=0.0, objective="natural"):
+        with flagsaver.flagsaver(eps=0.0, objective="pgd_at"):
             self.assertIsNone(common.objective_config().step_size)
 
     def test_expected_errors_exit_with_status_one(self):

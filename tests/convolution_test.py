@@ -1,10 +1,10 @@
-"""Tests for hydra_tf.convolution: same values and gradients as tf.nn.conv2d."""
+"""Tests for hydra_tf.models.convolution: same values and gradients as tf.nn.conv2d."""
 
 import numpy as np
 import tensorflow as tf
 from absl.testing import parameterized
 
-from hydra_tf import convolution
+from hydra_tf.models import convolution
 
 
 class Conv2DTest(tf.test.TestCase, parameterized.TestCase):

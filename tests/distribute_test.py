@@ -19,11 +19,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from hydra_tf import architectures
 from hydra_tf import distribute
-from hydra_tf import layers as score_layers
 from hydra_tf import objectives
-from hydra_tf import trainer as trainer_lib
+from hydra_tf.models import architectures
+from hydra_tf.models import layers as score_layers
+from hydra_tf.training import trainer as trainer_lib
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _RUNNER = os.path.join(_ROOT, "tests", "distributed_runner.py")
@@ -217,7 +217,7 @@ class MixedPrecisionTest(tf.test.TestCase):
             x = np.random.default_rng(0).random((32, 28, 28, 1)).astype(np.float32)
             y = np.arange(32) % 10
             trainer = trainer_lib.RobustTrainer(
-                network, objectives.make(objectives.ObjectiveConfig(name="natural"))
+                network, objectives.make(objectives.config("natural"))
             )
             trainer.compile(optimizer=keras.optimizers.SGD(0.01))
             history = trainer.fit(x, y, batch_size=16, epochs=1, verbose=0)

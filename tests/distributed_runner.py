@@ -49,11 +49,12 @@ def main():
         distribute.split_cpu(args.cpu_replicas)
     import tensorflow as tf
 
+    from hydra_tf import files
     from hydra_tf import objectives
     from hydra_tf import training
 
     strategy = distribute.make_strategy(args.strategy)
-    objective = objectives.ObjectiveConfig(name=args.objective, eps=0.1, steps=2, step_size=0.05)
+    objective = objectives.config(args.objective, eps=0.1, steps=2, step_size=0.05)
     common = {
         "train_limit": args.train_limit,
         "test_limit": 64,
@@ -95,7 +96,7 @@ def main():
         report["seconds_per_step"][phase] = (time.time() - start) / steps
         report["resumed"][phase] = result.resumed
         source = result.model_path
-        model = training.load_network(result.model_path)
+        model = files.load_network(result.model_path)
         np.savez(
             os.path.join(args.out, f"weights_{phase}.npz"),
             **{v.path: v.numpy() for v in model.weights},
@@ -103,12 +104,13 @@ def main():
 
     # Evaluation splits each batch between the replicas (no random start, so
     # the attack is the same on every device).
-    from hydra_tf import attacks
     from hydra_tf import data
     from hydra_tf import evaluation
+    from hydra_tf import files
+    from hydra_tf.objectives import attacks
 
     with strategy.scope():
-        model = training.load_network(source)
+        model = files.load_network(source)
     test_ds, _ = data.load("fashion_mnist", "test", limit=96)
     result = evaluation.evaluate(
         model,
@@ -120,7 +122,7 @@ def main():
 
     # Certification splits each example's noisy copies between the replicas:
     # 250 copies in chunks of 100 leave the second replica an empty last chunk.
-    from hydra_tf import smoothing
+    from hydra_tf.evaluation import smoothing
 
     certify_config = smoothing.SmoothingConfig(n0=20, n=250, batch=100, seed=3)
     records = smoothing.certify_dataset(

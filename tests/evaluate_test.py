@@ -6,7 +6,7 @@ import tempfile
 
 import tensorflow as tf
 
-from hydra_tf import architectures
+from hydra_tf.models import architectures
 from tests import binaries_test
 
 

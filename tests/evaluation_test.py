@@ -3,8 +3,8 @@
 import numpy as np
 import tensorflow as tf
 
-from hydra_tf import attacks
 from hydra_tf import evaluation
+from hydra_tf.objectives import attacks
 from tests import helpers
 
 

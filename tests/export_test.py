@@ -11,10 +11,10 @@ import numpy as np
 import tensorflow as tf
 from absl.testing import parameterized
 
-from hydra_tf import architectures
 from hydra_tf import export
-from hydra_tf import layers
-from hydra_tf import masks
+from hydra_tf.models import architectures
+from hydra_tf.models import layers
+from hydra_tf.models import masks
 
 
 def _pruned_cnn(keep_ratio):

@@ -8,8 +8,8 @@ import sys
 import keras
 import numpy as np
 
-from hydra_tf import architectures
 from hydra_tf import data
+from hydra_tf.models import architectures
 
 
 @functools.cache

@@ -1,4 +1,4 @@
-"""Tests for hydra_tf.layers: forward pass, config, save/load, errors."""
+"""Tests for hydra_tf.models.layers: forward pass, config, save/load, errors."""
 
 import os
 import tempfile
@@ -8,8 +8,8 @@ import numpy as np
 import tensorflow as tf
 from absl.testing import parameterized
 
-from hydra_tf import layers
-from hydra_tf import masks
+from hydra_tf.models import layers
+from hydra_tf.models import masks
 
 
 class ScoredDenseTest(tf.test.TestCase):

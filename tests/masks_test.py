@@ -1,10 +1,10 @@
-"""Tests for hydra_tf.masks: exact kept counts and the straight-through gradient."""
+"""Tests for hydra_tf.models.masks: exact kept counts and the straight-through gradient."""
 
 import numpy as np
 import tensorflow as tf
 from absl.testing import parameterized
 
-from hydra_tf import masks
+from hydra_tf.models import masks
 
 
 class KeptCountTest(tf.test.TestCase, parameterized.TestCase):

@@ -1,12 +1,14 @@
 """Tests for hydra_tf.objectives: losses against hand computations."""
 
+import dataclasses
+
 import keras
 import numpy as np
 import tensorflow as tf
 from absl.testing import parameterized
 
-from hydra_tf import attacks
 from hydra_tf import objectives
+from hydra_tf.objectives import attacks
 
 
 def _linear_model():
@@ -107,7 +109,7 @@ class ObjectiveTest(tf.test.TestCase, parameterized.TestCase):
         expected_kl = float(np.sum(p * (np.log(p) - np.log(q))))
         self.assertGreater(expected_kl, 19.9)
         beta = 2.0
-        objective = objectives.make(objectives.ObjectiveConfig(name=name, beta=beta))
+        objective = objectives.make(objectives.config(name, beta=beta))
         identity = lambda t, training=False: t  # the "network" outputs its input as logits
         other = tf.constant(other)
         with tf.GradientTape() as tape:
@@ -126,12 +128,38 @@ class ObjectiveTest(tf.test.TestCase, parameterized.TestCase):
 
     @parameterized.parameters("natural", "pgd_at", "trades", "smoothing", "gaussian")
     def test_make(self, name):
-        objective = objectives.make(objectives.ObjectiveConfig(name=name, eps=0.1))
+        objective = objectives.make(objectives.config(name, eps=0.1))
         self.assertEqual(objective.name, name)
+
+    def test_each_objective_keeps_its_own_settings(self):
+        flags = {"eps": 0.1, "steps": 7, "step_size": 0.02, "beta": 3.0, "sigma": 0.5}
+        expected = {
+            "natural": {"name": "natural"},
+            "pgd_at": {"name": "pgd_at", "eps": 0.1, "steps": 7, "step_size": 0.02},
+            "trades": {"name": "trades", "eps": 0.1, "steps": 7, "step_size": 0.02, "beta": 3.0},
+            "smoothing": {"name": "smoothing", "sigma": 0.5, "beta": 3.0},
+            "gaussian": {"name": "gaussian", "sigma": 0.5},
+        }
+        self.assertEqual(set(objectives.OBJECTIVES), set(expected))
+        for name, values in expected.items():
+            config = objectives.config(name, **flags)
+            self.assertEqual(dataclasses.asdict(config), values)
+            self.assertEqual(objectives.from_json(dataclasses.asdict(config)), config)
+            self.assertIsInstance(objectives.make(config), objectives.REGISTRY[name])
+
+    def test_configs_with_every_setting_still_load(self):
+        # Before the registry one config class carried every objective's settings.
+        flat = {"name": "smoothing", "eps": 0.1, "steps": 10, "step_size": 0.025}
+        config = objectives.from_json({**flat, "beta": 6.0, "sigma": 0.25})
+        self.assertEqual(config, objectives.SmoothingObjectiveConfig(sigma=0.25, beta=6.0))
+
+    def test_certified_objectives(self):
+        certified = [n for n in objectives.OBJECTIVES if objectives.certified(objectives.config(n))]
+        self.assertEqual(sorted(certified), ["gaussian", "smoothing"])
 
     def test_unknown_objective(self):
         with self.assertRaisesRegex(ValueError, "Unknown objective 'fgsm'.*trades"):
-            objectives.ObjectiveConfig(name="fgsm")
+            objectives.config("fgsm")
 
     def test_negative_beta(self):
         with self.assertRaisesRegex(ValueError, "beta"):

@@ -1,16 +1,16 @@
-"""Tests for hydra_tf.phases: what each phase trains, and checkpoint transfer."""
+"""Tests for hydra_tf.pruning.phases: what each phase trains, and checkpoint transfer."""
 
 import keras
 import numpy as np
 import tensorflow as tf
 from absl.testing import parameterized
 
-from hydra_tf import architectures
-from hydra_tf import attacks
-from hydra_tf import layers
 from hydra_tf import objectives
-from hydra_tf import phases
-from hydra_tf import trainer
+from hydra_tf.models import architectures
+from hydra_tf.models import layers
+from hydra_tf.objectives import attacks
+from hydra_tf.pruning import phases
+from hydra_tf.training import trainer
 
 
 def _bn_net(keep_ratio=None):

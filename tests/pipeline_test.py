@@ -1,4 +1,4 @@
-"""Tests for hydra_tf.pipeline: the main job end to end on a tiny setting."""
+"""Tests for hydra_tf.experiments.pipeline: the main job end to end on a tiny setting."""
 
 import dataclasses
 import json
@@ -9,7 +9,7 @@ import keras
 import tensorflow as tf
 
 from hydra_tf import objectives
-from hydra_tf import pipeline
+from hydra_tf.experiments import pipeline
 
 
 def _tiny(workdir):
@@ -19,7 +19,7 @@ def _tiny(workdir):
         workdir=workdir,
         keep_ratios=(0.1, 0.01),
         tflite_mode="int8",
-        objective=objectives.ObjectiveConfig(name="trades", eps=0.1, steps=2, step_size=0.05),
+        objective=objectives.config("trades", eps=0.1, steps=2, step_size=0.05),
         **settings,
     )
 
@@ -111,7 +111,7 @@ class PipelineTest(tf.test.TestCase):
             workdir=workdir,
             tflite_mode="none",
             keep_ratios=(0.1,),
-            objective=objectives.ObjectiveConfig(name="smoothing", sigma=0.25, beta=1.0),
+            objective=objectives.config("smoothing", sigma=0.25, beta=1.0),
             certify_radius=0.25,
             **settings,
         )

@@ -1,4 +1,4 @@
-"""Tests for hydra_tf.plots: every figure is written as a real PNG."""
+"""Tests for hydra_tf.experiments.plots: every figure is written as a real PNG."""
 
 import os
 import tempfile
@@ -6,7 +6,7 @@ import tempfile
 import numpy as np
 import tensorflow as tf
 
-from hydra_tf import plots
+from hydra_tf.experiments import plots
 
 _ROWS = [
     {"method": "dense", "keep_ratio": 1.0, "robust_acc": 0.6, "clean_acc": 0.8,

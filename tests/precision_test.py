@@ -1,14 +1,14 @@
-"""Tests for hydra_tf.precision and float32 attacks on mixed-precision networks."""
+"""Tests for hydra_tf.models.precision and float32 attacks on mixed-precision networks."""
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from hydra_tf import architectures
-from hydra_tf import attacks
 from hydra_tf import evaluation
-from hydra_tf import precision
-from hydra_tf import smoothing
+from hydra_tf.evaluation import smoothing
+from hydra_tf.models import architectures
+from hydra_tf.models import precision
+from hydra_tf.objectives import attacks
 from tests import helpers
 
 _MARGIN_SCALE = 6.0

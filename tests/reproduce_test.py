@@ -1,4 +1,4 @@
-"""Tests for hydra_tf.reproduce: aggregation over seeds and the study end to end."""
+"""Tests for hydra_tf.experiments.reproduce: aggregation over seeds and the study end to end."""
 
 import json
 import os
@@ -7,8 +7,8 @@ import tempfile
 import tensorflow as tf
 
 from hydra_tf import objectives
-from hydra_tf import pipeline
-from hydra_tf import reproduce
+from hydra_tf.experiments import pipeline
+from hydra_tf.experiments import reproduce
 
 
 def _row(method, keep, clean, robust):
@@ -76,7 +76,7 @@ class CertifiedStudyTest(tf.test.TestCase):
         base = pipeline.PipelineConfig(
             workdir="unused",
             keep_ratios=(0.01,),
-            objective=objectives.ObjectiveConfig(name="smoothing", sigma=0.25),
+            objective=objectives.config("smoothing", sigma=0.25),
         )
         study = {
             "config": {"pipeline": base.to_json(), "archs": ["cnn_small"], "seeds": [0, 1]},
@@ -197,7 +197,7 @@ class StudyTest(tf.test.TestCase):
             workdir=os.path.join(out, "runs"),
             keep_ratios=(0.05,),
             tflite_mode="none",
-            objective=objectives.ObjectiveConfig(name="pgd_at", eps=0.1, steps=2, step_size=0.05),
+            objective=objectives.config("pgd_at", eps=0.1, steps=2, step_size=0.05),
             **settings,
         )
         # cnn_small gets its own schedule: two prune epochs instead of the base's one.

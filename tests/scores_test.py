@@ -1,4 +1,4 @@
-"""Tests for hydra_tf.scores: the scaled magnitude initialisation."""
+"""Tests for hydra_tf.models.scores: the scaled magnitude initialisation."""
 
 import math
 
@@ -6,9 +6,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from hydra_tf import architectures
-from hydra_tf import layers
-from hydra_tf import scores
+from hydra_tf.models import architectures
+from hydra_tf.models import layers
+from hydra_tf.models import scores
 
 
 class ScaledInitTest(tf.test.TestCase):

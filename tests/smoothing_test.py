@@ -1,4 +1,4 @@
-"""Tests for hydra_tf.smoothing: the bound, certification on a linear classifier, abstention."""
+"""Tests for hydra_tf.evaluation.smoothing: the bound, certification on a linear classifier, abstention."""
 
 import keras
 import numpy as np
@@ -6,7 +6,7 @@ import tensorflow as tf
 from absl.testing import parameterized
 from scipy import stats
 
-from hydra_tf import smoothing
+from hydra_tf.evaluation import smoothing
 
 _SHAPE = (4, 4, 1)
 

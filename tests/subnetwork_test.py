@@ -6,11 +6,12 @@ import tempfile
 import tensorflow as tf
 from absl import logging
 
-from hydra_tf import attacks
 from hydra_tf import evaluation
+from hydra_tf import files
 from hydra_tf import objectives
-from hydra_tf import phases
 from hydra_tf import training
+from hydra_tf.objectives import attacks
+from hydra_tf.pruning import phases
 from tests import helpers
 
 
@@ -34,9 +35,9 @@ class RobustSubnetworkTest(tf.test.TestCase):
             batch_size=64,
             epochs=2,
             learning_rate=0.1,
-            objective=objectives.ObjectiveConfig(name="pgd_at", eps=0.1, steps=5, step_size=0.03),
+            objective=objectives.config("pgd_at", eps=0.1, steps=5, step_size=0.03),
         )
-        pruned = training.load_network(training.train(config, verbose=0).model_path)
+        pruned = files.load_network(training.train(config, verbose=0).model_path)
 
         # The same sub-network size chosen by weight magnitude (no training).
         lwm = phases.build_network("prune", "cnn_small", (28, 28, 1), 10, keep_ratio=0.3)

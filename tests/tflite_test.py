@@ -1,4 +1,4 @@
-"""Tests for hydra_tf.tflite: conversion, LiteRT verification and the auto mode."""
+"""Tests for hydra_tf.export.tflite: conversion, LiteRT verification and the auto mode."""
 
 import functools
 import os
@@ -8,10 +8,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from hydra_tf import attacks
 from hydra_tf import export
-from hydra_tf import masks
-from hydra_tf import tflite
+from hydra_tf.export import tflite
+from hydra_tf.models import masks
+from hydra_tf.objectives import attacks
 from tests import helpers
 
 

@@ -1,16 +1,16 @@
-"""Tests for hydra_tf.trainer: the train step, and loss scaling under tf.distribute."""
+"""Tests for hydra_tf.training.trainer: the train step, and loss scaling under tf.distribute."""
 
 import keras
 import numpy as np
 import tensorflow as tf
 from absl.testing import parameterized
 
-from hydra_tf import architectures
-from hydra_tf import attacks
-from hydra_tf import layers as score_layers
 from hydra_tf import objectives
-from hydra_tf import phases
-from hydra_tf import trainer
+from hydra_tf.models import architectures
+from hydra_tf.models import layers as score_layers
+from hydra_tf.objectives import attacks
+from hydra_tf.pruning import phases
+from hydra_tf.training import trainer
 from tests import helpers
 
 

@@ -9,10 +9,11 @@ import numpy as np
 import tensorflow as tf
 from absl.testing import parameterized
 
+from hydra_tf import files
 from hydra_tf import objectives
-from hydra_tf import phases
-from hydra_tf import trainer
 from hydra_tf import training
+from hydra_tf.pruning import phases
+from hydra_tf.training import trainer
 from tests import helpers
 
 
@@ -24,7 +25,7 @@ def _config(workdir, **overrides):
         "batch_size": 64,
         "epochs": 3,
         "learning_rate": 0.05,
-        "objective": objectives.ObjectiveConfig(name="natural"),
+        "objective": objectives.config("natural"),
     }
     values.update(overrides)
     return training.TrainConfig(**values)
@@ -191,7 +192,7 @@ class TrainTest(tf.test.TestCase, parameterized.TestCase):
             test_limit=256,
         )
         # Only the good epoch is in the history.
-        history = training._read_history(os.path.join(config.workdir, "history.csv"))
+        history = files.read_history(os.path.join(config.workdir, "history.csv"))
         self.assertEqual(history["epoch"], [0])
 
     def test_run_starting_at_chance_is_not_stopped(self):
@@ -216,7 +217,7 @@ class TrainTest(tf.test.TestCase, parameterized.TestCase):
         # Rerunning (here with a sane loss) resumes from the last good epoch.
         result = training.train(config, verbose=0)
         self.assertTrue(result.resumed)
-        network = training.load_network(result.model_path)
+        network = files.load_network(result.model_path)
         for variable in network.weights:
             self.assertTrue(np.all(np.isfinite(variable.numpy())), variable.path)
         self.assertEqual(result.history["epoch"], [0.0, 1.0, 2.0])
@@ -270,7 +271,7 @@ class TrainTest(tf.test.TestCase, parameterized.TestCase):
             _config("/tmp/unused", **overrides)
 
     def test_config_json_round_trip(self):
-        config = _config("/tmp/x", objective=objectives.ObjectiveConfig(name="trades", eps=0.2))
+        config = _config("/tmp/x", objective=objectives.config("trades", eps=0.2))
         self.assertEqual(training.TrainConfig.from_json(config.to_json()), config)
 
 

@@ -5,7 +5,7 @@ objective from `hydra_tf.objectives`. Its `train_step` runs the objective's
 attack with the network in inference mode, then takes one optimizer step on the
 objective's loss; training is therefore plain `model.fit` with Keras callbacks.
 Which variables train (weights, scores, BatchNorm) is decided by
-`hydra_tf.phases`, not here.
+`hydra_tf.pruning.phases`, not here.
 
 Masks: the scores cannot change during a step, so each pruned layer's top-k
 mask is selected once per step and reused by every forward pass of the attack
@@ -21,8 +21,8 @@ import keras
 import tensorflow as tf
 
 from hydra_tf import distribute
-from hydra_tf import layers as score_layers
-from hydra_tf import masks
+from hydra_tf.models import layers as score_layers
+from hydra_tf.models import masks
 
 
 class _FrozenMasks:

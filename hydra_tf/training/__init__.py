@@ -28,9 +28,10 @@ from absl import logging
 
 from hydra_tf import data
 from hydra_tf import distribute
+from hydra_tf import files
 from hydra_tf import objectives
-from hydra_tf import phases
-from hydra_tf import trainer as trainer_lib
+from hydra_tf.pruning import phases
+from hydra_tf.training import trainer as trainer_lib
 
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("cosine", "constant")
@@ -78,9 +79,8 @@ class TrainConfig:
     data_dir: str | None = None
     train_limit: int | None = None
     test_limit: int | None = None
-    objective: objectives.ObjectiveConfig = dataclasses.field(
-        default_factory=objectives.ObjectiveConfig
-    )
+    # A config of `objectives.REGISTRY` (by default TRADES at 8/255).
+    objective: object = dataclasses.field(default_factory=objectives.TradesConfig)
     keep_ratio: float = 1.0
     score_init: str = "scaled"
     source_checkpoint: str | None = None
@@ -100,6 +100,7 @@ class TrainConfig:
 
     def __post_init__(self):
         phases.validate_phase(self.phase)
+        objectives.make(self.objective)  # Raises on an unknown objective or bad settings.
         data.info(self.dataset)  # Raises on an unknown dataset.
         if self.phase == "pretrain" and self.keep_ratio != 1.0:
             raise ValueError(
@@ -155,7 +156,7 @@ class TrainConfig:
     @classmethod
     def from_json(cls, values):
         values = dict(values)
-        values["objective"] = objectives.ObjectiveConfig(**values["objective"])
+        values["objective"] = objectives.from_json(values["objective"])
         # A config written before revision 2 trained with what is now the
         # other choice; say so rather than take today's defaults.
         values.setdefault("revision", 1)
@@ -171,22 +172,6 @@ class TrainResult:
     history: dict
     seconds: float
     resumed: bool
-
-
-def load_network(path):
-    """Loads a network saved by a run (`model.keras`), with a clear error."""
-    # Importing hydra_tf.layers registers the score layers for deserialisation.
-    from hydra_tf import layers  # noqa: F401
-
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"Checkpoint not found: {path}")
-    try:
-        return keras.saving.load_model(path, compile=False)
-    except Exception as error:  # Keras raises ValueError, OSError, zip errors, ...
-        raise ValueError(
-            f"Cannot load {path} as a Keras model ({type(error).__name__}: {error}). "
-            "Pass a model.keras written by a hydra_tf run."
-        ) from error
 
 
 def make_optimizer(config, steps_per_epoch):
@@ -308,17 +293,6 @@ class _LogProgress(keras.callbacks.Callback):
         )
 
 
-def _read_history(path):
-    if not os.path.exists(path):
-        return {}
-    with open(path) as f:
-        lines = [line.strip().split(",") for line in f if line.strip()]
-    if len(lines) < 2:
-        return {}
-    header, rows = lines[0], lines[1:]
-    return {key: [float(row[i]) for row in rows] for i, key in enumerate(header)}
-
-
 def _same_config(previous, config):
     """Whether a stored config.json describes `config`.
 
@@ -333,31 +307,6 @@ def _same_config(previous, config):
     except (TypeError, ValueError, KeyError):
         return False
     return json.loads(json.dumps(upgraded)) == current
-
-
-def make_dir(path, flag="--workdir"):
-    """Creates directory `path` (and its parents) if missing.
-
-    Raises:
-      ValueError: one line naming `flag` if `path`, or a parent of it, is a
-        file (os.makedirs would raise FileExistsError / NotADirectoryError).
-    """
-    if os.path.exists(path) and not os.path.isdir(path):
-        raise ValueError(f"{flag}={path} is a file, not a directory. Pass a directory.")
-    try:
-        os.makedirs(path, exist_ok=True)
-    except OSError as error:
-        raise ValueError(f"Cannot create {flag}={path}: {error.strerror or error}.") from error
-    return path
-
-
-def write_json(path, value):
-    """Writes JSON atomically (a killed run never leaves half a file)."""
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(value, f, indent=2, sort_keys=True)
-        f.write("\n")
-    os.replace(tmp, path)
 
 
 def train(config, verbose=None, strategy=None, jit_compile=False):
@@ -384,8 +333,8 @@ def train(config, verbose=None, strategy=None, jit_compile=False):
     """
     strategy = strategy or tf.distribute.get_strategy()
     chief = distribute.is_chief(strategy)
-    make_dir(config.workdir)
-    own_dir = make_dir(distribute.worker_dir(config.workdir, strategy))
+    files.make_dir(config.workdir)
+    own_dir = files.make_dir(distribute.worker_dir(config.workdir, strategy))
     config_path = os.path.join(config.workdir, CONFIG_FILE)
     history_path = os.path.join(own_dir, "history.csv")
     backup_dir = os.path.join(own_dir, "backup")
@@ -412,9 +361,9 @@ def train(config, verbose=None, strategy=None, jit_compile=False):
     saved = os.path.join(own_dir, MODEL_FILE)
     if os.path.exists(saved):
         logging.info("%s: already finished in %s; skipping.", name, config.workdir)
-        return TrainResult(saved, _read_history(history_path), 0.0, resumed=True)
+        return TrainResult(saved, files.read_history(history_path), 0.0, resumed=True)
     if chief:
-        write_json(config_path, config.to_json())
+        files.write_json(config_path, config.to_json())
     resumed = os.path.isdir(backup_dir)
 
     keras.utils.set_random_seed(config.seed)
@@ -432,7 +381,7 @@ def train(config, verbose=None, strategy=None, jit_compile=False):
     test_ds = data.make_pipeline(test_ds, config.batch_size, training=False)
     steps_per_epoch = math.ceil(num_train / config.batch_size)
 
-    source = load_network(config.source_checkpoint) if config.source_checkpoint else None
+    source = files.load_network(config.source_checkpoint) if config.source_checkpoint else None
     with strategy.scope():
         network = phases.build_network(
             config.phase,
@@ -486,4 +435,4 @@ def train(config, verbose=None, strategy=None, jit_compile=False):
     # Every worker saves (saving may run collective ops); the chief's file is the result.
     network.save(saved)
     logging.info("%s: finished in %.1fs; saved %s", name, seconds, saved)
-    return TrainResult(saved, _read_history(history_path), seconds, resumed)
+    return TrainResult(saved, files.read_history(history_path), seconds, resumed)

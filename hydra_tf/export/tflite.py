@@ -51,9 +51,10 @@ import tensorflow as tf
 from absl import logging
 from ai_edge_litert import schema_py_generated as schema
 
-from hydra_tf import attacks
 from hydra_tf import data
-from hydra_tf import tflite_probe
+from hydra_tf.export import tflite_probe
+from hydra_tf.models import kinds
+from hydra_tf.objectives import attacks
 
 WEIGHT_FORMATS = ("float32", "float16", "dynamic_int8", "int8")
 # How much accuracy `choose` lets a mode lose against the Keras model.
@@ -134,12 +135,12 @@ def _static_flatten(plain_model):
     """
 
     def clone(layer):
-        if isinstance(layer, keras.layers.Flatten) and None not in layer.input.shape[1:]:
+        if kinds.kind(layer) == "flatten" and None not in layer.input.shape[1:]:
             size = math.prod(layer.input.shape[1:])
             return keras.layers.Lambda(lambda x: keras.ops.reshape(x, (-1, size)), name=layer.name)
         return layer.__class__.from_config(layer.get_config())
 
-    if not any(isinstance(layer, keras.layers.Flatten) for layer in plain_model.layers):
+    if not any(kinds.kind(layer) == "flatten" for layer in plain_model.layers):
         return plain_model
     copy = keras.models.clone_model(plain_model, clone_function=clone)
     copy.set_weights(plain_model.get_weights())
@@ -158,7 +159,7 @@ _ELEMENTWISE = (
 
 def _dense_head(plain_model):
     """The Flatten layer and the chain after it, if that chain is Dense + elementwise."""
-    flattens = [layer for layer in plain_model.layers if isinstance(layer, keras.layers.Flatten)]
+    flattens = [layer for layer in plain_model.layers if kinds.kind(layer) == "flatten"]
     if len(flattens) != 1 or len(plain_model.outputs) != 1:
         return None, []
     flatten = flattens[0]
@@ -167,7 +168,7 @@ def _dense_head(plain_model):
     head = plain_model.layers[plain_model.layers.index(flatten) + 1 :]
     previous = flatten
     for layer in head:
-        if not isinstance(layer, (keras.layers.Dense,) + _ELEMENTWISE):
+        if kinds.kind(layer) != "dense" and not isinstance(layer, _ELEMENTWISE):
             return None, []
         if layer.input is not previous.output:
             return None, []
@@ -197,7 +198,7 @@ def edge_graph(plain_model):
     x = features.outputs[0]
     first = True
     for layer in head:
-        if isinstance(layer, keras.layers.Dense):
+        if kinds.kind(layer) == "dense":
             kernel = layer.kernel.numpy()
             size = (height, width) if first else (1, 1)
             conv = keras.layers.Conv2D(

@@ -14,9 +14,9 @@
 
 import keras
 
-from hydra_tf import architectures
-from hydra_tf import layers as score_layers
-from hydra_tf import scores
+from hydra_tf.models import architectures
+from hydra_tf.models import layers as score_layers
+from hydra_tf.models import scores
 
 PHASES = ("pretrain", "prune", "finetune")
 PRUNE_BN_MODES = ("train", "freeze_affine", "freeze")

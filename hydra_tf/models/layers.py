@@ -2,7 +2,7 @@
 
 Each layer holds a `kernel`, an optional `bias` and a `score` of the kernel's
 shape. The forward pass uses `kernel * topk_mask(score, keep_ratio)`; the mask
-is computed by `hydra_tf.masks.topk_mask`, the single mask function. The
+is computed by `hydra_tf.models.masks.topk_mask`, the single mask function. The
 argument names follow `keras.layers.Conv2D` / `keras.layers.Dense`, so that
 `hydra_tf.export` can turn a score layer into its plain counterpart by
 dropping the pruning arguments from the config.
@@ -13,8 +13,8 @@ import contextlib
 import keras
 from keras import ops
 
-from hydra_tf import convolution
-from hydra_tf import masks
+from hydra_tf.models import convolution
+from hydra_tf.models import masks
 
 # Config keys that exist only on score layers; removing them from a score
 # layer's config leaves a valid config of the plain Keras layer.
@@ -95,7 +95,7 @@ class _Scored(keras.layers.Layer):
     def masked_kernel(self):
         """The kernel the forward pass uses.
 
-        Inside a `hydra_tf.masks.reusing` block that names this layer, the
+        Inside a `hydra_tf.models.masks.reusing` block that names this layer, the
         mask given there is used (a training step computes it once for all its
         forward passes); otherwise it is computed from the scores. A layer that
         keeps every weight does no mask work at all.
@@ -140,7 +140,7 @@ class ScoredDense(_Scored):
       activation, use_bias, kernel_initializer, bias_initializer: as in
         `keras.layers.Dense`.
       score_initializer: initializer of the importance scores (a random init
-        for training from scratch; `hydra_tf.scores.scaled_init` overwrites it
+        for training from scratch; `hydra_tf.models.scores.scaled_init` overwrites it
         from the kernel magnitude before pruning a trained network).
     """
 
@@ -223,7 +223,7 @@ class ScoredConv2D(_Scored):
 
 @keras.saving.register_keras_serializable(package="hydra_tf")
 class FastConv2D(keras.layers.Conv2D):
-    """`keras.layers.Conv2D` with `hydra_tf.convolution`'s faster input gradient.
+    """`keras.layers.Conv2D` with `hydra_tf.models.convolution`'s faster input gradient.
 
     Same arguments, weights and outputs; the dense (plain) networks use it so
     that adversarial training is fast before pruning too. Export turns it back

@@ -10,8 +10,8 @@ import contextvars
 
 import keras
 
-from hydra_tf import layers as score_layers
-from hydra_tf import masks
+from hydra_tf.models import layers as score_layers
+from hydra_tf.models import masks
 
 
 class LayerFactory:

@@ -21,8 +21,8 @@ from absl import logging
 from scipy import stats
 
 from hydra_tf import distribute
-from hydra_tf import layers
-from hydra_tf import precision
+from hydra_tf.models import layers
+from hydra_tf.models import precision
 
 ABSTAIN = -1
 # Radii at which certified accuracy is reported (Cohen et al.'s table).

@@ -51,7 +51,7 @@ def as_float32(model):
     if is_float32(model):
         return model
     # Importing the score layers registers them for deserialisation.
-    from hydra_tf import layers  # noqa: F401
+    from hydra_tf.models import layers  # noqa: F401
 
     config = _to_float32(keras.saving.serialize_keras_object(model))
     copy = keras.saving.deserialize_keras_object(config)

@@ -14,7 +14,7 @@ import math
 
 import numpy as np
 
-from hydra_tf import layers as score_layers
+from hydra_tf.models import layers as score_layers
 
 # Random score initialisers for training a sub-network from scratch.
 RANDOM_INITS = ("he_uniform", "he_normal", "glorot_uniform", "glorot_normal")

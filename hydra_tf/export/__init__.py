@@ -11,28 +11,18 @@ import os
 import keras
 import numpy as np
 
-from hydra_tf import layers as score_layers
-from hydra_tf import masks
-
-# Our layers and the built-in layer each becomes. FastConv2D differs from
-# Conv2D only in its training gradient; score layers also drop their scores.
-_PLAIN = {
-    score_layers.ScoredConv2D: keras.layers.Conv2D,
-    score_layers.ScoredDense: keras.layers.Dense,
-    score_layers.FastConv2D: keras.layers.Conv2D,
-}
+from hydra_tf.models import kinds
+from hydra_tf.models import layers as score_layers
+from hydra_tf.models import masks
 
 
 def _plain_layer(layer):
     # The deployed model computes in float32 whatever policy it was trained
     # with (TF Lite makes its own float16 / int8 files from it).
     config = {**layer.get_config(), "dtype": "float32"}
-    for scored_cls, plain_cls in _PLAIN.items():
-        if isinstance(layer, scored_cls):
-            for key in score_layers.PRUNING_CONFIG_KEYS:
-                config.pop(key, None)
-            return plain_cls.from_config(config)
-    return layer.__class__.from_config(config)
+    for key in score_layers.PRUNING_CONFIG_KEYS:
+        config.pop(key, None)
+    return kinds.plain_class(layer).from_config(config)
 
 
 def strip_scores(network):
@@ -48,8 +38,8 @@ def strip_scores(network):
     plain = keras.models.clone_model(network, clone_function=_plain_layer)
     for layer in network.layers:
         target = plain.get_layer(layer.name)
-        if isinstance(layer, (score_layers.ScoredConv2D, score_layers.ScoredDense)):
-            values = [np.asarray(layer.masked_kernel())]
+        if kinds.is_scored(layer):
+            values = [np.asarray(kinds.kernel(layer))]
             if layer.use_bias:
                 values.append(layer.bias.numpy())
             target.set_weights(values)
@@ -60,11 +50,7 @@ def strip_scores(network):
 
 def kernels(model):
     """The conv and dense kernels of a plain model (the prunable weights)."""
-    return [
-        layer.kernel
-        for layer in model.layers
-        if isinstance(layer, (keras.layers.Conv2D, keras.layers.Dense))
-    ]
+    return [layer.kernel for layer in model.layers if kinds.is_prunable(layer)]
 
 
 def layer_sparsity(model):
@@ -72,7 +58,7 @@ def layer_sparsity(model):
     return {
         layer.name: masks.sparsity([layer.kernel])
         for layer in model.layers
-        if isinstance(layer, (keras.layers.Conv2D, keras.layers.Dense))
+        if kinds.is_prunable(layer)
     }
 
 

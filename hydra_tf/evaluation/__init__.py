@@ -13,9 +13,9 @@ import time
 import tensorflow as tf
 from absl import logging
 
-from hydra_tf import attacks
-from hydra_tf import layers
-from hydra_tf import precision
+from hydra_tf.models import layers
+from hydra_tf.models import precision
+from hydra_tf.objectives import attacks
 
 DEFAULT_STEPS = 50
 DEFAULT_RESTARTS = 2

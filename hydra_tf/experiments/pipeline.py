@@ -22,18 +22,20 @@ import keras
 import numpy as np
 from absl import logging
 
-from hydra_tf import attacks
 from hydra_tf import data
 from hydra_tf import distribute
 from hydra_tf import evaluation
 from hydra_tf import export
-from hydra_tf import layers as score_layers
-from hydra_tf import masks
+from hydra_tf import files
 from hydra_tf import objectives
-from hydra_tf import plots
-from hydra_tf import smoothing
-from hydra_tf import tflite
 from hydra_tf import training
+from hydra_tf.evaluation import smoothing
+from hydra_tf.experiments import plots
+from hydra_tf.experiments import report
+from hydra_tf.export import tflite
+from hydra_tf.models import layers as score_layers
+from hydra_tf.models import masks
+from hydra_tf.objectives import attacks
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,10 +46,8 @@ class PipelineConfig:
     dataset: str = "fashion_mnist"
     data_dir: str | None = None
     arch: str = "cnn_small"
-    objective: objectives.ObjectiveConfig = dataclasses.field(
-        default_factory=lambda: objectives.ObjectiveConfig(
-            name="trades", eps=0.1, steps=10, step_size=0.025
-        )
+    objective: object = dataclasses.field(
+        default_factory=lambda: objectives.TradesConfig(eps=0.1, steps=10, step_size=0.025)
     )
     keep_ratios: tuple = (0.1, 0.05, 0.01)
     train_limit: int | None = None
@@ -93,13 +93,18 @@ class PipelineConfig:
 
     @property
     def attack(self):
-        eps = self.objective.eps if self.eval_eps is None else self.eval_eps
+        eps = getattr(self.objective, "eps", None) if self.eval_eps is None else self.eval_eps
+        if eps is None:
+            raise ValueError(
+                f"Objective {self.objective.name!r} has no attack radius: set eval_eps for the "
+                "attack (the TF Lite robust-accuracy check uses it)."
+            )
         return attacks.PGDConfig(eps=eps, steps=self.eval_steps, restarts=self.eval_restarts)
 
     @property
     def certifies(self):
         """Whether models are certified (smoothing) rather than attacked."""
-        return self.objective.name in SMOOTHING_OBJECTIVES
+        return objectives.certified(self.objective)
 
     @property
     def metric(self):
@@ -119,8 +124,6 @@ class PipelineConfig:
     def to_json(self):
         return dataclasses.asdict(self)
 
-
-SMOOTHING_OBJECTIVES = ("smoothing", "gaussian")
 
 # Sizes for the three presets; the dataset, arch and eps come from the flags.
 PRESETS = {
@@ -160,27 +163,33 @@ PRESETS = {
 }
 
 
+# Fields every phase run of the pipeline takes from the pipeline's config.
+_SHARED_FIELDS = (
+    "arch",
+    "dataset",
+    "data_dir",
+    "train_limit",
+    "test_limit",
+    "objective",
+    "batch_size",
+    "optimizer",
+    "weight_decay",
+    "weight_decay_mode",
+    "prune_bn",
+    "sync_batch_norm",
+    "seed",
+)
+
+
 def _train_config(config, phase, workdir, keep_ratio=1.0, source=None, epochs=1, lr=0.1):
     return training.TrainConfig(
         workdir=workdir,
         phase=phase,
-        arch=config.arch,
-        dataset=config.dataset,
-        data_dir=config.data_dir,
-        train_limit=config.train_limit,
-        test_limit=config.test_limit,
-        objective=config.objective,
         keep_ratio=keep_ratio,
         source_checkpoint=source,
         epochs=epochs,
-        batch_size=config.batch_size,
-        optimizer=config.optimizer,
         learning_rate=lr,
-        weight_decay=config.weight_decay,
-        weight_decay_mode=config.weight_decay_mode,
-        prune_bn=config.prune_bn,
-        sync_batch_norm=config.sync_batch_norm,
-        seed=config.seed,
+        **{name: getattr(config, name) for name in _SHARED_FIELDS},
     )
 
 
@@ -228,7 +237,7 @@ def evaluate_and_export(config, model_path, out_dir, name):
     row = _read_cache(cache, key)
     if row is None:
         row = {**_evaluate(config, model_path, out_dir, name), "eval_key": key}
-        training.write_json(cache, row)
+        files.write_json(cache, row)
     if config.tflite_mode != "none":
         row.update(_deploy(config, os.path.join(config.workdir, row["keras_path"]), out_dir, name))
     return row
@@ -292,12 +301,12 @@ def _deploy(config, keras_path, out_dir, name):
         fields["tflite_fp32_bytes"] = (
             fp32["bytes"] if fp32 else len(tflite.convert(plain, tflite.Mode("float32")))
         )
-    training.write_json(cache, {**fields, "eval_key": key})
+    files.write_json(cache, {**fields, "eval_key": key})
     return fields
 
 
 def _evaluate(config, model_path, out_dir, name):
-    network = training.load_network(model_path)
+    network = files.load_network(model_path)
     keras_path, saved_model_path, plain = export.export(network, out_dir, name)
     test_ds, _ = data.load(config.dataset, "test", config.data_dir, config.test_limit)
     start = time.time()
@@ -370,9 +379,9 @@ def run(config, strategy=None, jit_compile=False):
     """
     start = time.time()
     chief = distribute.is_chief(strategy)
-    training.make_dir(config.workdir)
+    files.make_dir(config.workdir)
     if chief:
-        training.write_json(os.path.join(config.workdir, "pipeline_config.json"), config.to_json())
+        files.write_json(os.path.join(config.workdir, "pipeline_config.json"), config.to_json())
     stage = lambda *parts: os.path.join(config.workdir, *parts)
     train = lambda train_config: training.train(
         train_config, strategy=strategy, jit_compile=jit_compile
@@ -434,7 +443,7 @@ def run(config, strategy=None, jit_compile=False):
     results["kept_overlap"] = kept["overlap"]
     results["figures"] = figures(config.workdir, rows, kept, smallest, metric=config.metric)
     results["seconds"] = time.time() - start
-    training.write_json(stage("results.json"), results)
+    files.write_json(stage("results.json"), results)
     with open(stage("results.md"), "w") as f:
         f.write(results_markdown(results))
     logging.info("Pipeline finished in %.1fs; results in %s", results["seconds"], config.workdir)
@@ -455,8 +464,8 @@ def kept_weights(dense_path, hydra_path, keep_ratio):
       "magnitudes"), and "overlap" (fraction of HYDRA's kept weights that LWM
       keeps too).
     """
-    dense = training.load_network(dense_path)
-    hydra = training.load_network(hydra_path)
+    dense = files.load_network(dense_path)
+    hydra = files.load_network(hydra_path)
     magnitudes, hydra_kept, lwm_kept = [], [], []
     for layer in score_layers.scored_layers(hydra):
         kernel = np.abs(dense.get_layer(layer.name).kernel.numpy())
@@ -525,7 +534,7 @@ def results_markdown(results):
     config = results["config"]
     rows = results["rows"]
     check_comparable(rows)
-    ratios = sorted({r["keep_ratio"] for r in rows if r["method"] != "dense"}, reverse=True)
+    ratios = report.keep_ratios(rows)
     attack = rows[0]["attack"]
     objective = config["objective"]
     if attack.get("name") == "certify_l2":
@@ -544,24 +553,12 @@ def results_markdown(results):
             "examples. Cells: robust % (clean %)."
         )
     lines = [f"# HYDRA vs LWM: {config['arch']} on {config['dataset']}", "", caption, ""]
-    header = ["method", "0% (dense)"] + [f"{(1 - k) * 100:g}% pruned" for k in ratios]
-    lines.append("| " + " | ".join(header) + " |")
-    lines.append("|" + "---|" * len(header))
-    dense = next(r for r in rows if r["method"] == "dense")
-    cell = lambda r: f"{100 * r['robust_acc']:.1f} ({100 * r['clean_acc']:.1f})"
-    by_key = {(r["method"], r["keep_ratio"]): r for r in rows}
-    for method in ("lwm", "hydra"):
-        cells = [method.upper() if method == "lwm" else "HYDRA", cell(dense)]
-        cells += [cell(by_key[(method, k)]) if (method, k) in by_key else "-" for k in ratios]
-        lines.append("| " + " | ".join(cells) + " |")
-    deltas = ["HYDRA - LWM (robust)", ""]
-    for k in ratios:
-        if ("lwm", k) in by_key and ("hydra", k) in by_key:
-            gap = by_key[("hydra", k)]["robust_acc"] - by_key[("lwm", k)]["robust_acc"]
-            deltas.append(f"{100 * gap:+.1f}")
-        else:
-            deltas.append("-")
-    lines.append("| " + " | ".join(deltas) + " |")
+    lines += report.method_table(
+        rows,
+        cell=lambda r: f"{100 * r['robust_acc']:.1f} ({100 * r['clean_acc']:.1f})",
+        ratio_label=lambda k: f"{(1 - k) * 100:g}% pruned",
+        delta_label="HYDRA - LWM (robust)",
+    )
     lines += ["", "Measured sparsity of the exported kernels:", ""]
     for r in rows:
         lines.append(f"- {r['method']} keep {r['keep_ratio']:g}: {100 * r['sparsity']:.2f}% zeros")

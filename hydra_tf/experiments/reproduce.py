@@ -16,8 +16,10 @@ import time
 from absl import logging
 
 from hydra_tf import distribute
-from hydra_tf import pipeline
+from hydra_tf import files
 from hydra_tf import training
+from hydra_tf.experiments import pipeline
+from hydra_tf.experiments import report
 
 _SCHEDULE_FIELDS = ("pretrain_epochs", "prune_epochs", "finetune_epochs")
 
@@ -142,8 +144,9 @@ def _caption(study):
     )
     if attack.get("name") == "certify_l2":
         return (
-            f"Objective {objective['name']} (Gaussian noise sigma {objective['sigma']:g}, "
-            f"beta {objective['beta']:g}). {schedule} Certified accuracy of the smoothed "
+            f"Objective {objective['name']} (Gaussian noise sigma {objective['sigma']:g}"
+            + (f", beta {objective['beta']:g}" if "beta" in objective else "")
+            + f"). {schedule} Certified accuracy of the smoothed "
             f"classifier at L2 radius {attack['radius']:g} (n0 {attack['n0']}, n {attack['n']}, "
             f"alpha {attack['alpha']:g}) on {study['num_test_examples']} test images. "
             "Cells: certified % (clean % of the base network), mean ± std."
@@ -190,32 +193,20 @@ def markdown(study):
     ]
     for arch in config["archs"]:
         rows = [r for r in study["rows"] if r["arch"] == arch]
-        ratios = sorted({r["keep_ratio"] for r in rows if r["method"] != "dense"}, reverse=True)
-        by_key = {(r["method"], r["keep_ratio"]): r for r in rows}
-        dense = by_key.get(("dense", 1.0))
-
-        def cell(r):
-            return (
-                f"{100 * r['robust_acc']:.1f} ± {100 * r['robust_std']:.1f} "
-                f"({100 * r['clean_acc']:.1f})"
-            )
-
-        header = ["method", "0% (dense)"] + [f"{(1 - k) * 100:g}%" for k in ratios]
+        ratios = report.keep_ratios(rows)
         lines += ["", f"## {arch}", ""]
         schedule = config.get("schedules", {}).get(arch)
         if schedule:
             lines += [f"Epochs for {arch}: {_schedule_text(schedule)}.", ""]
-        lines.append("| " + " | ".join(header) + " |")
-        lines.append("|" + "---|" * len(header))
-        for method, label in (("lwm", "LWM"), ("hydra", "HYDRA")):
-            cells = [label, cell(dense) if dense else "-"]
-            cells += [cell(by_key[(method, k)]) if (method, k) in by_key else "-" for k in ratios]
-            lines.append("| " + " | ".join(cells) + " |")
-        deltas = ["HYDRA - LWM", ""]
-        for k in ratios:
-            value = gap(rows, arch, k)
-            deltas.append("-" if value is None else f"{100 * value:+.1f}")
-        lines.append("| " + " | ".join(deltas) + " |")
+        lines += report.method_table(
+            rows,
+            cell=lambda r: (
+                f"{100 * r['robust_acc']:.1f} ± {100 * r['robust_std']:.1f} "
+                f"({100 * r['clean_acc']:.1f})"
+            ),
+            ratio_label=lambda k: f"{(1 - k) * 100:g}%",
+            delta_label="HYDRA - LWM",
+        )
         if all("certified_accuracy" in r for r in rows):
             lines += _radius_table(rows, ratios)
         overlaps = study["kept_overlap"].get(arch)
@@ -246,7 +237,7 @@ def markdown(study):
 
 def _write(study, output_dir):
     """Writes `results.json` and `results.md` of a study to `output_dir`."""
-    training.write_json(os.path.join(output_dir, "results.json"), study)
+    files.write_json(os.path.join(output_dir, "results.json"), study)
     with open(os.path.join(output_dir, "results.md"), "w") as f:
         f.write(markdown(study))
 
@@ -273,8 +264,8 @@ def run(base, archs, seeds, output_dir, strategy=None, jit_compile=False, schedu
     if unknown:
         raise ValueError(f"Schedules for architectures not in the study: {unknown}.")
     start = time.time()
-    training.make_dir(output_dir, "--output_dir")
-    training.make_dir(base.workdir)
+    files.make_dir(output_dir, "--output_dir")
+    files.make_dir(base.workdir)
     runs = []
     for arch in archs:
         for seed in seeds:
@@ -386,7 +377,7 @@ def merge(studies, sources, output_dir):
             own = own or {k: config[k] for k in _SCHEDULE_FIELDS}
             if any(own[k] != base[k] for k in _SCHEDULE_FIELDS):
                 schedules[arch] = own
-    training.make_dir(output_dir, "--output_dir")
+    files.make_dir(output_dir, "--output_dir")
     figures = {}
     for study, source in zip(studies, sources):
         for arch, paths in study["figures"].items():

@@ -1,0 +1,7 @@
+"""Experiments: what runs the whole flow and reports it.
+
+- `pipeline`: the main job (pretrain -> prune -> finetune, and LWM), cached
+  stages, its results table;
+- `reproduce`: the multi-seed, multi-architecture study;
+- `plots`: the figures.
+"""

@@ -1,0 +1,98 @@
+"""Training objectives: what loss a batch contributes in every phase.
+
+`REGISTRY` maps each objective's name to its class; the binaries take their
+`--objective` choices from it. Each class has its own config class
+(`Config`), builds itself from it (`from_config`) and says whether its
+networks are certified (`certified`) rather than attacked. See
+`hydra_tf.objectives.base` for the interface.
+
+Adding an objective: a module with the class and its config (copy
+`adversarial.py` or `noise.py`), one entry in `REGISTRY`, and its tests.
+"""
+
+import dataclasses
+
+from hydra_tf.objectives import adversarial
+from hydra_tf.objectives import base
+from hydra_tf.objectives import noise
+from hydra_tf.objectives.adversarial import PGDAdversarial
+from hydra_tf.objectives.adversarial import PGDATConfig
+from hydra_tf.objectives.adversarial import Trades
+from hydra_tf.objectives.adversarial import TradesConfig
+from hydra_tf.objectives.base import LogitKLDivergence
+from hydra_tf.objectives.base import Natural
+from hydra_tf.objectives.base import NaturalConfig
+from hydra_tf.objectives.noise import GaussianConfig
+from hydra_tf.objectives.noise import GaussianNoise
+from hydra_tf.objectives.noise import Smoothing
+from hydra_tf.objectives.noise import SmoothingObjectiveConfig
+
+REGISTRY = {
+    cls.name: cls
+    for cls in (
+        base.Natural,
+        adversarial.PGDAdversarial,
+        adversarial.Trades,
+        noise.Smoothing,
+        noise.GaussianNoise,
+    )
+}
+OBJECTIVES = tuple(REGISTRY)
+
+
+def _objective_class(name):
+    if name not in REGISTRY:
+        raise ValueError(f"Unknown objective {name!r}. Supported: {', '.join(OBJECTIVES)}.")
+    return REGISTRY[name]
+
+
+def config(name, **values):
+    """The config of objective `name` from `values`, ignoring settings it does not have.
+
+    The binaries pass every objective setting they have flags for (eps,
+    steps, step_size, beta, sigma); each objective keeps its own.
+    """
+    config_class = _objective_class(name).Config
+    fields = {f.name for f in dataclasses.fields(config_class) if f.init}
+    return config_class(**{key: value for key, value in values.items() if key in fields})
+
+
+def from_json(values):
+    """An objective config from its JSON dict (`{"name": ..., settings}`).
+
+    Settings the objective does not have are ignored, so configs written
+    when every objective carried every setting still load.
+    """
+    values = dict(values)
+    return config(values.pop("name"), **values)
+
+
+def make(objective_config):
+    """The objective an objective config describes."""
+    return _objective_class(objective_config.name).from_config(objective_config)
+
+
+def certified(objective_config):
+    """Whether networks trained on this objective are certified rather than attacked."""
+    return _objective_class(objective_config.name).certified
+
+
+__all__ = [
+    "OBJECTIVES",
+    "REGISTRY",
+    "GaussianConfig",
+    "GaussianNoise",
+    "LogitKLDivergence",
+    "Natural",
+    "NaturalConfig",
+    "PGDATConfig",
+    "PGDAdversarial",
+    "Smoothing",
+    "SmoothingObjectiveConfig",
+    "Trades",
+    "TradesConfig",
+    "certified",
+    "config",
+    "from_json",
+    "make",
+]

@@ -1,0 +1,158 @@
+"""The base class of bound types: one method per layer kind.
+
+A bound type describes the set of activations a layer can take when the
+input ranges over a box (an L-inf ball clipped to the data domain [0, 1]).
+It subclasses `Bounds` and implements `apply_<kind>` for every layer kind it
+supports (`hydra_tf.models.kinds.KINDS`); `Bounds.propagate` dispatches a
+layer to its method, and `propagate_network` walks a whole functional network.
+
+What the base does for every bound type, so none repeats it:
+
+- score layers are bounded through their masked kernel, from the one mask
+  function (`kinds.kernel`), so HYDRA's scores receive the straight-through
+  gradient of a bound-based loss;
+- BatchNormalization is bounded as the affine map it is in inference mode
+  (`batch_norm_affine`);
+- a layer of no known kind, a kind the bound type has no method for, or a
+  layer called more than once (shared weights) is refused with an
+  `UnsupportedLayerError` naming the layer.
+
+How to add a bound type: subclass `Bounds`, keep the bounds of one tensor in
+the instance, return a new instance from each `apply_*` you support. How to
+add a layer kind: add it to `models.kinds.KINDS` and add an `apply_<kind>`
+method here (raising) and in each bound type that supports it.
+"""
+
+import keras
+import tensorflow as tf
+
+from hydra_tf.models import kinds
+
+
+class UnsupportedLayerError(ValueError):
+    """A bound type cannot propagate through a layer."""
+
+
+def batch_norm_affine(layer):
+    """(scale, offset) of a BatchNormalization layer in inference mode: y = scale * x + offset."""
+    variance = tf.convert_to_tensor(layer.moving_variance)
+    scale = tf.math.rsqrt(variance + layer.epsilon)
+    if layer.gamma is not None:
+        scale = scale * layer.gamma
+    offset = -tf.convert_to_tensor(layer.moving_mean) * scale
+    if layer.beta is not None:
+        offset = offset + layer.beta
+    return scale, offset
+
+
+class Bounds:
+    """Bounds on one tensor of a network; subclasses implement the propagation.
+
+    Each `apply_<kind>` takes the layer (and, for layers with weights, the
+    weights to use) and returns the bounds of the layer's output. The
+    defaults refuse the layer by name.
+    """
+
+    def propagate(self, layer, *others):
+        """The bounds of `layer`'s output, given these bounds of its input(s).
+
+        Args:
+          layer: a Keras layer.
+          *others: for an `Add` layer, the bounds of its other inputs.
+        """
+        kind = kinds.kind(layer)
+        if kind is None:
+            raise UnsupportedLayerError(
+                f"{type(self).__name__} cannot bound layer {layer.name!r} "
+                f"({type(layer).__name__}): no bound type knows this kind of layer. "
+                f"Known kinds: {', '.join(kinds.KINDS)}."
+            )
+        if kind in kinds.PRUNABLE_KINDS:
+            return getattr(self, f"apply_{kind}")(layer, kinds.kernel(layer), layer.bias)
+        if kind == "batch_norm":
+            return self.apply_batch_norm(layer, *batch_norm_affine(layer))
+        if kind == "add":
+            return self.apply_add(layer, (self,) + others)
+        return getattr(self, f"apply_{kind}")(layer)
+
+    def _unsupported(self, layer):
+        return UnsupportedLayerError(
+            f"{type(self).__name__} cannot bound layer {layer.name!r} "
+            f"({type(layer).__name__}, kind {kinds.kind(layer)!r})."
+        )
+
+    def apply_conv2d(self, layer, kernel, bias):
+        """A 2-D convolution with this kernel (masked for score layers) and bias (or None)."""
+        raise self._unsupported(layer)
+
+    def apply_dense(self, layer, kernel, bias):
+        """A dense layer with this kernel (masked for score layers) and bias (or None)."""
+        raise self._unsupported(layer)
+
+    def apply_batch_norm(self, layer, scale, offset):
+        """Inference-mode BatchNormalization: scale * x + offset per channel."""
+        raise self._unsupported(layer)
+
+    def apply_relu(self, layer):
+        """max(x, 0)."""
+        raise self._unsupported(layer)
+
+    def apply_flatten(self, layer):
+        """A reshape to (batch, -1), in Keras' (row, column, channel) order."""
+        raise self._unsupported(layer)
+
+    def apply_add(self, layer, inputs):
+        """The sum of `inputs` (bounds of every input, this one first)."""
+        raise self._unsupported(layer)
+
+    def apply_max_pool(self, layer):
+        """Max pooling."""
+        raise self._unsupported(layer)
+
+    def apply_avg_pool(self, layer):
+        """Average pooling."""
+        raise self._unsupported(layer)
+
+    def apply_global_avg_pool(self, layer):
+        """The mean over height and width."""
+        raise self._unsupported(layer)
+
+    def apply_identity(self, layer):
+        """A layer that passes its input through (an input layer, a linear activation)."""
+        del layer
+        return self
+
+
+def propagate_network(network, bounds):
+    """Bounds of `network`'s output given `bounds` of its input.
+
+    Args:
+      network: a functional `keras.Model` with one input and one output.
+      bounds: a `Bounds` instance for the network's input.
+
+    Raises:
+      UnsupportedLayerError: a layer the bound type cannot handle, or one
+        that is called more than once (its weights shared), named.
+    """
+    if len(network.inputs) != 1 or len(network.outputs) != 1:
+        raise UnsupportedLayerError(
+            f"Bounds need a network with one input and one output; {network.name!r} has "
+            f"{len(network.inputs)} and {len(network.outputs)}."
+        )
+    values = {id(network.inputs[0]): bounds}
+    for layer in network.layers:
+        if isinstance(layer, keras.layers.InputLayer):
+            continue
+        if isinstance(layer, keras.Model):
+            raise UnsupportedLayerError(
+                f"Cannot bound nested model {layer.name!r}: bound its layers in one network."
+            )
+        if len(layer._inbound_nodes) != 1:
+            raise UnsupportedLayerError(
+                f"Cannot bound layer {layer.name!r}: it is called "
+                f"{len(layer._inbound_nodes)} times (shared weights)."
+            )
+        inputs = layer.input if isinstance(layer.input, (list, tuple)) else [layer.input]
+        inbound = [values[id(tensor)] for tensor in inputs]
+        values[id(layer.output)] = inbound[0].propagate(layer, *inbound[1:])
+    return values[id(network.outputs[0])]

@@ -1,0 +1,1 @@
+"""Pruning: the three HYDRA phases and the transfer of weights between them (`phases`)."""
