@@ -27,8 +27,10 @@ from absl import logging
 
 from binaries import common
 from hydra_tf.experiments import pipeline
+from hydra_tf.experiments import presets
+from hydra_tf.experiments import report
 
-_PRESET = flags.DEFINE_enum("preset", "small", sorted(pipeline.PRESETS), "Size preset.")
+_PRESET = flags.DEFINE_enum("preset", "small", sorted(presets.PRESETS), "Size preset.")
 _WORKDIR = flags.DEFINE_string("workdir", "runs/pipeline", "Output directory.")
 _KEEP_RATIOS = flags.DEFINE_list(
     "keep_ratios", ["0.1", "0.05", "0.01"], "Fractions of weights kept, each in (0, 1]."
@@ -63,7 +65,7 @@ flags.register_validator(
 
 def _pipeline():
     strategy = common.strategy()
-    settings = dict(pipeline.PRESETS[_PRESET.value])
+    settings = dict(presets.PRESETS[_PRESET.value])
     shared = common.pipeline_settings()
     # The preset's sizes hold unless a flag sets them.
     for name in ("train_limit", "test_limit"):
@@ -89,7 +91,7 @@ def _pipeline():
     )
     logging.info("Pipeline config: %s", dataclasses.asdict(config))
     results = pipeline.run(config, strategy=strategy, jit_compile=common.JIT_COMPILE.value)
-    logging.info("\n%s", pipeline.results_markdown(results))
+    logging.info("\n%s", report.results_markdown(results))
 
 
 if __name__ == "__main__":

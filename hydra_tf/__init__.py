@@ -20,8 +20,8 @@ from hydra_tf.evaluation import default_attack
 from hydra_tf.evaluation import evaluate
 from hydra_tf.evaluation.smoothing import SmoothingConfig
 from hydra_tf.evaluation.smoothing import certify_dataset
-from hydra_tf.experiments.pipeline import PRESETS
 from hydra_tf.experiments.pipeline import PipelineConfig
+from hydra_tf.experiments.presets import PRESETS
 from hydra_tf.export import layer_sparsity
 from hydra_tf.export import strip_scores
 from hydra_tf.export.tflite import TFLiteConversionError

@@ -10,10 +10,12 @@ import tensorflow as tf
 
 from hydra_tf import objectives
 from hydra_tf.experiments import pipeline
+from hydra_tf.experiments import presets
+from hydra_tf.experiments import report
 
 
 def _tiny(workdir):
-    settings = dict(pipeline.PRESETS["tiny"])
+    settings = dict(presets.PRESETS["tiny"])
     settings.update(train_limit=256, test_limit=64, eval_steps=5)
     return pipeline.PipelineConfig(
         workdir=workdir,
@@ -97,15 +99,15 @@ class PipelineTest(tf.test.TestCase):
             {"method": "hydra", "keep_ratio": 0.1, "attack": {"steps": 10}, "num_examples": 500},
         ]
         with self.assertRaisesRegex(ValueError, "hydra keep 0.1 has attack"):
-            pipeline.results_markdown({"config": {}, "rows": rows})
+            report.results_markdown({"config": {}, "rows": rows})
         rows[1]["attack"] = {"steps": 50}
         rows[1]["num_examples"] = 100
         with self.assertRaisesRegex(ValueError, "num_examples"):
-            pipeline.check_comparable(rows)
+            report.check_comparable(rows)
 
     def test_smoothing_objective_is_certified(self):
         workdir = tempfile.mkdtemp()
-        settings = dict(pipeline.PRESETS["tiny"])
+        settings = dict(presets.PRESETS["tiny"])
         settings.update(train_limit=256, test_limit=64, certify_n=100, certify_limit=8)
         config = pipeline.PipelineConfig(
             workdir=workdir,

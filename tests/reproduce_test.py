@@ -8,6 +8,7 @@ import tensorflow as tf
 
 from hydra_tf import objectives
 from hydra_tf.experiments import pipeline
+from hydra_tf.experiments import presets
 from hydra_tf.experiments import reproduce
 
 
@@ -191,7 +192,7 @@ class MergeTest(tf.test.TestCase):
 class StudyTest(tf.test.TestCase):
     def test_two_seeds_end_to_end(self):
         out = tempfile.mkdtemp()
-        settings = dict(pipeline.PRESETS["tiny"])
+        settings = dict(presets.PRESETS["tiny"])
         settings.update(train_limit=128, test_limit=32, eval_steps=3)
         base = pipeline.PipelineConfig(
             workdir=os.path.join(out, "runs"),

@@ -30,10 +30,9 @@ from hydra_tf import files
 from hydra_tf import objectives
 from hydra_tf import training
 from hydra_tf.evaluation import smoothing
-from hydra_tf.experiments import plots
+from hydra_tf.experiments import analysis
 from hydra_tf.experiments import report
 from hydra_tf.export import tflite
-from hydra_tf.models import layers as score_layers
 from hydra_tf.models import masks
 from hydra_tf.objectives import attacks
 
@@ -123,44 +122,6 @@ class PipelineConfig:
 
     def to_json(self):
         return dataclasses.asdict(self)
-
-
-# Sizes for the three presets; the dataset, arch and eps come from the flags.
-PRESETS = {
-    # Seconds: for tests and a first look.
-    "tiny": {
-        "train_limit": 512,
-        "test_limit": 128,
-        "batch_size": 64,
-        "pretrain_epochs": 1,
-        "prune_epochs": 1,
-        "finetune_epochs": 1,
-        "eval_steps": 10,
-        "eval_restarts": 1,
-        "certify_n": 200,
-        "certify_limit": 32,
-    },
-    # The default: under 15 minutes on a 2-core CPU.
-    "small": {
-        "train_limit": 10000,
-        "test_limit": 500,
-        "batch_size": 128,
-        "pretrain_epochs": 4,
-        "prune_epochs": 1,
-        "finetune_epochs": 1,
-        "certify_n": 1000,
-        "certify_limit": 200,
-    },
-    # The paper's schedule (needs a GPU): 100 / 20 / 20 epochs, full data.
-    "paper": {
-        "train_limit": None,
-        "test_limit": None,
-        "batch_size": 128,
-        "pretrain_epochs": 100,
-        "prune_epochs": 20,
-        "finetune_epochs": 20,
-    },
-}
 
 
 # Fields every phase run of the pipeline takes from the pipeline's config.
@@ -292,8 +253,8 @@ def _deploy(config, keras_path, out_dir, name):
         "tflite_xnnpack": chosen["xnnpack"],
         "tflite_num_examples": result["num_examples"],
         "tflite_modes": {
-            mode: {key: report.get(key) for key in _MODE_KEYS}
-            for mode, report in result["modes"].items()
+            mode: {key: measured.get(key) for key in _MODE_KEYS}
+            for mode, measured in result["modes"].items()
         },
     }
     if name == "dense":
@@ -435,209 +396,18 @@ def run(config, strategy=None, jit_compile=False):
         logging.info("Worker finished training; the chief writes the results.")
         return {"config": config.to_json(), "rows": []}
     rows = [{"method": r["method"], "keep_ratio": r["keep_ratio"], **r["row"]} for r in rows]
-    check_comparable(rows)
+    report.check_comparable(rows)
     results = {"config": config.to_json(), "rows": rows}
     smallest = min(config.keep_ratios)
     hydra_model = stage(f"hydra_{smallest:g}", "prune", training.MODEL_FILE)
-    kept = kept_weights(dense.model_path, hydra_model, smallest)
+    kept = analysis.kept_weights(dense.model_path, hydra_model, smallest)
     results["kept_overlap"] = kept["overlap"]
-    results["figures"] = figures(config.workdir, rows, kept, smallest, metric=config.metric)
+    results["figures"] = analysis.figures(
+        config.workdir, rows, kept, smallest, metric=config.metric
+    )
     results["seconds"] = time.time() - start
     files.write_json(stage("results.json"), results)
     with open(stage("results.md"), "w") as f:
-        f.write(results_markdown(results))
+        f.write(report.results_markdown(results))
     logging.info("Pipeline finished in %.1fs; results in %s", results["seconds"], config.workdir)
     return results
-
-
-def kept_weights(dense_path, hydra_path, keep_ratio):
-    """Which pretrained weights HYDRA and LWM keep at `keep_ratio`.
-
-    Args:
-      dense_path: the pretrained dense network (`model.keras`).
-      hydra_path: a HYDRA network of that keep ratio (prune or finetune).
-      keep_ratio: the keep ratio of `hydra_path`.
-
-    Returns:
-      A dict with "magnitudes" (pretrained |w| / max |w| of its layer, all
-      prunable layers concatenated), "hydra" and "lwm" (boolean kept masks like
-      "magnitudes"), and "overlap" (fraction of HYDRA's kept weights that LWM
-      keeps too).
-    """
-    dense = files.load_network(dense_path)
-    hydra = files.load_network(hydra_path)
-    magnitudes, hydra_kept, lwm_kept = [], [], []
-    for layer in score_layers.scored_layers(hydra):
-        kernel = np.abs(dense.get_layer(layer.name).kernel.numpy())
-        magnitudes.append((kernel / kernel.max()).ravel())
-        hydra_kept.append(layer.mask().numpy().ravel() > 0)
-        # LWM keeps the top-k weight magnitudes: the same mask function on |w|.
-        lwm_kept.append(masks.topk_mask(kernel, keep_ratio).numpy().ravel() > 0)
-    hydra_kept = np.concatenate(hydra_kept)
-    lwm_kept = np.concatenate(lwm_kept)
-    return {
-        "magnitudes": np.concatenate(magnitudes),
-        "hydra": hydra_kept,
-        "lwm": lwm_kept,
-        "overlap": float(np.sum(hydra_kept & lwm_kept) / np.sum(hydra_kept)),
-    }
-
-
-def figures(workdir, rows, kept, keep_ratio, title="", metric="robust"):
-    """Writes the PNG figures under `<workdir>/plots`; returns their relative paths.
-
-    Args:
-      workdir: the run's directory.
-      rows: the results rows (each method and keep ratio).
-      kept: `kept_weights(...)` of the HYDRA network at `keep_ratio`.
-      keep_ratio: the keep ratio `kept` describes.
-      title: prefix of the figure titles.
-      metric: "robust" (PGD) or "certified" (smoothing), for the labels.
-    """
-    out = os.path.join(workdir, "plots")
-    os.makedirs(out, exist_ok=True)
-    paths = {
-        "robust_vs_pruning": plots.robust_vs_pruning(
-            rows, os.path.join(out, "robust_vs_pruning.png"), title, metric
-        ),
-        "kept_magnitudes": plots.kept_magnitude_histogram(
-            kept["magnitudes"],
-            {"lwm": kept["lwm"], "hydra": kept["hydra"]},
-            os.path.join(out, "kept_magnitudes.png"),
-            f"{title} keep {keep_ratio:g}: pretrained magnitude of kept weights".strip(),
-        ),
-        "layer_sparsity": plots.layer_sparsity(rows, os.path.join(out, "layer_sparsity.png")),
-    }
-    return {name: os.path.relpath(path, workdir) for name, path in paths.items()}
-
-
-def check_comparable(rows):
-    """Raises ValueError unless every row was evaluated the same way.
-
-    One table must not mix, say, PGD-10 and PGD-50 numbers, or different test
-    sets: each row's attack (or certification) and number of examples must
-    agree.
-    """
-    first = rows[0]
-    for row in rows[1:]:
-        for field in ("attack", "num_examples"):
-            if row.get(field) != first.get(field):
-                raise ValueError(
-                    f"Rows evaluated differently cannot share a table: {row['method']} keep "
-                    f"{row['keep_ratio']:g} has {field} {row.get(field)}, {first['method']} has "
-                    f"{first.get(field)}."
-                )
-
-
-def results_markdown(results):
-    """The results as a Markdown table shaped like the paper's Table 1."""
-    config = results["config"]
-    rows = results["rows"]
-    check_comparable(rows)
-    ratios = report.keep_ratios(rows)
-    attack = rows[0]["attack"]
-    objective = config["objective"]
-    if attack.get("name") == "certify_l2":
-        caption = (
-            f"Objective {objective['name']} (sigma {objective['sigma']:g}); certified "
-            f"accuracy of the smoothed classifier at L2 radius {attack['radius']:g} "
-            f"(n0 {attack['n0']}, n {attack['n']}, alpha {attack['alpha']:g}), on "
-            f"{rows[0]['num_examples']} test examples. Cells: certified % (clean % of the "
-            "base network)."
-        )
-    else:
-        caption = (
-            f"Objective {objective['name']} (eps {objective['eps']:g}); "
-            f"robust accuracy under L-inf PGD-{attack['steps']} with {attack['restarts']} "
-            f"restart(s) at eps {attack['eps']:g}, on {rows[0]['num_examples']} test "
-            "examples. Cells: robust % (clean %)."
-        )
-    lines = [f"# HYDRA vs LWM: {config['arch']} on {config['dataset']}", "", caption, ""]
-    lines += report.method_table(
-        rows,
-        cell=lambda r: f"{100 * r['robust_acc']:.1f} ({100 * r['clean_acc']:.1f})",
-        ratio_label=lambda k: f"{(1 - k) * 100:g}% pruned",
-        delta_label="HYDRA - LWM (robust)",
-    )
-    lines += ["", "Measured sparsity of the exported kernels:", ""]
-    for r in rows:
-        lines.append(f"- {r['method']} keep {r['keep_ratio']:g}: {100 * r['sparsity']:.2f}% zeros")
-    if "kept_overlap" in results:
-        smallest = min(ratios)
-        lines += [
-            "",
-            (
-                f"At keep {smallest:g}, {100 * results['kept_overlap']:.1f}% of the weights HYDRA "
-                "keeps are among the largest-magnitude weights LWM keeps; the rest are smaller "
-                "weights that LWM prunes."
-            ),
-        ]
-    for name, path in results.get("figures", {}).items():
-        lines += ["", f"![{name}]({path})"]
-    lines += deployment_markdown(rows)
-    if "seconds" in results:
-        lines += ["", f"Total time: {results['seconds'] / 60:.1f} min."]
-    return "\n".join(lines) + "\n"
-
-
-def deployment_markdown(rows):
-    """The TF Lite table of the results (empty if nothing was exported)."""
-    deployed = [r for r in rows if "tflite_mode" in r]
-    if not deployed:
-        return []
-    dense = next((r for r in rows if "tflite_fp32_bytes" in r), None)
-    percent = lambda v: "-" if v is None else f"{100 * v:.1f}"
-    lines = [
-        "",
-        "## Deployment (TF Lite)",
-        "",
-        (
-            f"Each network's TF Lite file, verified with LiteRT on {deployed[0]['tflite_num_examples']} "
-            "test images. Robust accuracy: adversarial examples crafted on the Keras model (the "
-            "table's attack) transferred to the file; Keras' accuracy on the same examples in "
-            "parentheses. Latency: median at batch 1 / 32, 2 threads."
-        ),
-        "",
-        "| model | mode | bytes | gzip bytes | dense fp32 / this | latency ms | clean % | robust % |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for r in deployed:
-        ratio = f"{dense['tflite_fp32_bytes'] / r['tflite_bytes']:.1f}x" if dense else "-"
-        gz_ratio = f"{dense['tflite_fp32_bytes'] / r['tflite_gzip_bytes']:.1f}x" if dense else "-"
-        latency = r["tflite_latency_ms"]
-        timing = "-" if latency is None else f"{latency['1']:.3f} / {latency['32']:.2f}"
-        name = "dense" if r["method"] == "dense" else f"{r['method']} {r['keep_ratio']:g}"
-        lines.append(
-            f"| {name} | {r['tflite_mode']} | {r['tflite_bytes']} | {r['tflite_gzip_bytes']} | "
-            f"{ratio} (gzip {gz_ratio}) | {timing} | {percent(r['tflite_clean_acc'])} "
-            f"({percent(r['tflite_keras_clean_acc'])}) | {percent(r['tflite_robust_acc'])} "
-            f"({percent(r['tflite_keras_robust_acc'])}) |"
-        )
-    if dense:
-        lines += ["", f"Dense fp32 file: {dense['tflite_fp32_bytes']} bytes."]
-    most_pruned = min(
-        (r for r in deployed if r["method"] == "hydra" and len(r.get("tflite_modes", {})) > 1),
-        key=lambda r: r["keep_ratio"],
-        default=None,
-    )
-    if most_pruned:
-        lines += [
-            "",
-            f"Every mode of hydra {most_pruned['keep_ratio']:g} (what `auto` chose from):",
-            "",
-            "| mode | bytes | gzip bytes | XNNPACK | latency ms | load MB | clean % | robust % |",
-            "|---|---|---|---|---|---|---|---|",
-        ]
-        for mode, m in most_pruned["tflite_modes"].items():
-            timing = (
-                "-"
-                if not m["latency_ms"]
-                else (f"{m['latency_ms']['1']:.3f} / {m['latency_ms']['32']:.2f}")
-            )
-            load = "-" if m["load_mb"] is None else f"{m['load_mb']:.1f}"
-            xnnpack = "yes" if m["xnnpack"] else f"no: {m['xnnpack_note']}"
-            lines.append(
-                f"| {mode} | {m['bytes']} | {m['gzip_bytes']} | {xnnpack} | {timing} | {load} | "
-                f"{percent(m['clean_acc'])} | {percent(m['robust_acc'])} |"
-            )
-    return lines

@@ -1,8 +1,10 @@
-"""The one Table-1 renderer: HYDRA and LWM over keep ratios, and their gap.
+"""Reports: the one Table-1 renderer, and the pipeline's Markdown.
 
 The pipeline (one network per cell) and the study (mean ± std over seeds)
-print the same table shape, the paper's Table 1; they differ only in how a
-cell is written and in the labels.
+print the same table shape, the paper's Table 1 (`method_table`); they differ
+only in how a cell is written and in the labels. `results_markdown` and
+`deployment_markdown` write the pipeline's `results.md`; `check_comparable`
+keeps rows evaluated differently out of one table.
 """
 
 
@@ -41,4 +43,136 @@ def method_table(rows, cell, ratio_label, delta_label):
         else:
             deltas.append("-")
     lines.append("| " + " | ".join(deltas) + " |")
+    return lines
+
+
+def check_comparable(rows):
+    """Raises ValueError unless every row was evaluated the same way.
+
+    One table must not mix, say, PGD-10 and PGD-50 numbers, or different test
+    sets: each row's attack (or certification) and number of examples must
+    agree.
+    """
+    first = rows[0]
+    for row in rows[1:]:
+        for field in ("attack", "num_examples"):
+            if row.get(field) != first.get(field):
+                raise ValueError(
+                    f"Rows evaluated differently cannot share a table: {row['method']} keep "
+                    f"{row['keep_ratio']:g} has {field} {row.get(field)}, {first['method']} has "
+                    f"{first.get(field)}."
+                )
+
+
+def results_markdown(results):
+    """The results as a Markdown table shaped like the paper's Table 1."""
+    config = results["config"]
+    rows = results["rows"]
+    check_comparable(rows)
+    ratios = keep_ratios(rows)
+    attack = rows[0]["attack"]
+    objective = config["objective"]
+    if attack.get("name") == "certify_l2":
+        caption = (
+            f"Objective {objective['name']} (sigma {objective['sigma']:g}); certified "
+            f"accuracy of the smoothed classifier at L2 radius {attack['radius']:g} "
+            f"(n0 {attack['n0']}, n {attack['n']}, alpha {attack['alpha']:g}), on "
+            f"{rows[0]['num_examples']} test examples. Cells: certified % (clean % of the "
+            "base network)."
+        )
+    else:
+        caption = (
+            f"Objective {objective['name']} (eps {objective['eps']:g}); "
+            f"robust accuracy under L-inf PGD-{attack['steps']} with {attack['restarts']} "
+            f"restart(s) at eps {attack['eps']:g}, on {rows[0]['num_examples']} test "
+            "examples. Cells: robust % (clean %)."
+        )
+    lines = [f"# HYDRA vs LWM: {config['arch']} on {config['dataset']}", "", caption, ""]
+    lines += method_table(
+        rows,
+        cell=lambda r: f"{100 * r['robust_acc']:.1f} ({100 * r['clean_acc']:.1f})",
+        ratio_label=lambda k: f"{(1 - k) * 100:g}% pruned",
+        delta_label="HYDRA - LWM (robust)",
+    )
+    lines += ["", "Measured sparsity of the exported kernels:", ""]
+    for r in rows:
+        lines.append(f"- {r['method']} keep {r['keep_ratio']:g}: {100 * r['sparsity']:.2f}% zeros")
+    if "kept_overlap" in results:
+        smallest = min(ratios)
+        lines += [
+            "",
+            (
+                f"At keep {smallest:g}, {100 * results['kept_overlap']:.1f}% of the weights HYDRA "
+                "keeps are among the largest-magnitude weights LWM keeps; the rest are smaller "
+                "weights that LWM prunes."
+            ),
+        ]
+    for name, path in results.get("figures", {}).items():
+        lines += ["", f"![{name}]({path})"]
+    lines += deployment_markdown(rows)
+    if "seconds" in results:
+        lines += ["", f"Total time: {results['seconds'] / 60:.1f} min."]
+    return "\n".join(lines) + "\n"
+
+
+def deployment_markdown(rows):
+    """The TF Lite table of the results (empty if nothing was exported)."""
+    deployed = [r for r in rows if "tflite_mode" in r]
+    if not deployed:
+        return []
+    dense = next((r for r in rows if "tflite_fp32_bytes" in r), None)
+    percent = lambda v: "-" if v is None else f"{100 * v:.1f}"
+    lines = [
+        "",
+        "## Deployment (TF Lite)",
+        "",
+        (
+            f"Each network's TF Lite file, verified with LiteRT on {deployed[0]['tflite_num_examples']} "
+            "test images. Robust accuracy: adversarial examples crafted on the Keras model (the "
+            "table's attack) transferred to the file; Keras' accuracy on the same examples in "
+            "parentheses. Latency: median at batch 1 / 32, 2 threads."
+        ),
+        "",
+        "| model | mode | bytes | gzip bytes | dense fp32 / this | latency ms | clean % | robust % |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in deployed:
+        ratio = f"{dense['tflite_fp32_bytes'] / r['tflite_bytes']:.1f}x" if dense else "-"
+        gz_ratio = f"{dense['tflite_fp32_bytes'] / r['tflite_gzip_bytes']:.1f}x" if dense else "-"
+        latency = r["tflite_latency_ms"]
+        timing = "-" if latency is None else f"{latency['1']:.3f} / {latency['32']:.2f}"
+        name = "dense" if r["method"] == "dense" else f"{r['method']} {r['keep_ratio']:g}"
+        lines.append(
+            f"| {name} | {r['tflite_mode']} | {r['tflite_bytes']} | {r['tflite_gzip_bytes']} | "
+            f"{ratio} (gzip {gz_ratio}) | {timing} | {percent(r['tflite_clean_acc'])} "
+            f"({percent(r['tflite_keras_clean_acc'])}) | {percent(r['tflite_robust_acc'])} "
+            f"({percent(r['tflite_keras_robust_acc'])}) |"
+        )
+    if dense:
+        lines += ["", f"Dense fp32 file: {dense['tflite_fp32_bytes']} bytes."]
+    most_pruned = min(
+        (r for r in deployed if r["method"] == "hydra" and len(r.get("tflite_modes", {})) > 1),
+        key=lambda r: r["keep_ratio"],
+        default=None,
+    )
+    if most_pruned:
+        lines += [
+            "",
+            f"Every mode of hydra {most_pruned['keep_ratio']:g} (what `auto` chose from):",
+            "",
+            "| mode | bytes | gzip bytes | XNNPACK | latency ms | load MB | clean % | robust % |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for mode, m in most_pruned["tflite_modes"].items():
+            timing = (
+                "-"
+                if not m["latency_ms"]
+                else (f"{m['latency_ms']['1']:.3f} / {m['latency_ms']['32']:.2f}")
+            )
+            load = "-" if m["load_mb"] is None else f"{m['load_mb']:.1f}"
+            xnnpack = "yes" if m["xnnpack"] else f"no: {m['xnnpack_note']}"
+            lines.append(
+                f"| {mode} | {m['bytes']} | {m['gzip_bytes']} | {xnnpack} | {timing} | {load} | "
+                f"{percent(m['clean_acc'])} | {percent(m['robust_acc'])} |"
+            )
     return lines

@@ -18,6 +18,7 @@ from absl import logging
 from hydra_tf import distribute
 from hydra_tf import files
 from hydra_tf import training
+from hydra_tf.experiments import analysis
 from hydra_tf.experiments import pipeline
 from hydra_tf.experiments import report
 
@@ -84,7 +85,7 @@ def aggregate(runs):
     Raises:
       ValueError: if the runs' rows were not all evaluated the same way.
     """
-    pipeline.check_comparable([row for _, _, results in runs for row in results["rows"]])
+    report.check_comparable([row for _, _, results in runs for row in results["rows"]])
     groups = {}
     for arch, seed, results in runs:
         for row in results["rows"]:
@@ -289,13 +290,13 @@ def run(base, archs, seeds, output_dir, strategy=None, jit_compile=False, schedu
         arch_runs = [(config, results) for a, _, config, results in runs if a == arch]
         overlaps[arch] = [results["kept_overlap"] for _, results in arch_runs]
         config = arch_runs[0][0]  # magnitudes of the first seed
-        kept = pipeline.kept_weights(
+        kept = analysis.kept_weights(
             os.path.join(config.workdir, "dense", "pretrain", training.MODEL_FILE),
             os.path.join(config.workdir, f"hydra_{smallest:g}", "prune", training.MODEL_FILE),
             smallest,
         )
         arch_dir = os.path.join(output_dir, arch)
-        paths = pipeline.figures(
+        paths = analysis.figures(
             arch_dir,
             [r for r in rows if r["arch"] == arch],
             kept,
