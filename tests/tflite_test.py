@@ -10,6 +10,7 @@ import tensorflow as tf
 
 from hydra_tf import export
 from hydra_tf.export import tflite
+from hydra_tf.export import tflite_graph
 from hydra_tf.models import masks
 from hydra_tf.objectives import attacks
 from tests import helpers
@@ -100,7 +101,7 @@ class ConvertTest(tf.test.TestCase):
 
     def test_edge_graph_computes_the_same_function_with_a_conv_head(self):
         plain = _pruned(0.1)
-        edge = tflite.edge_graph(plain)
+        edge = tflite_graph.edge_graph(plain)
         self.assertFalse(any(isinstance(layer, keras.layers.Dense) for layer in edge.layers))
         images, _ = helpers.fashion_arrays("test", 64)
         self.assertAllClose(
@@ -112,13 +113,13 @@ class ConvertTest(tf.test.TestCase):
         x = keras.layers.Conv2D(4, 3)(inputs)
         x = keras.layers.GlobalAveragePooling2D()(x)
         model = keras.Model(inputs, keras.layers.Dense(5)(x))
-        edge = tflite.edge_graph(model)
+        edge = tflite_graph.edge_graph(model)
         self.assertIs(edge, model)
         inputs = keras.Input((8, 8, 3))
         flat = keras.layers.Flatten()(keras.layers.Conv2D(4, 3)(inputs))
         two_heads = keras.layers.Add()([keras.layers.Dense(5)(flat), keras.layers.Dense(5)(flat)])
         model = keras.Model(inputs, two_heads)
-        edge = tflite.edge_graph(model)
+        edge = tflite_graph.edge_graph(model)
         self.assertTrue(any(isinstance(layer, keras.layers.Dense) for layer in edge.layers))
         x = np.random.default_rng(0).random((4, 8, 8, 3)).astype(np.float32)
         self.assertAllClose(edge.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-6)
