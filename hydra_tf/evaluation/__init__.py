@@ -1,10 +1,10 @@
 """Evaluation: clean accuracy and accuracy under a strong L-inf PGD attack.
 
 The network always runs in inference mode, and in float32 (a network trained
-with mixed precision is evaluated on a float32 copy of its weights). The default attack (50 steps, 2
-random restarts) is strong enough to trust for the models trained here; an
-example counts as robust only if it is classified correctly clean and after
-every restart.
+with mixed precision is evaluated on a float32 copy of its weights). The
+default attack (50 steps, 2 random restarts) is strong enough to trust for
+the models trained here; an example counts as robust only if it is
+classified correctly clean and after every restart.
 """
 
 import dataclasses

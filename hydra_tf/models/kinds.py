@@ -61,9 +61,7 @@ def is_prunable(layer):
     return kind(layer) in PRUNABLE_KINDS
 
 
-def is_scored(layer):
-    """Whether `layer` is a score layer (its kernel is masked)."""
-    return isinstance(layer, (score_layers.ScoredConv2D, score_layers.ScoredDense))
+is_scored = score_layers.is_scored
 
 
 def kernel(layer):

@@ -252,9 +252,14 @@ def _pair(value, name):
     return value
 
 
+def is_scored(layer):
+    """Whether `layer` is a score layer (its kernel is masked by its scores)."""
+    return isinstance(layer, _Scored)
+
+
 def scored_layers(model):
     """All score layers of `model`, in order (nested models included)."""
-    return [layer for layer in _walk(model) if isinstance(layer, _Scored)]
+    return [layer for layer in _walk(model) if is_scored(layer)]
 
 
 def pruned_layers(model):

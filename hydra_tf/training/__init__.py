@@ -39,10 +39,7 @@ SCHEDULES = ("cosine", "constant")
 # `weight_decay`, the reference code's); decoupled: Keras' `weight_decay`
 # (w -= lr * wd * w after the update, as in AdamW).
 WEIGHT_DECAY_MODES = ("coupled", "decoupled")
-# Batch normalisation while pruning: "train" (the reference: gamma / beta
-# train, batch statistics, moving averages updated), "freeze_affine" (the
-# reference's --freeze_bn: gamma / beta frozen, batch statistics still used),
-# "freeze" (inference mode with the dense network's statistics).
+# BatchNorm while pruning; see `phases.prepare`.
 PRUNE_BN_MODES = phases.PRUNE_BN_MODES
 # Bumped when training changes what a configuration computes, so that a
 # finished run of older code is not mistaken for a run of this one.
@@ -252,6 +249,9 @@ class _StopOnCollapse(keras.callbacks.Callback):
     def _healthy(self, accuracy, share):
         return accuracy >= 2 * self._chance and share < _COLLAPSE_SHARE
 
+    def _collapsed(self, accuracy, share):
+        return accuracy < 2 * self._chance and share >= _COLLAPSE_SHARE
+
     def on_train_begin(self, logs=None):
         self._was_healthy = self._healthy(*self._state())
 
@@ -259,7 +259,7 @@ class _StopOnCollapse(keras.callbacks.Callback):
         accuracy, share = self._state()
         if self._healthy(accuracy, share):
             self._was_healthy = True
-        elif self._was_healthy and share >= _COLLAPSE_SHARE and accuracy < 2 * self._chance:
+        elif self._was_healthy and self._collapsed(accuracy, share):
             raise CollapsedRunError(
                 f"{self._name} collapsed at epoch {epoch + 1}: the network gives one class for "
                 f"{100 * share:.0f}% of {len(self._labels)} test images (accuracy "
