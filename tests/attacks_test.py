@@ -59,6 +59,21 @@ class PGDTest(tf.test.TestCase):
         self.assertGreater(float(tf.reduce_mean(tf.cast(clean, tf.float32))), 0.6)
         self.assertLess(float(tf.reduce_mean(tf.cast(robust, tf.float32))), 0.03)
 
+    def test_stronger_attack_never_reports_more_robustness(self):
+        # PGD-20 with 2 restarts reports no more robustness than one signed step
+        # from the clean point (FGSM), which reports no more than clean accuracy.
+        model = helpers.natural_cnn_small()
+        x, y = helpers.fashion_arrays("test", 200)
+        fgsm = attacks.PGDConfig(eps=0.05, steps=1, step_size=0.05, random_start=False)
+        strong = attacks.PGDConfig(eps=0.05, steps=20, restarts=2)
+        clean, weak = attacks.robust_correct(model, x, y, fgsm)
+        _, robust = attacks.robust_correct(model, x, y, strong)
+        clean, weak, robust = clean.numpy(), weak.numpy(), robust.numpy()
+        self.assertLess(robust.mean(), weak.mean())
+        self.assertLessEqual(weak.mean(), clean.mean())
+        # A point counts as robust only if it is classified correctly clean.
+        self.assertFalse(np.any((robust | weak) & ~clean))
+
     def test_trades_kl_attack_is_strong_on_undefended_model(self):
         # The attack TRADES trains against: KL from the clean prediction, from a
         # near-clean start. It must raise the divergence far above random noise
