@@ -17,6 +17,7 @@ from hydra_tf import objectives
 from hydra_tf import training
 from hydra_tf.export import tflite
 from hydra_tf.models import architectures
+from hydra_tf.objectives import attacks
 
 DATASET = flags.DEFINE_enum("dataset", "fashion_mnist", data.SUPPORTED_DATASETS, "Dataset.")
 DATA_DIR = flags.DEFINE_string(
@@ -52,6 +53,14 @@ SIGMA = flags.DEFINE_float(
     lower_bound=0.0,
 )
 SEED = flags.DEFINE_integer("seed", 0, "Random seed.")
+ATTACK = flags.DEFINE_enum(
+    "attack",
+    None,
+    attacks.ATTACKS,
+    "Evaluation attack: autoattack (standard AutoAttack: APGD-CE, APGD-T, FAB-T, Square, each "
+    "on the points still robust; the default except in the tiny preset), pgd (quick: PGD-50, "
+    "2 restarts) or one attack of AutoAttack.",
+)
 WEIGHT_DECAY_MODE = flags.DEFINE_enum(
     "weight_decay_mode",
     "coupled",

@@ -1,11 +1,16 @@
-"""Evaluates a trained network: clean accuracy and L-inf PGD accuracy, as JSON.
+"""Evaluates a trained network: clean accuracy and L-inf robust accuracy, as JSON.
 
 Example:
   python -m binaries.evaluate --checkpoint=runs/finetune/model.keras \
-      --eps=0.1 --steps=50 --restarts=2 --output=runs/finetune/eval.json
+      --eps=0.1 --output=runs/finetune/eval.json
 
-The network runs in inference mode. The JSON holds clean_acc, robust_acc, the
-attack settings, the number of examples and the measured kernel sparsity.
+The attack is standard AutoAttack by default (--attack=autoattack: APGD-CE,
+APGD-T, FAB-T, Square, each on the points the earlier ones left robust, with
+the robust accuracy after each); --attack=pgd is PGD with --steps and
+--restarts. A killed AutoAttack evaluation resumes from --state (default:
+<output>.state.npz). The network runs in inference mode. The JSON holds
+clean_acc, robust_acc, the attack settings, the number of examples and the
+measured kernel sparsity.
 """
 
 import json
@@ -28,7 +33,7 @@ _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "model.keras to evaluate."
 _STEPS = flags.DEFINE_integer(
     "steps",
     evaluation.DEFAULT_STEPS,
-    "PGD steps of the evaluation attack.",
+    "PGD steps of the evaluation attack (--attack=pgd).",
     lower_bound=0,
 )
 _RESTARTS = flags.DEFINE_integer(
@@ -36,6 +41,22 @@ _RESTARTS = flags.DEFINE_integer(
 )
 _STEP_SIZE = flags.DEFINE_float("step_size", None, "PGD step size (default 2.5 * eps / steps).")
 _OUTPUT = flags.DEFINE_string("output", None, "Where to write the JSON (default: print it).")
+_STATE = flags.DEFINE_string(
+    "state", None, "Resumable attack state (default: <output>.state.npz; none without --output)."
+)
+
+
+def attack():
+    """The evaluation attack the flags describe."""
+    name = common.ATTACK.value or "autoattack"
+    if name == "pgd":
+        return attacks.PGDConfig(
+            eps=common.EPS.value,
+            steps=_STEPS.value,
+            restarts=_RESTARTS.value,
+            step_size=_STEP_SIZE.value,
+        )
+    return attacks.make(name, common.EPS.value)
 
 
 def _evaluate():
@@ -45,17 +66,13 @@ def _evaluate():
     test_ds, _ = data.load(
         common.DATASET.value, "test", common.DATA_DIR.value, common.TEST_LIMIT.value
     )
-    attack = attacks.PGDConfig(
-        eps=common.EPS.value,
-        steps=_STEPS.value,
-        restarts=_RESTARTS.value,
-        step_size=_STEP_SIZE.value,
-    )
+    state = _STATE.value or (_OUTPUT.value + ".state.npz" if _OUTPUT.value else None)
     result = evaluation.evaluate(
         network,
         data.make_pipeline(test_ds, common.BATCH_SIZE.value, training=False),
-        attack,
+        attack(),
         strategy=strategy,
+        state_path=state,
     )
     if not distribute.is_chief(strategy):
         return

@@ -109,6 +109,7 @@ class EndToEndTest(tf.test.TestCase):
             "evaluate",
             f"--checkpoint={pruned}/model.keras",
             "--test_limit=32",
+            "--attack=pgd",
             "--steps=3",
             "--restarts=1",
             f"--output={report}",

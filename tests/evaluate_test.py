@@ -22,6 +22,7 @@ class EvaluateBinaryTest(tf.test.TestCase):
             "--test_limit=40",
             "--batch_size=20",
             "--eps=0.05",
+            "--attack=pgd",
             "--steps=2",
             "--restarts=1",
             f"--output={report}",
@@ -35,6 +36,33 @@ class EvaluateBinaryTest(tf.test.TestCase):
         self.assertBetween(values["robust_acc"], 0.0, values["clean_acc"])
         self.assertAlmostEqual(values["sparsity"], 0.95, delta=1e-3)
         self.assertEqual(values["checkpoint"], checkpoint)
+
+    def test_cascade_attack_reports_each_stage_and_keeps_state(self):
+        work = tempfile.mkdtemp()
+        checkpoint = os.path.join(work, "model.keras")
+        architectures.build("cnn_small", (28, 28, 1), 10, keep_ratio=0.05).save(checkpoint)
+        report = os.path.join(work, "eval.json")
+        result = binaries_test.run_binary(
+            "evaluate",
+            f"--checkpoint={checkpoint}",
+            "--test_limit=24",
+            "--eps=0.05",
+            "--attack=apgd-ce",
+            f"--output={report}",
+        )
+        self.assertEqual(result.returncode, 0, result.stderr[-3000:])
+        with open(report) as f:
+            values = json.load(f)
+        self.assertEqual(values["attack"]["name"], "apgd-ce")
+        self.assertEqual([s["attack"] for s in values["stages"]], ["apgd-ce"])
+        self.assertEqual(values["stages"][0]["robust_acc"], values["robust_acc"])
+        self.assertTrue(os.path.exists(report + ".state.npz"))
+
+    def test_unknown_attack(self):
+        result = binaries_test.run_binary("evaluate", "--checkpoint=x.keras", "--attack=cw")
+        self.assertNotEqual(result.returncode, 0)
+        self.assertIn("--attack", result.stderr)
+        self.assertNotIn("Traceback", result.stderr)
 
     def test_missing_checkpoint(self):
         result = binaries_test.run_binary("evaluate", "--checkpoint=/nonexistent/model.keras")

@@ -1,18 +1,24 @@
-"""Evaluation: clean accuracy and accuracy under a strong L-inf PGD attack.
+"""Evaluation: clean accuracy and accuracy under L-inf attacks.
 
 The network always runs in inference mode, and in float32 (a network trained
-with mixed precision is evaluated on a float32 copy of its weights). The
-default attack (50 steps, 2 random restarts) is strong enough to trust for
-the models trained here; an example counts as robust only if it is
-classified correctly clean and after every restart.
+with mixed precision is evaluated on a float32 copy of its weights). Two kinds
+of attack:
+
+- PGD (`attacks.PGDConfig`, 50 steps and 2 random restarts by default): quick;
+  an example counts as robust only if it is classified correctly clean and
+  after every restart.
+- Every other attack of `hydra_tf.objectives.attacks`, and the standard
+  AutoAttack cascade, run by `cascade` on the points still robust, resumable.
 """
 
 import dataclasses
 import time
 
+import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from hydra_tf.evaluation import cascade
 from hydra_tf.models import layers
 from hydra_tf.models import precision
 from hydra_tf.objectives import attacks
@@ -35,9 +41,19 @@ class EvalResult:
     num_examples: int
     attack: dict
     seconds: float
+    # Robust accuracy after each attack of a cascade (empty for PGD).
+    stages: tuple = ()
+    # Cascades only: the adversarial point of each example (see `cascade`).
+    adversarial: object = dataclasses.field(default=None, repr=False, compare=False)
 
     def to_json(self):
-        return dataclasses.asdict(self)
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        values.pop("adversarial")
+        if not self.stages:
+            values.pop("stages")
+        else:
+            values["stages"] = [stage.to_json() for stage in self.stages]
+        return values
 
 
 def batch_counter(network, attack):
@@ -69,16 +85,19 @@ def _distributed(batch_counts, strategy):
     return run
 
 
-def evaluate(network, dataset, attack, log_every=20, strategy=None):
-    """Clean and PGD accuracy of `network` on a batched `dataset`.
+def evaluate(network, dataset, attack, log_every=20, strategy=None, state_path=None):
+    """Clean and robust accuracy of `network` on a batched `dataset`.
 
     Args:
       network: a model mapping images in [0, 1] to logits.
       dataset: a batched `tf.data.Dataset` of (images, labels).
-      attack: an `attacks.PGDConfig`.
-      log_every: log progress every this many batches.
+      attack: an `attacks.PGDConfig`, another attack of `attacks.REGISTRY`
+        or an `attacks.Cascade` (AutoAttack).
+      log_every: log PGD's progress every this many batches.
       strategy: a `tf.distribute.Strategy`; with several replicas each batch
         is split between them (load `network` inside its scope).
+      state_path: for attacks other than PGD, the `.npz` file that makes the
+        evaluation resumable.
 
     Returns:
       An `EvalResult`.
@@ -86,6 +105,8 @@ def evaluate(network, dataset, attack, log_every=20, strategy=None):
     # A mixed-precision network is attacked in float32 (`precision`).
     with (strategy or tf.distribute.get_strategy()).scope():
         network = precision.as_float32(network)
+    if not isinstance(attack, attacks.PGDConfig):
+        return _evaluate_cascade(network, dataset, attack, strategy, state_path)
     batch_counts = batch_counter(network, attack)
     if strategy is not None and strategy.num_replicas_in_sync > 1:
         run = _distributed(batch_counts, strategy)
@@ -119,4 +140,22 @@ def evaluate(network, dataset, attack, log_every=20, strategy=None):
         num_examples=seen,
         attack=attack.to_json(),
         seconds=time.time() - start,
+    )
+
+
+def _evaluate_cascade(network, dataset, attack, strategy, state_path):
+    pairs = [(x.numpy(), y.numpy()) for x, y in dataset]
+    if not pairs:
+        raise ValueError("The evaluation dataset is empty.")
+    images = np.concatenate([x for x, _ in pairs])
+    labels = np.concatenate([y for _, y in pairs])
+    result = cascade.run(network, images, labels, attack, state_path=state_path, strategy=strategy)
+    return EvalResult(
+        clean_acc=float(result.clean.mean()),
+        robust_acc=float(result.robust.mean()),
+        num_examples=len(labels),
+        attack=attack.to_json(),
+        seconds=result.seconds,
+        stages=tuple(result.stages),
+        adversarial=result.adversarial,
     )

@@ -68,7 +68,7 @@ class PGDConfig:
         }
 
 
-def _ascent_direction(kind, logits, y, target_probs):
+def ascent_direction(kind, logits, y, target_probs):
     """A positive per-example multiple of d(attack loss)/d(logits), never underflowing.
 
     "ce": the cross-entropy gradient is softmax(z) - onehot(y). For a
@@ -98,14 +98,14 @@ def _ascent_direction(kind, logits, y, target_probs):
 def input_gradient(model, x, y, loss="ce", target_probs=None):
     """A per-example positive multiple of the attack loss' gradient w.r.t. `x`.
 
-    The backward pass starts from `_ascent_direction`, whose entries are of
+    The backward pass starts from `ascent_direction`, whose entries are of
     order 1, so it does not flush to zero in a float16 (mixed precision)
     network; the result is float32, like `x`.
     """
     with tf.GradientTape() as tape:
         tape.watch(x)
         logits = model(x, training=False)
-    direction = _ascent_direction(loss, logits, y, target_probs)
+    direction = ascent_direction(loss, logits, y, target_probs)
     grad = tape.gradient(logits, x, output_gradients=tf.cast(direction, logits.dtype))
     return tf.cast(grad, x.dtype)
 

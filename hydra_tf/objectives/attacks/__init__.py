@@ -1,0 +1,92 @@
+"""L-inf attacks: PGD, APGD (CE and targeted DLR), FAB-T, Square and AutoAttack.
+
+Every attack is a frozen config dataclass with
+  - `name`: its registry name (for example "apgd-ce");
+  - `eps`: the L-inf radius;
+  - `perturb(model, x, y)`: graph-compatible TensorFlow that returns one
+    point per example inside the eps-ball around `x` and inside [0, 1]: an
+    adversarial example where the attack found one, else its best try. The
+    model is always called with `training=False`;
+  - `to_json()`: its settings, for result files and cache keys.
+
+`REGISTRY` maps names to factories `(eps, **options) -> attack`; the binaries
+take their `--attack` choices from it. "autoattack" is the standard cascade of
+Croce & Hein (2020); `hydra_tf.evaluation` runs it, each attack only on the
+points still robust.
+
+Adding an attack: one module with its config class (copy `apgd.py`; PGD is in `linf_pgd.py`), one entry
+in `REGISTRY`, and its tests (inside the ball, breaks an undefended network).
+"""
+
+import dataclasses
+
+from hydra_tf.objectives.attacks import apgd
+from hydra_tf.objectives.attacks.linf_pgd import ATTACK_LOSSES
+from hydra_tf.objectives.attacks.linf_pgd import PGDConfig
+from hydra_tf.objectives.attacks.linf_pgd import input_gradient
+from hydra_tf.objectives.attacks.linf_pgd import pgd
+from hydra_tf.objectives.attacks.linf_pgd import robust_correct
+
+__all__ = [
+    "ATTACKS",
+    "ATTACK_LOSSES",
+    "REGISTRY",
+    "Cascade",
+    "PGDConfig",
+    "input_gradient",
+    "make",
+    "pgd",
+    "robust_correct",
+]
+
+
+@dataclasses.dataclass(frozen=True)
+class Cascade:
+    """Attacks run one after the other, each on the points the earlier ones left robust."""
+
+    name: str
+    attacks: tuple
+
+    @property
+    def eps(self):
+        return self.attacks[0].eps
+
+    def to_json(self):
+        return {"name": self.name, "attacks": [a.to_json() for a in self.attacks]}
+
+
+def _pgd(eps, steps=50, restarts=2, step_size=None, **_):
+    return PGDConfig(eps=eps, steps=steps, restarts=restarts, step_size=step_size)
+
+
+def _apgd(loss):
+    def factory(eps, steps=apgd.DEFAULT_STEPS, restarts=1, targets=apgd.DEFAULT_TARGETS, **_):
+        return apgd.APGDConfig(eps=eps, loss=loss, steps=steps, restarts=restarts, targets=targets)
+
+    return factory
+
+
+def _autoattack(eps, **options):
+    """The standard version: APGD-CE, APGD-T, FAB-T, Square."""
+    return Cascade(
+        name="autoattack",
+        attacks=tuple(REGISTRY[name](eps, **options) for name in STANDARD),
+    )
+
+
+REGISTRY = {
+    "pgd": _pgd,
+    "apgd-ce": _apgd("ce"),
+    "apgd-dlr": _apgd("dlr"),
+    "apgd-t": _apgd("dlr-targeted"),
+    "autoattack": _autoattack,
+}
+STANDARD = ("apgd-ce", "apgd-t")
+ATTACKS = tuple(REGISTRY)
+
+
+def make(name, eps, **options):
+    """The attack `name` at radius `eps`; options it does not take are ignored."""
+    if name not in REGISTRY:
+        raise ValueError(f"Unknown attack {name!r}. Supported: {', '.join(ATTACKS)}.")
+    return REGISTRY[name](eps, **options)

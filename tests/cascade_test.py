@@ -1,0 +1,159 @@
+"""Tests for hydra_tf.evaluation.cascade: attack order, bounds checks, resume, replicas."""
+
+import dataclasses
+import os
+from typing import ClassVar
+
+import numpy as np
+import tensorflow as tf
+
+from hydra_tf.evaluation import cascade
+from hydra_tf.objectives import attacks
+from tests import helpers
+
+
+def _mean_model(x, training=False):
+    """Two classes: 1 when the image's mean exceeds 0.5."""
+    del training
+    mean = tf.reduce_mean(x, axis=[1, 2, 3])
+    return tf.stack([0.5 - mean, mean - 0.5], axis=1)
+
+
+@dataclasses.dataclass(frozen=True)
+class Shift:
+    """A deterministic 'attack': every pixel moved by `shift` (clipped), counting its calls."""
+
+    eps: float
+    shift: float
+    label: str = "shift"
+    calls: list = dataclasses.field(default_factory=list, compare=False)
+    fail_after: int | None = None
+    kind: ClassVar[str] = "test"
+
+    @property
+    def name(self):
+        return self.label
+
+    def to_json(self):
+        return {"name": self.label, "eps": self.eps, "shift": self.shift}
+
+    def perturb(self, model, x, y):
+        del model, y
+        if not tf.executing_eagerly():  # traced: nothing to count
+            return tf.clip_by_value(x + self.shift, 0.0, 1.0)
+        self.calls.append(int(x.shape[0]))
+        if self.fail_after is not None and len(self.calls) > self.fail_after:
+            raise KeyboardInterrupt("killed")
+        return tf.clip_by_value(x + self.shift, 0.0, 1.0)
+
+
+def _data(n=40):
+    # Means spread over [0.3, 0.7]; labels say which side of 0.5.
+    means = np.linspace(0.3, 0.7, n).astype(np.float32)
+    images = np.broadcast_to(means[:, None, None, None], (n, 4, 4, 1)).copy()
+    labels = (means > 0.5).astype(np.int64)
+    return images, labels
+
+
+class CascadeTest(tf.test.TestCase):
+    def setUp(self):
+        super().setUp()
+        # Functions run eagerly, so the fake attacks can count their calls.
+        tf.config.run_functions_eagerly(True)
+        self.addCleanup(tf.config.run_functions_eagerly, False)
+
+    def test_each_attack_runs_only_on_points_still_robust(self):
+        images, labels = _data()
+        up, down = Shift(0.1, 0.1, "up"), Shift(0.1, -0.1, "down")
+        result = cascade.run(
+            _mean_model, images, labels, attacks.Cascade("c", (up, down)), batch_size=8
+        )
+        means = images.mean(axis=(1, 2, 3))
+        # Moving up breaks class 0 points within 0.1 of 0.5, down class 1 ones.
+        up_breaks = (labels == 0) & (means + 0.1 > 0.5)
+        down_breaks = (labels == 1) & (means - 0.1 <= 0.5)
+        self.assertAllEqual(result.clean, np.ones(40, bool))
+        self.assertAllEqual(result.robust, ~(up_breaks | down_breaks))
+        self.assertEqual(sum(up.calls), 40)
+        self.assertEqual(sum(down.calls), 40 - up_breaks.sum())
+        self.assertEqual([s.attack for s in result.stages], ["up", "down"])
+        self.assertEqual(result.stages[0].broken, up_breaks.sum())
+        self.assertAlmostEqual(result.stages[1].robust_acc, result.robust.mean())
+        # Broken points keep the point that broke them.
+        broken = np.flatnonzero(down_breaks)
+        self.assertAllClose(result.adversarial[broken], images[broken] - 0.1)
+
+    def test_misclassified_points_are_not_attacked(self):
+        images, labels = _data()
+        labels = 1 - labels
+        attack = Shift(0.1, 0.1)
+        result = cascade.run(_mean_model, images, labels, attack)
+        self.assertEqual(sum(attack.calls), 0)
+        self.assertEqual(result.robust.sum(), 0)
+
+    def test_points_outside_the_ball_are_refused(self):
+        images, labels = _data()
+        with self.assertRaises(cascade.AttackOutOfBoundsError):
+            cascade.run(_mean_model, images, labels, Shift(0.05, 0.1))
+
+    def test_killed_run_resumes_without_repeating_work(self):
+        images, labels = _data()
+        path = os.path.join(self.get_temp_dir(), "state.npz")
+        whole = cascade.run(
+            _mean_model,
+            images,
+            labels,
+            attacks.Cascade("c", (Shift(0.1, 0.1, "up"), Shift(0.1, -0.1, "down"))),
+            batch_size=8,
+        )
+        # Killed in the second attack, after its first batch was saved.
+        down = Shift(0.1, -0.1, "down", fail_after=1)
+        killed = attacks.Cascade("c", (Shift(0.1, 0.1, "up"), down))
+        with self.assertRaises(KeyboardInterrupt):
+            cascade.run(
+                _mean_model, images, labels, killed, batch_size=8, state_path=path, save_every=0
+            )
+        self.assertTrue(os.path.exists(path))
+        up, down = Shift(0.1, 0.1, "up"), Shift(0.1, -0.1, "down")
+        resumed = cascade.run(
+            _mean_model,
+            images,
+            labels,
+            attacks.Cascade("c", (up, down)),
+            batch_size=8,
+            state_path=path,
+        )
+        self.assertEqual(up.calls, [])  # the first attack had finished
+        self.assertEqual(sum(down.calls), whole.stages[0].attacked - whole.stages[0].broken - 8)
+        self.assertAllEqual(resumed.robust, whole.robust)
+        self.assertAllClose(resumed.adversarial, whole.adversarial)
+        self.assertEqual(
+            [s.robust_acc for s in resumed.stages], [s.robust_acc for s in whole.stages]
+        )
+
+    def test_state_of_other_settings_is_refused(self):
+        images, labels = _data()
+        path = os.path.join(self.get_temp_dir(), "state.npz")
+        cascade.run(_mean_model, images, labels, Shift(0.1, 0.1), state_path=path)
+        with self.assertRaisesRegex(cascade.StateMismatchError, "other settings"):
+            cascade.run(_mean_model, images, labels, Shift(0.1, -0.1), state_path=path)
+        with open(path, "wb") as f:
+            f.write(b"not a state")
+        with self.assertRaisesRegex(cascade.StateMismatchError, "Cannot read"):
+            cascade.run(_mean_model, images, labels, Shift(0.1, 0.1), state_path=path)
+
+
+class ReplicasTest(tf.test.TestCase):
+    def test_replicas_attack_their_share_with_the_same_result(self):
+        strategy = helpers.mirrored_cpus()
+        images, labels = _data(41)
+        one = cascade.run(_mean_model, images, labels, Shift(0.1, 0.1), batch_size=10)
+        two = cascade.run(
+            _mean_model, images, labels, Shift(0.1, 0.1), batch_size=10, strategy=strategy
+        )
+        self.assertAllEqual(one.robust, two.robust)
+        self.assertAllClose(one.adversarial, two.adversarial)
+
+
+if __name__ == "__main__":
+    tf.test.main()
