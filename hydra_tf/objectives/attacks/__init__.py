@@ -21,6 +21,8 @@ in `REGISTRY`, and its tests (inside the ball, breaks an undefended network).
 import dataclasses
 
 from hydra_tf.objectives.attacks import apgd
+from hydra_tf.objectives.attacks import fab
+from hydra_tf.objectives.attacks import square
 from hydra_tf.objectives.attacks.linf_pgd import ATTACK_LOSSES
 from hydra_tf.objectives.attacks.linf_pgd import PGDConfig
 from hydra_tf.objectives.attacks.linf_pgd import input_gradient
@@ -66,6 +68,14 @@ def _apgd(loss):
     return factory
 
 
+def _fab(eps, fab_steps=100, targets=apgd.DEFAULT_TARGETS, restarts=1, **_):
+    return fab.FABConfig(eps=eps, steps=fab_steps, targets=targets, restarts=restarts)
+
+
+def _square(eps, queries=5000, restarts=1, **_):
+    return square.SquareConfig(eps=eps, queries=queries, restarts=restarts)
+
+
 def _autoattack(eps, **options):
     """The standard version: APGD-CE, APGD-T, FAB-T, Square."""
     return Cascade(
@@ -79,9 +89,11 @@ REGISTRY = {
     "apgd-ce": _apgd("ce"),
     "apgd-dlr": _apgd("dlr"),
     "apgd-t": _apgd("dlr-targeted"),
+    "fab-t": _fab,
+    "square": _square,
     "autoattack": _autoattack,
 }
-STANDARD = ("apgd-ce", "apgd-t")
+STANDARD = ("apgd-ce", "apgd-t", "fab-t", "square")
 ATTACKS = tuple(REGISTRY)
 
 
