@@ -4,6 +4,7 @@ import functools
 import os
 import subprocess
 import sys
+import tempfile
 
 import keras
 import numpy as np
@@ -23,6 +24,22 @@ def mirrored_cpus():
 
     devices = tf.config.list_logical_devices("CPU")
     return tf.distribute.MirroredStrategy([d.name for d in devices[:2]])
+
+
+def make_tempdir(test_case):
+    """A fresh temporary directory removed after the test.
+
+    `self.create_tempdir()` needs parsed absl flags, which pytest does not do.
+    """
+    tmp = tempfile.TemporaryDirectory()
+    test_case.addCleanup(tmp.cleanup)
+    return tmp.name
+
+
+def collect(dataset):
+    """(images, labels) numpy arrays of an unbatched (image, label) dataset."""
+    images, labels = zip(*dataset.as_numpy_iterator())
+    return np.stack(images), np.array(labels)
 
 
 @functools.cache
