@@ -10,7 +10,9 @@ import keras
 import numpy as np
 
 from hydra_tf import data
+from hydra_tf import export
 from hydra_tf.models import architectures
+from hydra_tf.models import masks
 
 
 @functools.cache
@@ -62,6 +64,18 @@ def natural_cnn_small():
     )
     model.fit(x, y, batch_size=64, epochs=3, verbose=0)
     return model
+
+
+@functools.cache
+def pruned_plain_cnn_small(keep_ratio):
+    """`natural_cnn_small` as a plain model with its smallest weights zeroed (per layer)."""
+    import tensorflow as tf
+
+    plain = export.strip_scores(natural_cnn_small())
+    for kernel in export.kernels(plain):
+        mask = masks.topk_mask(tf.abs(kernel), keep_ratio)
+        kernel.assign(kernel * tf.cast(mask, kernel.dtype))
+    return plain
 
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

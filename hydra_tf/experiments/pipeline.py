@@ -34,6 +34,7 @@ from hydra_tf.experiments import analysis
 from hydra_tf.experiments import records
 from hydra_tf.experiments import report
 from hydra_tf.export import tflite
+from hydra_tf.export import tflite_verify
 from hydra_tf.models import masks
 from hydra_tf.objectives import attacks
 
@@ -226,10 +227,10 @@ def _deploy(config, keras_path, out_dir, name):
     if cached is not None:
         return records.TFLiteRow.from_json(cached)
     plain = keras.saving.load_model(keras_path, safe_mode=True)
-    images, labels, representative = tflite.verification_data(
+    images, labels, representative = tflite_verify.verification_data(
         config.dataset, config.data_dir, config.test_limit, config.train_limit, config.seed
     )
-    result = tflite.deploy(
+    result = tflite_verify.deploy(
         plain, directory, config.tflite_mode, images, labels, config.attack, representative
     )
     chosen = result["modes"][result["mode"]]
