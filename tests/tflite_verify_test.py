@@ -1,7 +1,9 @@
 """Tests for hydra_tf.export.tflite_verify: LiteRT verification, the auto choice and deploy."""
 
 import os
+import re
 import tempfile
+from unittest import mock
 
 import tensorflow as tf
 
@@ -66,7 +68,12 @@ class DeployTest(tf.test.TestCase):
         train, _ = helpers.fashion_arrays("train", 100)
         attack = attacks.PGDConfig(eps=0.1, steps=5)
         with tempfile.TemporaryDirectory() as tmp:
-            result = tflite_verify.deploy(plain, tmp, "auto", images, labels, attack, train)
+            # The TF Lite converter resets the absl logger (to WARNING under pytest):
+            # the lines are taken from the calls.
+            with mock.patch.object(
+                tflite_verify.logging, "info", wraps=tflite_verify.logging.info
+            ) as info:
+                result = tflite_verify.deploy(plain, tmp, "auto", images, labels, attack, train)
             self.assertTrue(os.path.exists(os.path.join(tmp, "tflite.json")))
             chosen = result["modes"][result["mode"]]
             again = tflite_verify.probe(result["path"])
@@ -84,6 +91,18 @@ class DeployTest(tf.test.TestCase):
         self.assertLessEqual(chosen["bytes"], min(result["modes"][n]["bytes"] for n in eligible))
         # The transfer examples are real attacks: they hurt the Keras model.
         self.assertLess(result["keras_robust_acc"], result["keras_clean_acc"])
+        # Progress: a line as each mode starts, and one as it finishes with its time.
+        lines = [call.args[0] % call.args[1:] for call in info.call_args_list]
+        for number, name in enumerate(tflite.MODE_NAMES, 1):
+            progress = f"TF Lite {name} ({number}/8)"
+            started = [line for line in lines if f"{progress}: converting" in line]
+            finished = [
+                line for line in lines if re.search(re.escape(progress) + r": done in \d", line)
+            ]
+            self.assertLen(started, 1, name)
+            self.assertLen(finished, 1, name)
+        runs = f"TF Lite {result['mode']}: ran {tflite_verify.STABILITY_RUNS} more times"
+        self.assertIn(runs, "\n".join(lines))
 
 
 if __name__ == "__main__":

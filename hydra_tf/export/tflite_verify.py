@@ -13,7 +13,8 @@ on XNNPACK and keep accuracy (at most 1 point clean and 2 points robust below
 the Keras model), the smallest file. Its reasons go to the log.
 
 `deploy` converts (`tflite.convert`) and verifies one mode, or every mode for
-`auto`, and writes the report.
+`auto`, and writes the report. Each mode takes some seconds: the log has a
+line as each starts and as each finishes, with the time it took.
 """
 
 import gzip
@@ -22,6 +23,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 
 import numpy as np
 import tensorflow as tf
@@ -236,19 +238,39 @@ def deploy(plain_model, directory, mode, images, labels, attack, representative_
         inputs = (os.path.join(tmp, "clean.npy"), os.path.join(tmp, "adversarial.npy"))
         np.save(inputs[0], np.asarray(images, np.float32))
         np.save(inputs[1], adversarial)
-        for candidate in candidates:
+        for number, candidate in enumerate(candidates, 1):
+            progress = f"TF Lite {candidate.name} ({number}/{len(candidates)})"
+            logging.info("%s: converting, then verifying with LiteRT", progress)
+            start = time.time()
             path = os.path.join(directory, f"{candidate.name}.tflite")
             with open(path, "wb") as f:
                 f.write(tflite.convert(plain_model, candidate, representative_images))
             reports[candidate.name] = verify(path, labels, *inputs)
-            logging.info("TF Lite %s: %s", candidate.name, _summary(reports[candidate.name]))
+            logging.info(
+                "%s: done in %.1fs: %s",
+                progress,
+                time.time() - start,
+                _summary(reports[candidate.name]),
+            )
         while mode == "auto":
             chosen, reasons = choose(reports, keras_clean, keras_robust)
             path = os.path.join(directory, f"{chosen}.tflite")
+            logging.info(
+                "TF Lite %s: running it %d more times, each in a new process",
+                chosen,
+                STABILITY_RUNS,
+            )
+            start = time.time()
             crash = next(
                 (c for c in (probe(path).get("crashed") for _ in range(STABILITY_RUNS)) if c), None
             )
             if crash is None:
+                logging.info(
+                    "TF Lite %s: ran %d more times without a crash in %.1fs",
+                    chosen,
+                    STABILITY_RUNS,
+                    time.time() - start,
+                )
                 break
             logging.warning("TF Lite %s crashed when run again: %s", chosen, crash)
             reports[chosen]["crashed"] = crash
