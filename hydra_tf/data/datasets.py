@@ -68,7 +68,7 @@ def validate_split(split):
 
 
 def validate_positive_int(value, arg_name, allow_none=False):
-    """Returns `value` as an int; ValueError unless it is a positive integer (or None if allowed)."""
+    """`value` as an int; ValueError unless it is a positive integer (or None, if allowed)."""
     if value is None and allow_none:
         return None
     is_int = isinstance(value, numbers.Integral) and not isinstance(value, bool)

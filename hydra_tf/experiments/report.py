@@ -74,7 +74,7 @@ def check_comparable(rows):
 
 
 def results_markdown(results):
-    """A pipeline run's `records.PipelineResults` as Markdown: a table shaped like the paper's Table 1."""
+    """A pipeline run's `records.PipelineResults` as Markdown, shaped like the paper's Table 1."""
     config = results.config
     rows = results.rows
     check_comparable(rows)
@@ -129,6 +129,7 @@ def deployment_markdown(rows):
     deployed = [r for r in rows if r.tflite is not None]
     if not deployed:
         return []
+    examples = deployed[0].tflite.num_examples
     dense = next((r.tflite for r in deployed if r.tflite.fp32_bytes is not None), None)
     percent = lambda v: "-" if v is None else f"{100 * v:.1f}"
     lines = [
@@ -136,7 +137,7 @@ def deployment_markdown(rows):
         "## Deployment (TF Lite)",
         "",
         (
-            f"Each network's TF Lite file, verified with LiteRT on {deployed[0].tflite.num_examples} "
+            f"Each network's TF Lite file, verified with LiteRT on {examples} "
             "test images. Robust accuracy: adversarial examples crafted on the Keras model (the "
             "table's attack) transferred to the file; Keras' accuracy on the same examples in "
             "parentheses. Latency: median at batch 1 / 32, 2 threads."
