@@ -28,7 +28,7 @@ from binaries import common
 from hydra_tf import evaluation
 from hydra_tf import export
 from hydra_tf import files
-from hydra_tf.export import tflite
+from hydra_tf.export import tflite_verify
 from hydra_tf.models import masks
 
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "model.keras to export.", required=True)
@@ -53,14 +53,14 @@ def _export():
     if _FORMAT.value == "tflite":
         if common.TFLITE_MODE.value == "none":
             raise app.UsageError("--format=tflite needs a --tflite_mode other than 'none'.")
-        images, labels, representative = tflite.verification_data(
+        images, labels, representative = tflite_verify.verification_data(
             common.DATASET.value,
             common.DATA_DIR.value,
             common.TEST_LIMIT.value,
             common.TRAIN_LIMIT.value,
             common.SEED.value,
         )
-        result = tflite.deploy(
+        result = tflite_verify.deploy(
             plain,
             os.path.join(_OUTPUT_DIR.value, "tflite"),
             common.TFLITE_MODE.value,

@@ -33,6 +33,7 @@ from absl import logging
 
 from binaries import common
 from hydra_tf.experiments import pipeline
+from hydra_tf.experiments import records
 from hydra_tf.experiments import reproduce
 from hydra_tf.models import architectures
 
@@ -75,7 +76,7 @@ def _merge():
         if not os.path.exists(path):
             raise app.UsageError(f"--merge: {path} not found.")
         with open(path) as f:
-            studies.append(json.load(f))
+            studies.append(records.Study.from_json(json.load(f)))
     try:
         study = reproduce.merge(studies, _MERGE.value, _OUTPUT_DIR.value)
     except ValueError as error:

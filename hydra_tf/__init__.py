@@ -25,7 +25,7 @@ from hydra_tf.experiments.presets import PRESETS
 from hydra_tf.export import layer_sparsity
 from hydra_tf.export import strip_scores
 from hydra_tf.export.tflite import TFLiteConversionError
-from hydra_tf.export.tflite import deploy
+from hydra_tf.export.tflite_verify import deploy
 from hydra_tf.models.architectures import ARCHITECTURES
 from hydra_tf.models.architectures import LayerFactory
 from hydra_tf.models.architectures import build

@@ -4,12 +4,15 @@ import functools
 import os
 import subprocess
 import sys
+import tempfile
 
 import keras
 import numpy as np
 
 from hydra_tf import data
+from hydra_tf import export
 from hydra_tf.models import architectures
+from hydra_tf.models import masks
 
 
 @functools.cache
@@ -23,6 +26,22 @@ def mirrored_cpus():
 
     devices = tf.config.list_logical_devices("CPU")
     return tf.distribute.MirroredStrategy([d.name for d in devices[:2]])
+
+
+def make_tempdir(test_case):
+    """A fresh temporary directory removed after the test.
+
+    `self.create_tempdir()` needs parsed absl flags, which pytest does not do.
+    """
+    tmp = tempfile.TemporaryDirectory()
+    test_case.addCleanup(tmp.cleanup)
+    return tmp.name
+
+
+def collect(dataset):
+    """(images, labels) numpy arrays of an unbatched (image, label) dataset."""
+    images, labels = zip(*dataset.as_numpy_iterator())
+    return np.stack(images), np.array(labels)
 
 
 @functools.cache
@@ -45,6 +64,18 @@ def natural_cnn_small():
     )
     model.fit(x, y, batch_size=64, epochs=3, verbose=0)
     return model
+
+
+@functools.cache
+def pruned_plain_cnn_small(keep_ratio):
+    """`natural_cnn_small` as a plain model with its smallest weights zeroed (per layer)."""
+    import tensorflow as tf
+
+    plain = export.strip_scores(natural_cnn_small())
+    for kernel in export.kernels(plain):
+        mask = masks.topk_mask(tf.abs(kernel), keep_ratio)
+        kernel.assign(kernel * tf.cast(mask, kernel.dtype))
+    return plain
 
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -11,6 +11,7 @@ import tensorflow as tf
 from hydra_tf import objectives
 from hydra_tf.experiments import pipeline
 from hydra_tf.experiments import presets
+from hydra_tf.experiments import records
 from hydra_tf.experiments import report
 
 
@@ -26,13 +27,32 @@ def _tiny(workdir):
     )
 
 
+def _row(method, keep_ratio, attack, num_examples):
+    """A pipeline row of `method` at `keep_ratio` evaluated with `attack` on `num_examples`."""
+    return records.Row(
+        method=method,
+        keep_ratio=keep_ratio,
+        clean_acc=0.8,
+        robust_acc=0.5,
+        num_examples=num_examples,
+        attack=attack,
+        sparsity=1 - keep_ratio,
+        layer_sparsity={},
+        keras_path="model.keras",
+        saved_model_path="model_savedmodel",
+        eval_seconds=1.0,
+    )
+
+
 class PipelineTest(tf.test.TestCase):
     def test_end_to_end_results_contract_and_resume(self):
         workdir = tempfile.mkdtemp()
         results = pipeline.run(_tiny(workdir))
         with open(os.path.join(workdir, "results.json")) as f:
             saved = json.load(f)
-        self.assertEqual(saved["rows"], json.loads(json.dumps(results["rows"])))
+        self.assertEqual(saved["rows"], json.loads(json.dumps(results.to_json()["rows"])))
+        # The file reads back to the results the run returned.
+        self.assertEqual(records.PipelineResults.from_json(saved).rows, results.rows)
         self.assertEqual(saved["config"]["keep_ratios"], [0.1, 0.01])
         methods = [(r["method"], r["keep_ratio"]) for r in saved["rows"]]
         self.assertEqual(
@@ -79,29 +99,29 @@ class PipelineTest(tf.test.TestCase):
         # A second run finds every stage done and only rewrites the results.
         again = pipeline.run(_tiny(workdir))
         self.assertEqual(
-            json.loads(json.dumps(again["rows"])), json.loads(json.dumps(results["rows"]))
+            json.loads(json.dumps(again.to_json()["rows"])),
+            json.loads(json.dumps(results.to_json()["rows"])),
         )
-        self.assertLess(again["seconds"], results["seconds"])
+        self.assertLess(again.seconds, results.seconds)
 
         # Other evaluation settings: the cached evaluations are not reused.
         stronger = dataclasses.replace(_tiny(workdir), eval_steps=7)
         third = pipeline.run(stronger)
-        self.assertEqual(third["config"]["eval_steps"], 7)
-        for row in third["rows"]:
-            self.assertEqual(row["attack"]["steps"], 7)
-            self.assertEqual(row["eval_key"], pipeline.evaluation_key(stronger))
+        self.assertEqual(third.config["eval_steps"], 7)
+        for row in third.rows:
+            self.assertEqual(row.attack["steps"], 7)
+            self.assertEqual(row.eval_key, pipeline.evaluation_key(stronger))
         with open(os.path.join(workdir, "dense", "tflite", "row.json")) as f:
             self.assertEqual(json.load(f)["eval_key"]["attack"]["steps"], 7)
 
     def test_rows_evaluated_differently_share_no_table(self):
         rows = [
-            {"method": "dense", "keep_ratio": 1.0, "attack": {"steps": 50}, "num_examples": 500},
-            {"method": "hydra", "keep_ratio": 0.1, "attack": {"steps": 10}, "num_examples": 500},
+            _row("dense", 1.0, attack={"steps": 50}, num_examples=500),
+            _row("hydra", 0.1, attack={"steps": 10}, num_examples=500),
         ]
         with self.assertRaisesRegex(ValueError, "hydra keep 0.1 has attack"):
-            report.results_markdown({"config": {}, "rows": rows})
-        rows[1]["attack"] = {"steps": 50}
-        rows[1]["num_examples"] = 100
+            report.results_markdown(records.PipelineResults(config={}, rows=tuple(rows)))
+        rows[1] = dataclasses.replace(rows[1], attack={"steps": 50}, num_examples=100)
         with self.assertRaisesRegex(ValueError, "num_examples"):
             report.check_comparable(rows)
 
@@ -118,11 +138,11 @@ class PipelineTest(tf.test.TestCase):
             **settings,
         )
         results = pipeline.run(config)
-        for row in results["rows"]:
-            self.assertEqual(row["attack"]["name"], "certify_l2")
-            self.assertEqual(row["num_examples"], 8)
-            certified = row["certified_accuracy"]
-            self.assertEqual(row["robust_acc"], certified["0.25"])
+        for row in results.rows:
+            self.assertEqual(row.attack["name"], "certify_l2")
+            self.assertEqual(row.num_examples, 8)
+            certified = row.certified_accuracy
+            self.assertEqual(row.robust_acc, certified["0.25"])
             # Certified accuracy can only fall as the radius grows.
             values = [certified[k] for k in sorted(certified, key=float)]
             self.assertEqual(values, sorted(values, reverse=True))

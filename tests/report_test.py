@@ -2,20 +2,37 @@
 
 import tensorflow as tf
 
+from hydra_tf.experiments import records
 from hydra_tf.experiments import report
+
+
+def _row(method, keep_ratio, robust_acc):
+    return records.Row(
+        method=method,
+        keep_ratio=keep_ratio,
+        clean_acc=0.8,
+        robust_acc=robust_acc,
+        num_examples=100,
+        attack={"name": "pgd_linf", "eps": 0.1, "steps": 50, "restarts": 2},
+        sparsity=1 - keep_ratio,
+        layer_sparsity={},
+        keras_path="model.keras",
+        saved_model_path="model_savedmodel",
+        eval_seconds=1.0,
+    )
 
 
 class ReportTest(tf.test.TestCase):
     def test_method_table(self):
         rows = [
-            {"method": "dense", "keep_ratio": 1.0, "robust_acc": 0.7},
-            {"method": "lwm", "keep_ratio": 0.1, "robust_acc": 0.5},
-            {"method": "hydra", "keep_ratio": 0.1, "robust_acc": 0.6},
-            {"method": "hydra", "keep_ratio": 0.01, "robust_acc": 0.4},
+            _row("dense", 1.0, 0.7),
+            _row("lwm", 0.1, 0.5),
+            _row("hydra", 0.1, 0.6),
+            _row("hydra", 0.01, 0.4),
         ]
         lines = report.method_table(
             rows,
-            cell=lambda r: f"{100 * r['robust_acc']:.0f}",
+            cell=lambda r: f"{100 * r.robust_acc:.0f}",
             ratio_label=lambda k: f"{(1 - k) * 100:g}%",
             delta_label="gap",
         )
@@ -30,6 +47,8 @@ class ReportTest(tf.test.TestCase):
             ],
         )
         self.assertEqual(report.keep_ratios(rows), [0.1, 0.01])
+        self.assertAlmostEqual(report.gap(rows, 0.1), 0.1)
+        self.assertIsNone(report.gap(rows, 0.01))  # no LWM row
 
 
 if __name__ == "__main__":

@@ -9,46 +9,50 @@ import tensorflow as tf
 from hydra_tf import objectives
 from hydra_tf.experiments import pipeline
 from hydra_tf.experiments import presets
+from hydra_tf.experiments import records
 from hydra_tf.experiments import reproduce
 
 
-def _row(method, keep, clean, robust):
-    return {
-        "method": method,
-        "keep_ratio": keep,
-        "clean_acc": clean,
-        "robust_acc": robust,
-        "sparsity": 1 - keep,
-        "layer_sparsity": {"fc": 1 - keep},
-    }
+def _row(method, keep, clean, robust, certified_accuracy=None):
+    return records.Row(
+        method=method,
+        keep_ratio=keep,
+        clean_acc=clean,
+        robust_acc=robust,
+        sparsity=1 - keep,
+        layer_sparsity={"fc": 1 - keep},
+        num_examples=100,
+        attack={"name": "pgd_linf", "eps": 0.1, "steps": 50, "restarts": 2},
+        keras_path="model.keras",
+        saved_model_path="model_savedmodel",
+        eval_seconds=1.0,
+        certified_accuracy=certified_accuracy,
+    )
+
+
+def _results(*rows):
+    """The results of one pipeline run with `rows`."""
+    return records.PipelineResults(config={}, rows=rows)
 
 
 class AggregateTest(tf.test.TestCase):
     def test_mean_and_sample_std_over_seeds(self):
         runs = [
-            (
-                "cnn_small",
-                0,
-                {"rows": [_row("dense", 1.0, 0.8, 0.6), _row("hydra", 0.1, 0.7, 0.5)]},
-            ),
-            (
-                "cnn_small",
-                1,
-                {"rows": [_row("dense", 1.0, 0.6, 0.4), _row("hydra", 0.1, 0.7, 0.3)]},
-            ),
+            ("cnn_small", 0, _results(_row("dense", 1.0, 0.8, 0.6), _row("hydra", 0.1, 0.7, 0.5))),
+            ("cnn_small", 1, _results(_row("dense", 1.0, 0.6, 0.4), _row("hydra", 0.1, 0.7, 0.3))),
         ]
         rows = reproduce.aggregate(runs)
         self.assertLen(rows, 2)
-        hydra = next(r for r in rows if r["method"] == "hydra")
-        self.assertAlmostEqual(hydra["robust_acc"], 0.4)
-        self.assertAlmostEqual(hydra["robust_std"], 0.1414213, places=5)  # sample std
-        self.assertAlmostEqual(hydra["clean_std"], 0.0)
-        self.assertEqual(hydra["seeds"], [0, 1])
+        hydra = next(r for r in rows if r.method == "hydra")
+        self.assertAlmostEqual(hydra.robust_acc, 0.4)
+        self.assertAlmostEqual(hydra.robust_std, 0.1414213, places=5)  # sample std
+        self.assertAlmostEqual(hydra.clean_std, 0.0)
+        self.assertEqual(hydra.seeds, [0, 1])
         self.assertIsNone(reproduce.gap(rows, "cnn_small", 0.1))  # no LWM row
 
     def test_gap(self):
         rows = reproduce.aggregate(
-            [("a", 0, {"rows": [_row("hydra", 0.01, 0.5, 0.45), _row("lwm", 0.01, 0.4, 0.25)]})]
+            [("a", 0, _results(_row("hydra", 0.01, 0.5, 0.45), _row("lwm", 0.01, 0.4, 0.25)))]
         )
         self.assertAlmostEqual(reproduce.gap(rows, "a", 0.01), 0.2)
 
@@ -56,22 +60,21 @@ class AggregateTest(tf.test.TestCase):
 class CertifiedStudyTest(tf.test.TestCase):
     def _runs(self):
         def row(method, keep, robust, at_one):
-            r = _row(method, keep, 0.8, robust)
-            r["certified_accuracy"] = {"0": 0.8, "0.5": robust, "1": at_one}
-            return r
+            certified = {"0": 0.8, "0.5": robust, "1": at_one}
+            return _row(method, keep, 0.8, robust, certified_accuracy=certified)
 
         return [
-            ("cnn_small", 0, {"rows": [row("dense", 1.0, 0.6, 0.2), row("hydra", 0.01, 0.5, 0.1)]}),
-            ("cnn_small", 1, {"rows": [row("dense", 1.0, 0.4, 0.4), row("hydra", 0.01, 0.3, 0.3)]}),
+            ("cnn_small", 0, _results(row("dense", 1.0, 0.6, 0.2), row("hydra", 0.01, 0.5, 0.1))),
+            ("cnn_small", 1, _results(row("dense", 1.0, 0.4, 0.4), row("hydra", 0.01, 0.3, 0.3))),
         ]
 
     def test_certified_accuracy_is_averaged_per_radius(self):
         rows = reproduce.aggregate(self._runs())
-        hydra = next(r for r in rows if r["method"] == "hydra")
-        mean, std = hydra["certified_accuracy"]["1"]
+        hydra = next(r for r in rows if r.method == "hydra")
+        mean, std = hydra.certified_accuracy["1"]
         self.assertAlmostEqual(mean, 0.2)
         self.assertAlmostEqual(std, 0.1414213, places=5)
-        self.assertAlmostEqual(hydra["certified_accuracy"]["0.5"][0], hydra["robust_acc"])
+        self.assertAlmostEqual(hydra.certified_accuracy["0.5"][0], hydra.robust_acc)
 
     def test_markdown_names_certification_and_lists_radii(self):
         base = pipeline.PipelineConfig(
@@ -79,15 +82,16 @@ class CertifiedStudyTest(tf.test.TestCase):
             keep_ratios=(0.01,),
             objective=objectives.config("smoothing", sigma=0.25),
         )
-        study = {
-            "config": {"pipeline": base.to_json(), "archs": ["cnn_small"], "seeds": [0, 1]},
-            "attack": {"name": "certify_l2", "radius": 0.5, "n0": 100, "n": 10000, "alpha": 0.001},
-            "num_test_examples": 50,
-            "rows": reproduce.aggregate(self._runs()),
-            "kept_overlap": {},
-            "figures": {},
-            "seconds": 60.0,
-        }
+        study = records.Study(
+            config={"pipeline": base.to_json(), "archs": ["cnn_small"], "seeds": [0, 1]},
+            attack={"name": "certify_l2", "radius": 0.5, "n0": 100, "n": 10000, "alpha": 0.001},
+            num_test_examples=50,
+            rows=tuple(reproduce.aggregate(self._runs())),
+            kept_overlap={},
+            figures={},
+            runs=[],
+            seconds=60.0,
+        )
         table = reproduce.markdown(study)
         self.assertIn("Certified accuracy of the smoothed classifier at L2 radius 0.5", table)
         self.assertNotIn("PGD", table)
@@ -140,18 +144,26 @@ class MergeTest(tf.test.TestCase):
         os.makedirs(os.path.join(source, arch, "plots"))
         with open(os.path.join(source, arch, "plots", "robust.png"), "wb") as f:
             f.write(arch.encode())
-        study = {
-            "config": {"pipeline": config.to_json(), "archs": [arch], "seeds": [0, 1]},
-            "attack": {"name": "pgd_linf", "eps": 0.1, "steps": 50, "restarts": 2},
-            "num_test_examples": 2000,
-            "rows": reproduce.aggregate(
-                [(arch, 0, {"rows": [_row("hydra", 0.01, 0.7, 0.5), _row("lwm", 0.01, 0.6, 0.2)]})]
+        study = records.Study(
+            config={"pipeline": config.to_json(), "archs": [arch], "seeds": [0, 1]},
+            attack={"name": "pgd_linf", "eps": 0.1, "steps": 50, "restarts": 2},
+            num_test_examples=2000,
+            rows=tuple(
+                reproduce.aggregate(
+                    [
+                        (
+                            arch,
+                            0,
+                            _results(_row("hydra", 0.01, 0.7, 0.5), _row("lwm", 0.01, 0.6, 0.2)),
+                        )
+                    ]
+                )
             ),
-            "kept_overlap": {arch: [0.8]},
-            "figures": {arch: {"robust": f"{arch}/plots/robust.png"}},
-            "runs": [{"arch": arch, "seed": 0, "workdir": f"runs/{arch}"}],
-            "seconds": 3600.0,
-        }
+            kept_overlap={arch: [0.8]},
+            figures={arch: {"robust": f"{arch}/plots/robust.png"}},
+            runs=[{"arch": arch, "seed": 0, "workdir": f"runs/{arch}"}],
+            seconds=3600.0,
+        )
         return study, source
 
     def test_merges_architectures_with_their_own_epochs(self):
@@ -159,13 +171,13 @@ class MergeTest(tf.test.TestCase):
         large, large_dir = self._study("cnn_large", epochs=(3, 2, 1))
         out = tempfile.mkdtemp()
         merged = reproduce.merge([small, large], [small_dir, large_dir], out)
-        self.assertEqual(merged["config"]["archs"], ["cnn_small", "cnn_large"])
+        self.assertEqual(merged.config["archs"], ["cnn_small", "cnn_large"])
         self.assertEqual(
-            merged["config"]["schedules"],
+            merged.config["schedules"],
             {"cnn_large": {"pretrain_epochs": 3, "prune_epochs": 2, "finetune_epochs": 1}},
         )
-        self.assertLen(merged["rows"], 4)
-        self.assertAlmostEqual(reproduce.gap(merged["rows"], "cnn_large", 0.01), 0.3)
+        self.assertLen(merged.rows, 4)
+        self.assertAlmostEqual(reproduce.gap(merged.rows, "cnn_large", 0.01), 0.3)
         with open(os.path.join(out, "cnn_large", "plots", "robust.png"), "rb") as f:
             self.assertEqual(f.read(), b"cnn_large")  # figures travel with the study
         with open(os.path.join(out, "results.md")) as f:
@@ -233,7 +245,7 @@ class StudyTest(tf.test.TestCase):
             with open(os.path.join(run["workdir"], "hydra_0.05", "prune", "history.csv")) as f:
                 self.assertLen(f.read().strip().splitlines(), 3)  # header + 2 epochs
         self.assertIn("| HYDRA - LWM |", table)
-        self.assertEqual(study["num_test_examples"], 32)
+        self.assertEqual(study.num_test_examples, 32)
 
 
 if __name__ == "__main__":

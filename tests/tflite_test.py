@@ -1,6 +1,5 @@
-"""Tests for hydra_tf.export.tflite: conversion, LiteRT verification and the auto mode."""
+"""Tests for hydra_tf.export.tflite: the modes and the conversion (and the graph it converts)."""
 
-import functools
 import os
 import tempfile
 
@@ -11,20 +10,8 @@ import tensorflow as tf
 from hydra_tf import export
 from hydra_tf.export import tflite
 from hydra_tf.export import tflite_graph
-from hydra_tf.models import masks
-from hydra_tf.objectives import attacks
+from hydra_tf.export import tflite_verify
 from tests import helpers
-
-
-@functools.cache
-def _pruned(keep_ratio):
-    """The naturally trained cnn_small with its smallest weights zeroed (per layer)."""
-    model = helpers.natural_cnn_small()
-    plain = export.strip_scores(model)
-    for kernel in export.kernels(plain):
-        mask = masks.topk_mask(tf.abs(kernel), keep_ratio)
-        kernel.assign(kernel * tf.cast(mask, kernel.dtype))
-    return plain
 
 
 def _write(content, directory, name):
@@ -39,7 +26,7 @@ def _litert_logits(path, images):
     with tempfile.TemporaryDirectory() as tmp:
         inputs = os.path.join(tmp, "images.npy")
         np.save(inputs, images)
-        report = tflite.probe(path, (inputs,), tmp)
+        report = tflite_verify.probe(path, (inputs,), tmp)
         return report, np.load(os.path.join(tmp, "images.logits.npy"))
 
 
@@ -57,7 +44,7 @@ class ModeTest(tf.test.TestCase):
 
 class ConvertTest(tf.test.TestCase):
     def test_float32_matches_keras_logits(self):
-        plain = _pruned(0.1)
+        plain = helpers.pruned_plain_cnn_small(0.1)
         images, _ = helpers.fashion_arrays("test", 200)
         with tempfile.TemporaryDirectory() as tmp:
             for mode in ("float32", "float32_sparse"):
@@ -67,8 +54,8 @@ class ConvertTest(tf.test.TestCase):
                 self.assertAllClose(logits, plain.predict(images, verbose=0), atol=1e-4, rtol=0)
 
     def test_int8_agrees_with_keras_on_real_images(self):
-        plain = _pruned(0.1)
-        train, _ = helpers.fashion_arrays("train", tflite.REPRESENTATIVE_EXAMPLES)
+        plain = helpers.pruned_plain_cnn_small(0.1)
+        train, _ = helpers.fashion_arrays("train", tflite_verify.REPRESENTATIVE_EXAMPLES)
         images, _ = helpers.fashion_arrays("test", 500)
         with tempfile.TemporaryDirectory() as tmp:
             content = tflite.convert(plain, tflite.Mode("int8"), train)
@@ -78,10 +65,10 @@ class ConvertTest(tf.test.TestCase):
 
     def test_int8_without_calibration_images_is_refused(self):
         with self.assertRaisesRegex(tflite.TFLiteConversionError, "representative images"):
-            tflite.convert(_pruned(0.1), tflite.Mode("int8"))
+            tflite.convert(helpers.pruned_plain_cnn_small(0.1), tflite.Mode("int8"))
 
     def test_sparse_encoding_is_sparse_in_the_flatbuffer(self):
-        plain = _pruned(0.05)
+        plain = helpers.pruned_plain_cnn_small(0.05)
         dense = tflite.convert(plain, tflite.Mode("float32"))
         sparse = tflite.convert(plain, tflite.Mode("float32", sparse=True))
         self.assertEmpty(tflite.sparse_tensors(dense))
@@ -100,7 +87,7 @@ class ConvertTest(tf.test.TestCase):
             tflite.convert(model, tflite.Mode("float32"))
 
     def test_edge_graph_computes_the_same_function_with_a_conv_head(self):
-        plain = _pruned(0.1)
+        plain = helpers.pruned_plain_cnn_small(0.1)
         edge = tflite_graph.edge_graph(plain)
         self.assertFalse(any(isinstance(layer, keras.layers.Dense) for layer in edge.layers))
         images, _ = helpers.fashion_arrays("test", 64)
@@ -127,8 +114,10 @@ class ConvertTest(tf.test.TestCase):
     def test_every_op_runs_on_xnnpack(self):
         with tempfile.TemporaryDirectory() as tmp:
             mode = tflite.Mode("float32", sparse=True)
-            path = _write(tflite.convert(_pruned(0.1), mode), tmp, "m.tflite")
-            report = tflite.probe(path)
+            path = _write(
+                tflite.convert(helpers.pruned_plain_cnn_small(0.1), mode), tmp, "m.tflite"
+            )
+            report = tflite_verify.probe(path)
         self.assertTrue(report["xnnpack"]["runs"])
         # No op is left outside XNNPACK (Keras' Flatten would leave SHAPE,
         # STRIDED_SLICE and PACK; a Dense head with sparse weights, its
@@ -136,79 +125,6 @@ class ConvertTest(tf.test.TestCase):
         self.assertEqual(report["xnnpack"]["not_delegated"], [])
         self.assertGreater(report["latency_ms"]["32"], report["latency_ms"]["1"])
         self.assertGreater(report["load_mb"], 0)
-
-
-def _report(size, clean=0.8, robust=0.5, xnnpack=True, crashed=None):
-    return {
-        "bytes": size,
-        "gzip_bytes": size // 2,
-        "xnnpack": xnnpack,
-        "xnnpack_note": "runs on XNNPACK" if xnnpack else "XNNPACK failed to prepare it",
-        "clean_acc": None if crashed else clean,
-        "robust_acc": None if crashed else robust,
-        "latency_ms": None if crashed else {"1": 0.1, "32": 1.0},
-        "crashed": crashed,
-    }
-
-
-class ChooseTest(tf.test.TestCase):
-    def test_smallest_eligible_file_wins(self):
-        reports = {
-            "float32": _report(1000),
-            "int8": _report(300),
-            "int8_sparse": _report(100, xnnpack=False),  # falls off XNNPACK
-            "dynamic_int8": _report(200, clean=0.785),  # loses 1.5 points clean
-            "float32_sparse": _report(150, robust=0.47),  # loses 3 points robust
-            "float16": _report(120, crashed="LiteRT ended the process with signal 11"),
-        }
-        chosen, reasons = tflite.choose(reports, keras_clean=0.8, keras_robust=0.5)
-        self.assertEqual(chosen, "int8")
-        self.assertLen(reasons, len(reports) + 1)
-        text = "\n".join(reasons)
-        self.assertIn("int8_sparse: 100 bytes", text)
-        self.assertIn("excluded: XNNPACK failed to prepare it", text)
-        self.assertIn("excluded: clean accuracy 0.7850", text)
-        self.assertIn("excluded: robust accuracy 0.4700", text)
-        self.assertIn("excluded: LiteRT crashed on it", text)
-
-    def test_nothing_eligible_is_an_error(self):
-        with self.assertRaisesRegex(tflite.TFLiteConversionError, "No TF Lite mode"):
-            tflite.choose({"int8": _report(10, xnnpack=False)}, 0.8, 0.5)
-
-
-class ProbeTest(tf.test.TestCase):
-    def test_a_file_litert_cannot_run_is_reported_not_raised(self):
-        with tempfile.TemporaryDirectory() as tmp:
-            path = _write(b"not a flatbuffer" * 10, tmp, "bad.tflite")
-            report = tflite.probe(path)
-        self.assertIn("LiteRT ended the process with exit code", report["crashed"])
-
-
-class DeployTest(tf.test.TestCase):
-    def test_auto_picks_a_verified_file_on_xnnpack(self):
-        plain = _pruned(0.01)
-        images, labels = helpers.fashion_arrays("test", 200)
-        train, _ = helpers.fashion_arrays("train", 100)
-        attack = attacks.PGDConfig(eps=0.1, steps=5)
-        with tempfile.TemporaryDirectory() as tmp:
-            result = tflite.deploy(plain, tmp, "auto", images, labels, attack, train)
-            self.assertTrue(os.path.exists(os.path.join(tmp, "tflite.json")))
-            chosen = result["modes"][result["mode"]]
-            again = tflite.probe(result["path"])
-        self.assertEqual(set(result["modes"]), set(tflite.MODE_NAMES))
-        # A mode that fails to prepare on XNNPACK exists for this model, and
-        # auto did not pick it; the file it picked runs every conv and matmul
-        # on XNNPACK when loaded again.
-        self.assertIn("failed to prepare", result["modes"]["dynamic_int8_sparse"]["xnnpack_note"])
-        self.assertTrue(chosen["xnnpack"])
-        self.assertTrue(again["xnnpack"]["runs"], again)
-        self.assertGreaterEqual(chosen["clean_acc"], result["keras_clean_acc"] - 0.01)
-        self.assertGreaterEqual(chosen["robust_acc"], result["keras_robust_acc"] - 0.02)
-        eligible = [line.split(":")[0] for line in result["reasons"] if line.endswith("eligible")]
-        self.assertIn(result["mode"], eligible)
-        self.assertLessEqual(chosen["bytes"], min(result["modes"][n]["bytes"] for n in eligible))
-        # The transfer examples are real attacks: they hurt the Keras model.
-        self.assertLess(result["keras_robust_acc"], result["keras_clean_acc"])
 
 
 if __name__ == "__main__":

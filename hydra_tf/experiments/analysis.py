@@ -48,7 +48,7 @@ def figures(workdir, rows, kept, keep_ratio, title="", metric="robust"):
 
     Args:
       workdir: the run's directory.
-      rows: the results rows (each method and keep ratio).
+      rows: the `records.Row`s or `records.StudyRow`s (each method and keep ratio).
       kept: `kept_weights(...)` of the HYDRA network at `keep_ratio`.
       keep_ratio: the keep ratio `kept` describes.
       title: prefix of the figure titles.

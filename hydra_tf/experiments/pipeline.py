@@ -31,8 +31,10 @@ from hydra_tf import objectives
 from hydra_tf import training
 from hydra_tf.evaluation import smoothing
 from hydra_tf.experiments import analysis
+from hydra_tf.experiments import records
 from hydra_tf.experiments import report
 from hydra_tf.export import tflite
+from hydra_tf.export import tflite_verify
 from hydra_tf.models import masks
 from hydra_tf.objectives import attacks
 
@@ -192,34 +194,28 @@ def evaluate_and_export(config, model_path, out_dir, name):
     evaluated: it is the model users deploy, it computes the same function as
     the score network (tests/export_test.py), and it needs no mask work. The
     cache is keyed by `evaluation_key(config)`.
+
+    Returns:
+      (a `records.Evaluation`, its `records.TFLiteRow` or None if
+      `config.tflite_mode` is "none").
     """
     cache = os.path.join(out_dir, "eval.json")
     key = evaluation_key(config)
-    row = _read_cache(cache, key)
-    if row is None:
-        row = {**_evaluate(config, model_path, out_dir, name), "eval_key": key}
-        files.write_json(cache, row)
+    cached = _read_cache(cache, key)
+    if cached is None:
+        evaluated = dataclasses.replace(_evaluate(config, model_path, out_dir, name), eval_key=key)
+        files.write_json(cache, evaluated.to_json())
+    else:
+        evaluated = records.Evaluation.from_json(cached)
+    deployed = None
     if config.tflite_mode != "none":
-        row.update(_deploy(config, os.path.join(config.workdir, row["keras_path"]), out_dir, name))
-    return row
-
-
-# What each row keeps of every TF Lite mode's report.
-_MODE_KEYS = (
-    "bytes",
-    "gzip_bytes",
-    "xnnpack",
-    "xnnpack_note",
-    "clean_acc",
-    "robust_acc",
-    "latency_ms",
-    "load_mb",
-    "crashed",
-)
+        keras_path = os.path.join(config.workdir, evaluated.keras_path)
+        deployed = _deploy(config, keras_path, out_dir, name)
+    return evaluated, deployed
 
 
 def _deploy(config, keras_path, out_dir, name):
-    """TF Lite export and verification of one network: the row's `tflite_*` fields.
+    """TF Lite export and verification of one network: its `records.TFLiteRow`.
 
     Cached in `<out_dir>/tflite/row.json` for the configured mode and
     evaluation settings (its robust accuracy uses the table's attack).
@@ -227,43 +223,43 @@ def _deploy(config, keras_path, out_dir, name):
     directory = os.path.join(out_dir, "tflite")
     cache = os.path.join(directory, "row.json")
     key = {**evaluation_key(config), "tflite_mode": config.tflite_mode}
-    fields = _read_cache(cache, key)
-    if fields is not None:
-        return {k: v for k, v in fields.items() if k != "eval_key"}
+    cached = _read_cache(cache, key)
+    if cached is not None:
+        return records.TFLiteRow.from_json(cached)
     plain = keras.saving.load_model(keras_path, safe_mode=True)
-    images, labels, representative = tflite.verification_data(
+    images, labels, representative = tflite_verify.verification_data(
         config.dataset, config.data_dir, config.test_limit, config.train_limit, config.seed
     )
-    result = tflite.deploy(
+    result = tflite_verify.deploy(
         plain, directory, config.tflite_mode, images, labels, config.attack, representative
     )
     chosen = result["modes"][result["mode"]]
-    fields = {
-        "tflite_requested": config.tflite_mode,
-        "tflite_path": os.path.relpath(result["path"], config.workdir),
-        "tflite_mode": result["mode"],
-        "tflite_bytes": chosen["bytes"],
-        "tflite_gzip_bytes": chosen["gzip_bytes"],
-        "tflite_clean_acc": chosen["clean_acc"],
-        "tflite_robust_acc": chosen["robust_acc"],
-        "tflite_keras_clean_acc": result["keras_clean_acc"],
-        "tflite_keras_robust_acc": result["keras_robust_acc"],
-        "tflite_latency_ms": chosen["latency_ms"],
-        "tflite_load_mb": chosen["load_mb"],
-        "tflite_xnnpack": chosen["xnnpack"],
-        "tflite_num_examples": result["num_examples"],
-        "tflite_modes": {
-            mode: {key: measured.get(key) for key in _MODE_KEYS}
-            for mode, measured in result["modes"].items()
-        },
-    }
+    fp32_bytes = None
     if name == "dense":
         fp32 = result["modes"].get("float32")
-        fields["tflite_fp32_bytes"] = (
-            fp32["bytes"] if fp32 else len(tflite.convert(plain, tflite.Mode("float32")))
-        )
-    files.write_json(cache, {**fields, "eval_key": key})
-    return fields
+        fp32_bytes = fp32["bytes"] if fp32 else len(tflite.convert(plain, tflite.Mode("float32")))
+    deployed = records.TFLiteRow(
+        requested=config.tflite_mode,
+        path=os.path.relpath(result["path"], config.workdir),
+        mode=result["mode"],
+        bytes=chosen["bytes"],
+        gzip_bytes=chosen["gzip_bytes"],
+        clean_acc=chosen["clean_acc"],
+        robust_acc=chosen["robust_acc"],
+        keras_clean_acc=result["keras_clean_acc"],
+        keras_robust_acc=result["keras_robust_acc"],
+        latency_ms=chosen["latency_ms"],
+        load_mb=chosen["load_mb"],
+        xnnpack=chosen["xnnpack"],
+        num_examples=result["num_examples"],
+        modes={
+            mode: records.TFLiteModeRow.from_json(measured)
+            for mode, measured in result["modes"].items()
+        },
+        fp32_bytes=fp32_bytes,
+    )
+    files.write_json(cache, {**deployed.to_json(), "eval_key": key})
+    return deployed
 
 
 def _evaluate(config, model_path, out_dir, name):
@@ -272,67 +268,67 @@ def _evaluate(config, model_path, out_dir, name):
     test_ds, _ = data.load(config.dataset, "test", config.data_dir, config.test_limit)
     start = time.time()
     if config.certifies:
-        row = _certify_row(config, plain, test_ds)
+        measured = _certify(config, plain, test_ds)
     else:
         result = evaluation.evaluate(
             plain,
             data.make_pipeline(test_ds, config.batch_size, training=False),
             config.attack,
         )
-        row = {
+        measured = {
             "clean_acc": result.clean_acc,
             "robust_acc": result.robust_acc,
             "num_examples": result.num_examples,
             "attack": result.attack,
         }
-    row.update(
-        {
-            "sparsity": masks.sparsity(export.kernels(plain)),
-            "layer_sparsity": export.layer_sparsity(plain),
-            "keras_path": os.path.relpath(keras_path, config.workdir),
-            "saved_model_path": os.path.relpath(saved_model_path, config.workdir),
-            "eval_seconds": time.time() - start,
-        }
+    evaluated = records.Evaluation(
+        **measured,
+        sparsity=masks.sparsity(export.kernels(plain)),
+        layer_sparsity=export.layer_sparsity(plain),
+        keras_path=os.path.relpath(keras_path, config.workdir),
+        saved_model_path=os.path.relpath(saved_model_path, config.workdir),
+        eval_seconds=time.time() - start,
     )
     logging.info(
         "%s: clean %.4f, %s %.4f, sparsity %.4f",
         name,
-        row["clean_acc"],
+        evaluated.clean_acc,
         "certified" if config.certifies else f"PGD-{config.attack.steps} robust",
-        row["robust_acc"],
-        row["sparsity"],
+        evaluated.robust_acc,
+        evaluated.sparsity,
     )
-    return row
+    return evaluated
 
 
-def _certify_row(config, network, test_ds):
-    """Certified accuracy of the smoothed `network` (the row's robust_acc)."""
+def _certify(config, network, test_ds):
+    """Certified accuracy of the smoothed `network`: the `records.Evaluation` fields it measures."""
     meta = data.info(config.dataset)
-    records = smoothing.certify_dataset(
+    certified_examples = smoothing.certify_dataset(
         network, test_ds, meta.num_classes, config.smoothing, limit=config.certify_limit
     )
     radii = sorted(set(smoothing.REPORT_RADII) | {config.certify_radius})
-    certified = smoothing.certified_accuracy(records, radii)
+    certified = smoothing.certified_accuracy(certified_examples, radii)
     # Clean accuracy of the base network on the same examples.
-    images = np.stack([x for x, _ in test_ds.take(len(records)).as_numpy_iterator()])
-    labels = np.array([r["label"] for r in records])
+    images = np.stack([x for x, _ in test_ds.take(len(certified_examples)).as_numpy_iterator()])
+    labels = np.array([r["label"] for r in certified_examples])
     predicted = np.argmax(network.predict(images, verbose=0), axis=-1)
     return {
         "clean_acc": float(np.mean(predicted == labels)),
+        # The table's robust accuracy is the certified accuracy at the pipeline's radius.
         "robust_acc": certified[config.certify_radius],
         "certified_accuracy": {f"{r:g}": acc for r, acc in certified.items()},
-        "num_examples": len(records),
+        "num_examples": len(certified_examples),
         "attack": {
             "name": "certify_l2",
             "radius": config.certify_radius,
             **config.smoothing.to_json(),
         },
-        "seconds_per_example": float(np.mean([r["seconds"] for r in records])),
+        "seconds_per_example": float(np.mean([r["seconds"] for r in certified_examples])),
     }
 
 
 def run(config, strategy=None, jit_compile=False):
-    """Runs (or resumes) the whole pipeline; returns the results dict.
+    """Runs (or resumes) the whole pipeline; returns its `records.PipelineResults`.
 
     Training runs under `strategy` (default: the current one). Under
     multi-worker training only the chief evaluates, exports and writes the
@@ -348,10 +344,11 @@ def run(config, strategy=None, jit_compile=False):
         train_config, strategy=strategy, jit_compile=jit_compile
     )
 
-    def evaluated(model_path, name):
+    def evaluated(model_path, name, method, keep_ratio):
         if not chief:
             return None
-        return evaluate_and_export(config, model_path, stage(name), name)
+        measured, deployed = evaluate_and_export(config, model_path, stage(name), name)
+        return records.Row.of(measured, method, keep_ratio, deployed)
 
     dense = train(
         _train_config(
@@ -362,7 +359,7 @@ def run(config, strategy=None, jit_compile=False):
             lr=config.pretrain_lr,
         )
     )
-    rows = [{"method": "dense", "keep_ratio": 1.0, "row": evaluated(dense.model_path, "dense")}]
+    rows = [evaluated(dense.model_path, "dense", "dense", 1.0)]
     for ratio in config.keep_ratios:
         tag = f"{ratio:g}"
         pruned = train(
@@ -388,26 +385,24 @@ def run(config, strategy=None, jit_compile=False):
                     config.finetune_lr,
                 )
             )
-            name = f"{method}_{tag}"
-            rows.append(
-                {"method": method, "keep_ratio": ratio, "row": evaluated(tuned.model_path, name)}
-            )
+            rows.append(evaluated(tuned.model_path, f"{method}_{tag}", method, ratio))
     if not chief:
         logging.info("Worker finished training; the chief writes the results.")
-        return {"config": config.to_json(), "rows": []}
-    rows = [{"method": r["method"], "keep_ratio": r["keep_ratio"], **r["row"]} for r in rows]
+        return records.PipelineResults(config=config.to_json(), rows=())
     report.check_comparable(rows)
-    results = {"config": config.to_json(), "rows": rows}
     smallest = min(config.keep_ratios)
     hydra_model = stage(f"hydra_{smallest:g}", "prune", training.MODEL_FILE)
     kept = analysis.kept_weights(dense.model_path, hydra_model, smallest)
-    results["kept_overlap"] = kept["overlap"]
-    results["figures"] = analysis.figures(
-        config.workdir, rows, kept, smallest, metric=config.metric
+    figures = analysis.figures(config.workdir, rows, kept, smallest, metric=config.metric)
+    results = records.PipelineResults(
+        config=config.to_json(),
+        rows=tuple(rows),
+        kept_overlap=kept["overlap"],
+        figures=figures,
+        seconds=time.time() - start,
     )
-    results["seconds"] = time.time() - start
-    files.write_json(stage("results.json"), results)
+    files.write_json(stage("results.json"), results.to_json())
     with open(stage("results.md"), "w") as f:
         f.write(report.results_markdown(results))
-    logging.info("Pipeline finished in %.1fs; results in %s", results["seconds"], config.workdir)
+    logging.info("Pipeline finished in %.1fs; results in %s", results.seconds, config.workdir)
     return results

@@ -5,8 +5,9 @@
   paper observes that HYDRA keeps some small weights and drops some large ones);
 - per-layer sparsity of the exported kernels.
 
-Every function takes plain data (the `results.json` rows, numpy arrays) and a
-path, so pipeline runs and multi-seed studies draw the same figures.
+Every function takes plain data (the rows of the results, `records.Row` or
+`records.StudyRow`, and numpy arrays) and a path, so pipeline runs and
+multi-seed studies draw the same figures.
 """
 
 import matplotlib
@@ -15,6 +16,8 @@ matplotlib.use("Agg")  # Files only; no display needed.
 
 import matplotlib.pyplot as plt
 import numpy as np
+
+from hydra_tf.experiments import records
 
 _COLORS = {"hydra": "tab:red", "lwm": "tab:blue", "dense": "tab:gray"}
 _LABELS = {"hydra": "HYDRA", "lwm": "LWM", "dense": "dense"}
@@ -27,15 +30,26 @@ def _save(fig, path):
     return path
 
 
+def _accuracy(row, key):
+    """(accuracy, spread over seeds) of a row: `key` is "robust" or "clean".
+
+    A pipeline row is one network: it has no spread.
+    """
+    spread = isinstance(row, records.StudyRow)
+    if key == "robust":
+        return row.robust_acc, row.robust_std if spread else 0.0
+    return row.clean_acc, row.clean_std if spread else 0.0
+
+
 def robust_vs_pruning(rows, path, title="", metric="robust"):
     """Robust accuracy (and clean, dashed) against the pruning ratio.
 
     Args:
-      rows: dicts with "method", "keep_ratio", "robust_acc", "clean_acc" and
-        optionally "robust_std" / "clean_std" (spread over seeds).
+      rows: `records.Row`s, or `records.StudyRow`s (their spread over seeds
+        is drawn as error bars).
       path: PNG file to write.
       title: figure title.
-      metric: what "robust_acc" holds, for the labels: "robust" (under
+      metric: what the rows' robust accuracy is, for the labels: "robust" (under
         attack) or "certified" (randomized smoothing).
 
     Returns:
@@ -43,15 +57,16 @@ def robust_vs_pruning(rows, path, title="", metric="robust"):
     """
     fig, ax = plt.subplots(figsize=(6, 4))
     for method in ("lwm", "hydra"):
-        points = sorted((r for r in rows if r["method"] == method), key=lambda r: -r["keep_ratio"])
+        points = sorted((r for r in rows if r.method == method), key=lambda r: -r.keep_ratio)
         if not points:
             continue
-        x = [100 * (1 - r["keep_ratio"]) for r in points]
+        x = [100 * (1 - r.keep_ratio) for r in points]
         for key, style in (("robust", "-o"), ("clean", "--")):
+            accuracies = [_accuracy(r, key) for r in points]
             ax.errorbar(
                 x,
-                [100 * r[f"{key}_acc"] for r in points],
-                yerr=[100 * r.get(f"{key}_std", 0.0) for r in points],
+                [100 * value for value, _ in accuracies],
+                yerr=[100 * std for _, std in accuracies],
                 fmt=style,
                 color=_COLORS[method],
                 capsize=3,
@@ -59,10 +74,8 @@ def robust_vs_pruning(rows, path, title="", metric="robust"):
                 alpha=1.0 if key == "robust" else 0.5,
             )
     for r in rows:
-        if r["method"] == "dense":
-            ax.axhline(
-                100 * r["robust_acc"], color=_COLORS["dense"], ls=":", label=f"dense {metric}"
-            )
+        if r.method == "dense":
+            ax.axhline(100 * r.robust_acc, color=_COLORS["dense"], ls=":", label=f"dense {metric}")
             break
     ax.set_xlabel("pruning ratio (% of weights removed per layer)")
     ax.set_ylabel("accuracy (%)")
@@ -114,31 +127,31 @@ def layer_sparsity(rows, path, title=""):
     """Grouped bars: the sparsity of every layer, for each pruned model.
 
     Args:
-      rows: dicts with "method", "keep_ratio" and "layer_sparsity"
-        ({layer: fraction of zeros}).
+      rows: `records.Row`s or `records.StudyRow`s (their method, keep ratio
+        and per-layer sparsity, {layer: fraction of zeros}).
       path: PNG file to write.
       title: figure title.
 
     Returns:
       `path`.
     """
-    rows = [r for r in rows if r["method"] != "dense"]
-    layers = list(rows[0]["layer_sparsity"]) if rows else []
+    rows = [r for r in rows if r.method != "dense"]
+    layers = list(rows[0].layer_sparsity) if rows else []
     fig, ax = plt.subplots(figsize=(max(6, 0.8 * len(layers) + 2), 4))
     width = 0.8 / max(len(rows), 1)
     for i, r in enumerate(rows):
         ax.bar(
             np.arange(len(layers)) + i * width,
-            [100 * r["layer_sparsity"][name] for name in layers],
+            [100 * r.layer_sparsity[name] for name in layers],
             width,
-            color=_COLORS[r["method"]],
-            alpha=0.4 + 0.6 * (1 - r["keep_ratio"]),
-            label=f"{_LABELS[r['method']]} keep {r['keep_ratio']:g}",
+            color=_COLORS[r.method],
+            alpha=0.4 + 0.6 * (1 - r.keep_ratio),
+            label=f"{_LABELS[r.method]} keep {r.keep_ratio:g}",
         )
     ax.set_xticks(np.arange(len(layers)) + 0.4 - width / 2)
     ax.set_xticklabels(layers, rotation=45, ha="right")
     ax.set_ylabel("zeros in the exported kernel (%)")
-    ax.set_ylim(min([100 * min(r["layer_sparsity"].values()) for r in rows] + [100]) - 5, 100.5)
+    ax.set_ylim(min([100 * min(r.layer_sparsity.values()) for r in rows] + [100]) - 5, 100.5)
     ax.set_title(title or "Per-layer sparsity of the exported models")
     ax.legend(fontsize=7, ncol=2)
     return _save(fig, path)

@@ -1,24 +1,34 @@
 """Reports: the one Table-1 renderer, and the pipeline's Markdown.
 
-The pipeline (one network per cell) and the study (mean ± std over seeds)
-print the same table shape, the paper's Table 1 (`method_table`); they differ
-only in how a cell is written and in the labels. `results_markdown` and
-`deployment_markdown` write the pipeline's `results.md`; `check_comparable`
-keeps rows evaluated differently out of one table.
+The pipeline (one network per cell, `records.Row`) and the study (mean ± std
+over seeds, `records.StudyRow`) print the same table shape, the paper's
+Table 1 (`method_table`); they differ only in how a cell is written and in
+the labels. `results_markdown` and `deployment_markdown` write the pipeline's
+`results.md`; `check_comparable` keeps rows evaluated differently out of one
+table.
 """
 
 
 def keep_ratios(rows):
     """The keep ratios of the pruned rows, largest first (least pruned first)."""
-    return sorted({r["keep_ratio"] for r in rows if r["method"] != "dense"}, reverse=True)
+    return sorted({r.keep_ratio for r in rows if r.method != "dense"}, reverse=True)
+
+
+def gap(rows, keep_ratio):
+    """HYDRA - LWM robust accuracy of `rows` at `keep_ratio` (None if either is missing)."""
+    found = {r.method: r.robust_acc for r in rows if r.keep_ratio == keep_ratio}
+    if "hydra" not in found or "lwm" not in found:
+        return None
+    return found["hydra"] - found["lwm"]
 
 
 def method_table(rows, cell, ratio_label, delta_label):
     """Markdown lines: a header, an LWM and a HYDRA row, and the HYDRA - LWM gap.
 
     Args:
-      rows: dicts with "method" ("dense", "lwm", "hydra"), "keep_ratio" and
-        "robust_acc" (the gap is taken on it), plus what `cell` reads.
+      rows: `records.Row`s or `records.StudyRow`s of one network family:
+        their method ("dense", "lwm", "hydra"), keep ratio and robust
+        accuracy (the gap is taken on it), plus what `cell` reads.
       cell: row -> the text of its cell.
       ratio_label: keep ratio -> its column header.
       delta_label: the first cell of the gap row.
@@ -27,8 +37,8 @@ def method_table(rows, cell, ratio_label, delta_label):
       The table's lines; a missing cell is "-".
     """
     ratios = keep_ratios(rows)
-    by_key = {(r["method"], r["keep_ratio"]): r for r in rows}
-    dense = next((r for r in rows if r["method"] == "dense"), None)
+    by_key = {(r.method, r.keep_ratio): r for r in rows}
+    dense = next((r for r in rows if r.method == "dense"), None)
     header = ["method", "0% (dense)"] + [ratio_label(k) for k in ratios]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for method, label in (("lwm", "LWM"), ("hydra", "HYDRA")):
@@ -37,11 +47,8 @@ def method_table(rows, cell, ratio_label, delta_label):
         lines.append("| " + " | ".join(cells) + " |")
     deltas = [delta_label, ""]
     for k in ratios:
-        if ("lwm", k) in by_key and ("hydra", k) in by_key:
-            gap = by_key[("hydra", k)]["robust_acc"] - by_key[("lwm", k)]["robust_acc"]
-            deltas.append(f"{100 * gap:+.1f}")
-        else:
-            deltas.append("-")
+        delta = gap(rows, k)
+        deltas.append("-" if delta is None else f"{100 * delta:+.1f}")
     lines.append("| " + " | ".join(deltas) + " |")
     return lines
 
@@ -55,79 +62,82 @@ def check_comparable(rows):
     """
     first = rows[0]
     for row in rows[1:]:
-        for field in ("attack", "num_examples"):
-            if row.get(field) != first.get(field):
+        for field, value, expected in (
+            ("attack", row.attack, first.attack),
+            ("num_examples", row.num_examples, first.num_examples),
+        ):
+            if value != expected:
                 raise ValueError(
-                    f"Rows evaluated differently cannot share a table: {row['method']} keep "
-                    f"{row['keep_ratio']:g} has {field} {row.get(field)}, {first['method']} has "
-                    f"{first.get(field)}."
+                    f"Rows evaluated differently cannot share a table: {row.method} keep "
+                    f"{row.keep_ratio:g} has {field} {value}, {first.method} has {expected}."
                 )
 
 
 def results_markdown(results):
-    """The results as a Markdown table shaped like the paper's Table 1."""
-    config = results["config"]
-    rows = results["rows"]
+    """A pipeline run's `records.PipelineResults` as Markdown, shaped like the paper's Table 1."""
+    config = results.config
+    rows = results.rows
     check_comparable(rows)
     ratios = keep_ratios(rows)
-    attack = rows[0]["attack"]
+    attack = rows[0].attack
     objective = config["objective"]
     if attack.get("name") == "certify_l2":
         caption = (
             f"Objective {objective['name']} (sigma {objective['sigma']:g}); certified "
             f"accuracy of the smoothed classifier at L2 radius {attack['radius']:g} "
             f"(n0 {attack['n0']}, n {attack['n']}, alpha {attack['alpha']:g}), on "
-            f"{rows[0]['num_examples']} test examples. Cells: certified % (clean % of the "
+            f"{rows[0].num_examples} test examples. Cells: certified % (clean % of the "
             "base network)."
         )
     else:
         caption = (
             f"Objective {objective['name']} (eps {objective['eps']:g}); "
             f"robust accuracy under L-inf PGD-{attack['steps']} with {attack['restarts']} "
-            f"restart(s) at eps {attack['eps']:g}, on {rows[0]['num_examples']} test "
+            f"restart(s) at eps {attack['eps']:g}, on {rows[0].num_examples} test "
             "examples. Cells: robust % (clean %)."
         )
     lines = [f"# HYDRA vs LWM: {config['arch']} on {config['dataset']}", "", caption, ""]
     lines += method_table(
         rows,
-        cell=lambda r: f"{100 * r['robust_acc']:.1f} ({100 * r['clean_acc']:.1f})",
+        cell=lambda r: f"{100 * r.robust_acc:.1f} ({100 * r.clean_acc:.1f})",
         ratio_label=lambda k: f"{(1 - k) * 100:g}% pruned",
         delta_label="HYDRA - LWM (robust)",
     )
     lines += ["", "Measured sparsity of the exported kernels:", ""]
     for r in rows:
-        lines.append(f"- {r['method']} keep {r['keep_ratio']:g}: {100 * r['sparsity']:.2f}% zeros")
-    if "kept_overlap" in results:
+        lines.append(f"- {r.method} keep {r.keep_ratio:g}: {100 * r.sparsity:.2f}% zeros")
+    if results.kept_overlap is not None:
         smallest = min(ratios)
         lines += [
             "",
             (
-                f"At keep {smallest:g}, {100 * results['kept_overlap']:.1f}% of the weights HYDRA "
+                f"At keep {smallest:g}, {100 * results.kept_overlap:.1f}% of the weights HYDRA "
                 "keeps are among the largest-magnitude weights LWM keeps; the rest are smaller "
                 "weights that LWM prunes."
             ),
         ]
-    for name, path in results.get("figures", {}).items():
+    for name, path in (results.figures or {}).items():
         lines += ["", f"![{name}]({path})"]
     lines += deployment_markdown(rows)
-    if "seconds" in results:
-        lines += ["", f"Total time: {results['seconds'] / 60:.1f} min."]
+    if results.seconds is not None:
+        lines += ["", f"Total time: {results.seconds / 60:.1f} min."]
     return "\n".join(lines) + "\n"
 
 
 def deployment_markdown(rows):
     """The TF Lite table of the results (empty if nothing was exported)."""
-    deployed = [r for r in rows if "tflite_mode" in r]
+    deployed = [r for r in rows if r.tflite is not None]
     if not deployed:
         return []
-    dense = next((r for r in rows if "tflite_fp32_bytes" in r), None)
+    examples = deployed[0].tflite.num_examples
+    dense = next((r.tflite for r in deployed if r.tflite.fp32_bytes is not None), None)
     percent = lambda v: "-" if v is None else f"{100 * v:.1f}"
     lines = [
         "",
         "## Deployment (TF Lite)",
         "",
         (
-            f"Each network's TF Lite file, verified with LiteRT on {deployed[0]['tflite_num_examples']} "
+            f"Each network's TF Lite file, verified with LiteRT on {examples} "
             "test images. Robust accuracy: adversarial examples crafted on the Keras model (the "
             "table's attack) transferred to the file; Keras' accuracy on the same examples in "
             "parentheses. Latency: median at batch 1 / 32, 2 threads."
@@ -137,42 +147,41 @@ def deployment_markdown(rows):
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in deployed:
-        ratio = f"{dense['tflite_fp32_bytes'] / r['tflite_bytes']:.1f}x" if dense else "-"
-        gz_ratio = f"{dense['tflite_fp32_bytes'] / r['tflite_gzip_bytes']:.1f}x" if dense else "-"
-        latency = r["tflite_latency_ms"]
+        t = r.tflite
+        ratio = f"{dense.fp32_bytes / t.bytes:.1f}x" if dense else "-"
+        gz_ratio = f"{dense.fp32_bytes / t.gzip_bytes:.1f}x" if dense else "-"
+        latency = t.latency_ms
         timing = "-" if latency is None else f"{latency['1']:.3f} / {latency['32']:.2f}"
-        name = "dense" if r["method"] == "dense" else f"{r['method']} {r['keep_ratio']:g}"
+        name = "dense" if r.method == "dense" else f"{r.method} {r.keep_ratio:g}"
         lines.append(
-            f"| {name} | {r['tflite_mode']} | {r['tflite_bytes']} | {r['tflite_gzip_bytes']} | "
-            f"{ratio} (gzip {gz_ratio}) | {timing} | {percent(r['tflite_clean_acc'])} "
-            f"({percent(r['tflite_keras_clean_acc'])}) | {percent(r['tflite_robust_acc'])} "
-            f"({percent(r['tflite_keras_robust_acc'])}) |"
+            f"| {name} | {t.mode} | {t.bytes} | {t.gzip_bytes} | "
+            f"{ratio} (gzip {gz_ratio}) | {timing} | {percent(t.clean_acc)} "
+            f"({percent(t.keras_clean_acc)}) | {percent(t.robust_acc)} "
+            f"({percent(t.keras_robust_acc)}) |"
         )
     if dense:
-        lines += ["", f"Dense fp32 file: {dense['tflite_fp32_bytes']} bytes."]
+        lines += ["", f"Dense fp32 file: {dense.fp32_bytes} bytes."]
     most_pruned = min(
-        (r for r in deployed if r["method"] == "hydra" and len(r.get("tflite_modes", {})) > 1),
-        key=lambda r: r["keep_ratio"],
+        (r for r in deployed if r.method == "hydra" and len(r.tflite.modes or {}) > 1),
+        key=lambda r: r.keep_ratio,
         default=None,
     )
     if most_pruned:
         lines += [
             "",
-            f"Every mode of hydra {most_pruned['keep_ratio']:g} (what `auto` chose from):",
+            f"Every mode of hydra {most_pruned.keep_ratio:g} (what `auto` chose from):",
             "",
             "| mode | bytes | gzip bytes | XNNPACK | latency ms | load MB | clean % | robust % |",
             "|---|---|---|---|---|---|---|---|",
         ]
-        for mode, m in most_pruned["tflite_modes"].items():
+        for mode, m in most_pruned.tflite.modes.items():
             timing = (
-                "-"
-                if not m["latency_ms"]
-                else (f"{m['latency_ms']['1']:.3f} / {m['latency_ms']['32']:.2f}")
+                "-" if not m.latency_ms else f"{m.latency_ms['1']:.3f} / {m.latency_ms['32']:.2f}"
             )
-            load = "-" if m["load_mb"] is None else f"{m['load_mb']:.1f}"
-            xnnpack = "yes" if m["xnnpack"] else f"no: {m['xnnpack_note']}"
+            load = "-" if m.load_mb is None else f"{m.load_mb:.1f}"
+            xnnpack = "yes" if m.xnnpack else f"no: {m.xnnpack_note}"
             lines.append(
-                f"| {mode} | {m['bytes']} | {m['gzip_bytes']} | {xnnpack} | {timing} | {load} | "
-                f"{percent(m['clean_acc'])} | {percent(m['robust_acc'])} |"
+                f"| {mode} | {m.bytes} | {m.gzip_bytes} | {xnnpack} | {timing} | {load} | "
+                f"{percent(m.clean_acc)} | {percent(m.robust_acc)} |"
             )
     return lines

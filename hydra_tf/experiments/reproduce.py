@@ -20,6 +20,7 @@ from hydra_tf import files
 from hydra_tf import training
 from hydra_tf.experiments import analysis
 from hydra_tf.experiments import pipeline
+from hydra_tf.experiments import records
 from hydra_tf.experiments import report
 
 _SCHEDULE_FIELDS = ("pretrain_epochs", "prune_epochs", "finetune_epochs")
@@ -74,69 +75,62 @@ def aggregate(runs):
     """Averages pipeline results over seeds.
 
     Args:
-      runs: list of (arch, seed, results dict of `pipeline.run`).
+      runs: list of (arch, seed, `records.PipelineResults` of `pipeline.run`).
 
     Returns:
-      Rows {"arch", "method", "keep_ratio", "clean_acc", "clean_std",
-      "robust_acc", "robust_std", "sparsity", "seeds", "per_seed"}, in the
-      order of the first run of each architecture. Certified runs (smoothing)
-      also get "certified_accuracy": {radius: [mean, std]}.
+      A `records.StudyRow` per (arch, method, keep ratio), in the order of the
+      first run of each architecture. Certified runs (smoothing) also get the
+      certified accuracy at every radius, mean and std.
 
     Raises:
       ValueError: if the runs' rows were not all evaluated the same way.
     """
-    report.check_comparable([row for _, _, results in runs for row in results["rows"]])
+    report.check_comparable([row for _, _, results in runs for row in results.rows])
     groups = {}
     for arch, seed, results in runs:
-        for row in results["rows"]:
-            key = (arch, row["method"], row["keep_ratio"])
-            groups.setdefault(key, []).append((seed, row))
+        for row in results.rows:
+            groups.setdefault((arch, row.method, row.keep_ratio), []).append((seed, row))
     rows = []
     for (arch, method, keep_ratio), members in groups.items():
-        clean, clean_std = _mean_std([r["clean_acc"] for _, r in members])
-        robust, robust_std = _mean_std([r["robust_acc"] for _, r in members])
-        row = {
-            "arch": arch,
-            "method": method,
-            "keep_ratio": keep_ratio,
-            "clean_acc": clean,
-            "clean_std": clean_std,
-            "robust_acc": robust,
-            "robust_std": robust_std,
-            "sparsity": statistics.fmean(r["sparsity"] for _, r in members),
-            "layer_sparsity": members[0][1]["layer_sparsity"],
-            "seeds": [seed for seed, _ in members],
-            "per_seed": [
-                {"seed": seed, "clean_acc": r["clean_acc"], "robust_acc": r["robust_acc"]}
-                for seed, r in members
-            ],
-        }
-        if all("certified_accuracy" in r for _, r in members):
-            radii = members[0][1]["certified_accuracy"]
-            row["certified_accuracy"] = {
-                radius: list(_mean_std([r["certified_accuracy"][radius] for _, r in members]))
-                for radius in radii
+        clean, clean_std = _mean_std([r.clean_acc for _, r in members])
+        robust, robust_std = _mean_std([r.robust_acc for _, r in members])
+        certified = None
+        if all(r.certified_accuracy is not None for _, r in members):
+            certified = {
+                radius: list(_mean_std([r.certified_accuracy[radius] for _, r in members]))
+                for radius in members[0][1].certified_accuracy
             }
-        rows.append(row)
+        rows.append(
+            records.StudyRow(
+                arch=arch,
+                method=method,
+                keep_ratio=keep_ratio,
+                clean_acc=clean,
+                clean_std=clean_std,
+                robust_acc=robust,
+                robust_std=robust_std,
+                sparsity=statistics.fmean(r.sparsity for _, r in members),
+                layer_sparsity=members[0][1].layer_sparsity,
+                seeds=[seed for seed, _ in members],
+                per_seed=tuple(
+                    records.SeedResult(seed=seed, clean_acc=r.clean_acc, robust_acc=r.robust_acc)
+                    for seed, r in members
+                ),
+                certified_accuracy=certified,
+            )
+        )
     return rows
 
 
 def gap(rows, arch, keep_ratio):
     """Mean HYDRA - LWM robust accuracy of `arch` at `keep_ratio` (None if missing)."""
-    found = {
-        r["method"]: r["robust_acc"]
-        for r in rows
-        if r["arch"] == arch and r["keep_ratio"] == keep_ratio
-    }
-    if "hydra" not in found or "lwm" not in found:
-        return None
-    return found["hydra"] - found["lwm"]
+    return report.gap([r for r in rows if r.arch == arch], keep_ratio)
 
 
 def _caption(study):
-    base = study["config"]["pipeline"]
-    objective, attack = base["objective"], study["attack"]
-    schedules = study["config"].get("schedules", {})
+    base = study.config["pipeline"]
+    objective, attack = base["objective"], study.attack
+    schedules = study.config.get("schedules", {})
     which = "" if not schedules else " (unless an architecture says otherwise)"
     schedule = (
         f"Epochs{which}: pretrain {base['pretrain_epochs']}, prune {base['prune_epochs']} "
@@ -149,21 +143,21 @@ def _caption(study):
             + (f", beta {objective['beta']:g}" if "beta" in objective else "")
             + f"). {schedule} Certified accuracy of the smoothed "
             f"classifier at L2 radius {attack['radius']:g} (n0 {attack['n0']}, n {attack['n']}, "
-            f"alpha {attack['alpha']:g}) on {study['num_test_examples']} test images. "
+            f"alpha {attack['alpha']:g}) on {study.num_test_examples} test images. "
             "Cells: certified % (clean % of the base network), mean ± std."
         )
     return (
         f"Objective {objective['name']} (L-inf eps {objective['eps']:g}, "
         f"{objective['steps']}-step PGD inside training). {schedule} "
         f"Robust accuracy under L-inf PGD-{attack['steps']} with {attack['restarts']} "
-        f"restarts at eps {attack['eps']:g} on {study['num_test_examples']} test images. "
+        f"restarts at eps {attack['eps']:g} on {study.num_test_examples} test images. "
         "Cells: robust % (clean %), mean ± std."
     )
 
 
 def _radius_table(rows, ratios):
     """Certified accuracy at every reported radius, one line per model."""
-    radii = sorted(rows[0]["certified_accuracy"], key=float)
+    radii = sorted(rows[0].certified_accuracy, key=float)
     lines = [
         "",
         "Certified accuracy (%) at each L2 radius, mean over seeds:",
@@ -171,21 +165,19 @@ def _radius_table(rows, ratios):
         "| model | " + " | ".join(f"r={r}" for r in radii) + " |",
         "|" + "---|" * (len(radii) + 1),
     ]
-    ordered = [r for r in rows if r["method"] == "dense"]
+    ordered = [r for r in rows if r.method == "dense"]
     for k in ratios:
-        ordered += [r for r in rows if r["keep_ratio"] == k and r["method"] != "dense"]
+        ordered += [r for r in rows if r.keep_ratio == k and r.method != "dense"]
     for r in ordered:
-        name = (
-            "dense" if r["method"] == "dense" else f"{r['method']} {(1 - r['keep_ratio']) * 100:g}%"
-        )
-        cells = [f"{100 * r['certified_accuracy'][radius][0]:.1f}" for radius in radii]
+        name = "dense" if r.method == "dense" else f"{r.method} {(1 - r.keep_ratio) * 100:g}%"
+        cells = [f"{100 * r.certified_accuracy[radius][0]:.1f}" for radius in radii]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return lines
 
 
 def markdown(study):
-    """The study as Markdown: one Table-1-shaped table per architecture."""
-    config = study["config"]
+    """A `records.Study` as Markdown: one Table-1-shaped table per architecture."""
+    config = study.config
     base = config["pipeline"]
     lines = [
         f"# HYDRA vs LWM on {base['dataset']}: mean ± std over seeds {config['seeds']}",
@@ -193,7 +185,7 @@ def markdown(study):
         _caption(study),
     ]
     for arch in config["archs"]:
-        rows = [r for r in study["rows"] if r["arch"] == arch]
+        rows = [r for r in study.rows if r.arch == arch]
         ratios = report.keep_ratios(rows)
         lines += ["", f"## {arch}", ""]
         schedule = config.get("schedules", {}).get(arch)
@@ -202,15 +194,14 @@ def markdown(study):
         lines += report.method_table(
             rows,
             cell=lambda r: (
-                f"{100 * r['robust_acc']:.1f} ± {100 * r['robust_std']:.1f} "
-                f"({100 * r['clean_acc']:.1f})"
+                f"{100 * r.robust_acc:.1f} ± {100 * r.robust_std:.1f} ({100 * r.clean_acc:.1f})"
             ),
             ratio_label=lambda k: f"{(1 - k) * 100:g}%",
             delta_label="HYDRA - LWM",
         )
-        if all("certified_accuracy" in r for r in rows):
+        if all(r.certified_accuracy is not None for r in rows):
             lines += _radius_table(rows, ratios)
-        overlaps = study["kept_overlap"].get(arch)
+        overlaps = study.kept_overlap.get(arch)
         if overlaps:
             lines += [
                 "",
@@ -219,17 +210,17 @@ def markdown(study):
                 + " (per seed) of the weights HYDRA keeps are also kept by LWM "
                 "(the largest magnitudes); HYDRA trades the rest for smaller weights.",
             ]
-        for name, path in study["figures"].get(arch, {}).items():
+        for name, path in study.figures.get(arch, {}).items():
             lines += ["", f"![{arch} {name}]({path})"]
-    if study.get("merged_from"):
+    if study.merged_from:
         timing = (
-            f"Merged from {len(study['merged_from'])} studies, whose invocations took "
-            + " + ".join(f"{t / 3600:.2f}" for t in study["merged_seconds"])
+            f"Merged from {len(study.merged_from)} studies, whose invocations took "
+            + " + ".join(f"{t / 3600:.2f}" for t in study.merged_seconds)
             + " h of wall time (runs already finished in a workdir are reused, not retrained)."
         )
     else:
         timing = (
-            f"Wall time of the invocation that wrote this: {study['seconds'] / 3600:.2f} h "
+            f"Wall time of the invocation that wrote this: {study.seconds / 3600:.2f} h "
             "(runs already finished in the workdir are reused, not retrained)."
         )
     lines += ["", timing]
@@ -237,8 +228,8 @@ def markdown(study):
 
 
 def _write(study, output_dir):
-    """Writes `results.json` and `results.md` of a study to `output_dir`."""
-    files.write_json(os.path.join(output_dir, "results.json"), study)
+    """Writes `results.json` and `results.md` of a `records.Study` to `output_dir`."""
+    files.write_json(os.path.join(output_dir, "results.json"), study.to_json())
     with open(os.path.join(output_dir, "results.md"), "w") as f:
         f.write(markdown(study))
 
@@ -258,7 +249,8 @@ def run(base, archs, seeds, output_dir, strategy=None, jit_compile=False, schedu
         `base` for those architectures.
 
     Returns:
-      The study dict written to `results.json`.
+      The `records.Study` written to `results.json` (None on a worker that is
+      not the chief).
     """
     schedules = dict(schedules or {})
     unknown = sorted(set(schedules) - set(archs))
@@ -288,7 +280,7 @@ def run(base, archs, seeds, output_dir, strategy=None, jit_compile=False, schedu
     figures, overlaps = {}, {}
     for arch in archs:
         arch_runs = [(config, results) for a, _, config, results in runs if a == arch]
-        overlaps[arch] = [results["kept_overlap"] for _, results in arch_runs]
+        overlaps[arch] = [results.kept_overlap for _, results in arch_runs]
         config = arch_runs[0][0]  # magnitudes of the first seed
         kept = analysis.kept_weights(
             os.path.join(config.workdir, "dense", "pretrain", training.MODEL_FILE),
@@ -298,34 +290,34 @@ def run(base, archs, seeds, output_dir, strategy=None, jit_compile=False, schedu
         arch_dir = os.path.join(output_dir, arch)
         paths = analysis.figures(
             arch_dir,
-            [r for r in rows if r["arch"] == arch],
+            [r for r in rows if r.arch == arch],
             kept,
             smallest,
             title=arch,
             metric=base.metric,
         )
         figures[arch] = {name: os.path.join(arch, path) for name, path in paths.items()}
-    first = runs[0][3]["rows"][0]
-    study = {
-        "config": {
+    first = runs[0][3].rows[0]
+    study = records.Study(
+        config={
             "pipeline": base.to_json(),
             "archs": list(archs),
             "seeds": list(seeds),
             "schedules": schedules,
         },
-        "attack": first["attack"],
-        "num_test_examples": first["num_examples"],
-        "rows": rows,
-        "kept_overlap": overlaps,
-        "figures": figures,
-        "runs": [
+        attack=first.attack,
+        num_test_examples=first.num_examples,
+        rows=tuple(rows),
+        kept_overlap=overlaps,
+        figures=figures,
+        runs=[
             {"arch": arch, "seed": seed, "workdir": config.workdir}
             for arch, seed, config, _ in runs
         ],
-        "seconds": time.time() - start,
-    }
+        seconds=time.time() - start,
+    )
     _write(study, output_dir)
-    logging.info("Study finished in %.2f h; results in %s", study["seconds"] / 3600, output_dir)
+    logging.info("Study finished in %.2f h; results in %s", study.seconds / 3600, output_dir)
     return study
 
 
@@ -344,12 +336,12 @@ def merge(studies, sources, output_dir):
     attack, keep ratios, seeds, learning rates, test examples).
 
     Args:
-      studies: study dicts (the `results.json` of `run`).
+      studies: `records.Study`s (the `results.json` of `run`).
       sources: the directory each study was read from (its figures are copied).
       output_dir: where the merged `results.json`, `results.md` and figures go.
 
     Returns:
-      The merged study dict.
+      The merged `records.Study`.
 
     Raises:
       ValueError: the studies share an architecture or differ in a setting.
@@ -357,53 +349,54 @@ def merge(studies, sources, output_dir):
     if len(studies) < 2:
         raise ValueError("Merging needs at least two studies.")
     first = studies[0]
-    base = first["config"]["pipeline"]
+    base = first.config["pipeline"]
     archs, schedules = [], {}
     for study, source in zip(studies, sources):
-        config = study["config"]["pipeline"]
+        config = study.config["pipeline"]
         shared = (set(config) & set(base)) - set(_PER_STUDY_FIELDS)
         differing = sorted(k for k in shared if config[k] != base[k])
-        if study["config"]["seeds"] != first["config"]["seeds"]:
+        if study.config["seeds"] != first.config["seeds"]:
             differing.append("seeds")
-        for key in ("attack", "num_test_examples"):
-            if study[key] != first[key]:
-                differing.append(key)
+        if study.attack != first.attack:
+            differing.append("attack")
+        if study.num_test_examples != first.num_test_examples:
+            differing.append("num_test_examples")
         if differing:
             raise ValueError(f"Study {source} differs from {sources[0]} in {differing}.")
-        for arch in study["config"]["archs"]:
+        for arch in study.config["archs"]:
             if arch in archs:
                 raise ValueError(f"Architecture {arch!r} is in two studies.")
             archs.append(arch)
-            own = study["config"].get("schedules", {}).get(arch)
+            own = study.config.get("schedules", {}).get(arch)
             own = own or {k: config[k] for k in _SCHEDULE_FIELDS}
             if any(own[k] != base[k] for k in _SCHEDULE_FIELDS):
                 schedules[arch] = own
     files.make_dir(output_dir, "--output_dir")
     figures = {}
     for study, source in zip(studies, sources):
-        for arch, paths in study["figures"].items():
+        for arch, paths in study.figures.items():
             figures[arch] = dict(paths)
             for path in paths.values():
                 target = os.path.join(output_dir, path)
                 if os.path.abspath(os.path.join(source, path)) != os.path.abspath(target):
                     os.makedirs(os.path.dirname(target), exist_ok=True)
                     shutil.copyfile(os.path.join(source, path), target)
-    merged = {
-        "config": {
+    merged = records.Study(
+        config={
             "pipeline": base,
             "archs": archs,
-            "seeds": first["config"]["seeds"],
+            "seeds": first.config["seeds"],
             "schedules": schedules,
         },
-        "attack": first["attack"],
-        "num_test_examples": first["num_test_examples"],
-        "rows": [row for study in studies for row in study["rows"]],
-        "kept_overlap": {k: v for study in studies for k, v in study["kept_overlap"].items()},
-        "figures": figures,
-        "runs": [run for study in studies for run in study["runs"]],
-        "seconds": sum(study["seconds"] for study in studies),
-        "merged_seconds": [study["seconds"] for study in studies],
-        "merged_from": list(sources),
-    }
+        attack=first.attack,
+        num_test_examples=first.num_test_examples,
+        rows=tuple(row for study in studies for row in study.rows),
+        kept_overlap={k: v for study in studies for k, v in study.kept_overlap.items()},
+        figures=figures,
+        runs=[run for study in studies for run in study.runs],
+        seconds=sum(study.seconds for study in studies),
+        merged_seconds=[study.seconds for study in studies],
+        merged_from=list(sources),
+    )
     _write(merged, output_dir)
     return merged

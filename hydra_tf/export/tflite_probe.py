@@ -1,8 +1,9 @@
 """Runs a TF Lite file with LiteRT in a process of its own and measures it.
 
-`hydra_tf.export.tflite` calls this as a script, for two reasons: LiteRT can crash
-the process on some files (sparse float16 files segfault now and then with
-ai-edge-litert 2.3.0), and the memory figure must not include TensorFlow.
+`hydra_tf.export.tflite_verify` calls this as a script, for two reasons:
+LiteRT can crash the process on some files (sparse float16 files segfault
+now and then with ai-edge-litert 2.3.0), and the memory figure must not
+include TensorFlow.
 So it imports only numpy and `ai-edge-litert`, never TensorFlow:
 
   python hydra_tf/export/tflite_probe.py model.tflite [--inputs=a.npy,b.npy]
