@@ -2,9 +2,11 @@
 
 For each of --keep_ratios it trains a HYDRA network (prune, then finetune) and
 an LWM network (finetune from the magnitude mask), all derived from one robust
-dense network; evaluates each (clean + PGD-50 with 2 restarts by default;
-with --objective=smoothing or gaussian, the certified accuracy of the smoothed
-classifier at --certify_radius instead);
+dense network; evaluates each (clean + standard AutoAttack: APGD-CE, APGD-T,
+FAB-T, Square, with the robust accuracy after each; --attack=pgd for quick
+PGD-50 with 2 restarts, the tiny preset's choice; with --objective=smoothing
+or gaussian, the certified accuracy of the smoothed classifier at
+--certify_radius instead);
 exports each (plain .keras + SavedModel); and writes <workdir>/results.json and
 <workdir>/results.md (a table shaped like the paper's Table 1).
 
@@ -38,8 +40,12 @@ _KEEP_RATIOS = flags.DEFINE_list(
 _PRETRAIN_EPOCHS = flags.DEFINE_integer("pretrain_epochs", None, "Override the preset.")
 _PRUNE_EPOCHS = flags.DEFINE_integer("prune_epochs", None, "Override the preset.")
 _FINETUNE_EPOCHS = flags.DEFINE_integer("finetune_epochs", None, "Override the preset.")
-_EVAL_STEPS = flags.DEFINE_integer("eval_steps", None, "Override the preset's PGD steps.")
-_EVAL_RESTARTS = flags.DEFINE_integer("eval_restarts", None, "Override the preset's restarts.")
+_EVAL_STEPS = flags.DEFINE_integer(
+    "eval_steps", None, "Override the preset's PGD steps (--attack=pgd)."
+)
+_EVAL_RESTARTS = flags.DEFINE_integer(
+    "eval_restarts", None, "Override the preset's PGD restarts (--attack=pgd)."
+)
 _PRUNE_LR = flags.DEFINE_float(
     "prune_lr",
     None,
@@ -79,6 +85,7 @@ def _pipeline():
         "finetune_epochs": _FINETUNE_EPOCHS.value,
         "eval_steps": _EVAL_STEPS.value,
         "eval_restarts": _EVAL_RESTARTS.value,
+        "eval_attack": common.ATTACK.value,
         "prune_lr": _PRUNE_LR.value,
     }
     settings.update({k: v for k, v in overrides.items() if v is not None})

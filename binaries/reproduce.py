@@ -1,7 +1,8 @@
 """Reproduces the paper's central claim at small scale: HYDRA vs LWM over seeds.
 
 For each --archs and --seeds it runs the pipeline (robust dense network, then
-HYDRA and LWM at each of --keep_ratios, with strong PGD evaluation), and
+HYDRA and LWM at each of --keep_ratios, evaluated with standard AutoAttack
+unless --attack says otherwise), and
 writes to --output_dir:
 
   results.json   per (arch, method, keep ratio): mean and std over seeds
@@ -65,8 +66,8 @@ _PRUNE_LR = flags.DEFINE_float(
     "keep 0.01.",
     lower_bound=0.0,
 )
-_EVAL_STEPS = flags.DEFINE_integer("eval_steps", 50, "PGD steps of the evaluation.")
-_EVAL_RESTARTS = flags.DEFINE_integer("eval_restarts", 2, "PGD restarts of the evaluation.")
+_EVAL_STEPS = flags.DEFINE_integer("eval_steps", 50, "PGD steps (--attack=pgd).")
+_EVAL_RESTARTS = flags.DEFINE_integer("eval_restarts", 2, "PGD restarts (--attack=pgd).")
 
 
 def _merge():
@@ -114,6 +115,7 @@ def _reproduce():
         finetune_epochs=_FINETUNE_EPOCHS.value,
         eval_steps=_EVAL_STEPS.value,
         eval_restarts=_EVAL_RESTARTS.value,
+        eval_attack=common.ATTACK.value or "autoattack",
         **common.pipeline_settings(),
     )
     study = reproduce.run(

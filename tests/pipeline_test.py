@@ -6,6 +6,7 @@ import os
 import tempfile
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from hydra_tf import objectives
@@ -113,6 +114,38 @@ class PipelineTest(tf.test.TestCase):
             self.assertEqual(row.eval_key, pipeline.evaluation_key(stronger))
         with open(os.path.join(workdir, "dense", "tflite", "row.json")) as f:
             self.assertEqual(json.load(f)["eval_key"]["attack"]["steps"], 7)
+
+    def test_cascade_attack_rows_and_tflite_transfer(self):
+        # A cascade attack (here APGD-CE alone, to stay quick; AutoAttack takes the
+        # same path): each row has its stages, the examples it found are kept and
+        # the TF Lite check transfers exactly them, so Keras' accuracy on them is
+        # the row's robust accuracy.
+        workdir = tempfile.mkdtemp()
+        config = dataclasses.replace(_tiny(workdir), keep_ratios=(0.1,), eval_attack="apgd-ce")
+        results = pipeline.run(config)
+        for row in results.rows:
+            self.assertEqual(row.attack["name"], "apgd-ce")
+            self.assertEqual([s["attack"] for s in row.stages], ["apgd-ce"])
+            self.assertEqual(row.stages[-1]["robust_acc"], row.robust_acc)
+            self.assertAlmostEqual(row.tflite.keras_robust_acc, row.robust_acc)
+            self.assertLessEqual(row.robust_acc, row.clean_acc)
+            name = "dense" if row.method == "dense" else f"{row.method}_{row.keep_ratio:g}"
+            out = os.path.join(workdir, name)
+            self.assertEqual(np.load(os.path.join(out, "adversarial.npy")).shape, (64, 28, 28, 1))
+            self.assertFalse(os.path.exists(os.path.join(out, "attack_state.npz")))
+        with open(os.path.join(workdir, "results.md")) as f:
+            table = f.read()
+        self.assertIn("robust accuracy under L-inf APGD-CE at eps 0.1", table)
+        self.assertIn("Robust % after each attack", table)
+        # The examples are part of the cache: without them the network is evaluated again.
+        os.remove(os.path.join(workdir, "dense", "adversarial.npy"))
+        again = pipeline.run(config)
+        self.assertTrue(os.path.exists(os.path.join(workdir, "dense", "adversarial.npy")))
+        self.assertAlmostEqual(again.rows[0].robust_acc, results.rows[0].robust_acc, delta=0.05)
+
+    def test_unknown_eval_attack(self):
+        with self.assertRaisesRegex(ValueError, "Unknown eval_attack 'cw'"):
+            pipeline.PipelineConfig(workdir="/tmp/x", eval_attack="cw")
 
     def test_rows_evaluated_differently_share_no_table(self):
         rows = [

@@ -64,6 +64,9 @@ class PipelineConfig:
     weight_decay: float = 1e-4
     weight_decay_mode: str = "coupled"
     prune_bn: str = "train"
+    # The evaluation attack, a name of `attacks.REGISTRY`: standard AutoAttack
+    # by default; "pgd" (quick) uses eval_steps and eval_restarts.
+    eval_attack: str = "autoattack"
     eval_steps: int = evaluation.DEFAULT_STEPS
     eval_restarts: int = evaluation.DEFAULT_RESTARTS
     eval_eps: float | None = None
@@ -87,6 +90,10 @@ class PipelineConfig:
         for ratio in self.keep_ratios:
             masks.validate_keep_ratio(ratio)
         data.info(self.dataset)
+        if self.eval_attack not in attacks.REGISTRY:
+            raise ValueError(
+                f"Unknown eval_attack {self.eval_attack!r}. Supported: {', '.join(attacks.ATTACKS)}."
+            )
         if self.tflite_mode not in tflite.CHOICES:
             raise ValueError(
                 f"Unknown tflite_mode {self.tflite_mode!r}. Supported: {tflite.CHOICES}."
@@ -100,7 +107,10 @@ class PipelineConfig:
                 f"Objective {self.objective.name!r} has no attack radius: set eval_eps for the "
                 "attack (the TF Lite robust-accuracy check uses it)."
             )
-        return attacks.PGDConfig(eps=eps, steps=self.eval_steps, restarts=self.eval_restarts)
+        if self.eval_attack == "pgd" or self.certifies:
+            # Certified objectives use PGD only for the TF Lite transfer check.
+            return attacks.PGDConfig(eps=eps, steps=self.eval_steps, restarts=self.eval_restarts)
+        return attacks.make(self.eval_attack, eps)
 
     @property
     def certifies(self):
@@ -109,7 +119,7 @@ class PipelineConfig:
 
     @property
     def metric(self):
-        """What a row's robust_acc holds: "certified" (smoothing) or "robust" (PGD)."""
+        """What a row's robust_acc holds: "certified" (smoothing) or "robust" (attacked)."""
         return "certified" if self.certifies else "robust"
 
     @property
@@ -202,9 +212,20 @@ def evaluate_and_export(config, model_path, out_dir, name):
     cache = os.path.join(out_dir, "eval.json")
     key = evaluation_key(config)
     cached = _read_cache(cache, key)
+    if (
+        cached is not None
+        and _needs_examples(config)
+        and not os.path.exists(os.path.join(out_dir, ADVERSARIAL_FILE))
+    ):
+        logging.info("%s has no %s; evaluating again.", out_dir, ADVERSARIAL_FILE)
+        cached = None
     if cached is None:
         evaluated = dataclasses.replace(_evaluate(config, model_path, out_dir, name), eval_key=key)
         files.write_json(cache, evaluated.to_json())
+        # Finished: eval.json and the examples keep what the attack found.
+        state = os.path.join(out_dir, ATTACK_STATE_FILE)
+        if os.path.exists(state):
+            os.remove(state)
     else:
         evaluated = records.Evaluation.from_json(cached)
     deployed = None
@@ -212,6 +233,18 @@ def evaluate_and_export(config, model_path, out_dir, name):
         keras_path = os.path.join(config.workdir, evaluated.keras_path)
         deployed = _deploy(config, keras_path, out_dir, name)
     return evaluated, deployed
+
+
+# The evaluation's adversarial examples (AutoAttack and the other cascade
+# attacks), which the TF Lite verification transfers to each file.
+ADVERSARIAL_FILE = "adversarial.npy"
+# The resumable state of a cascade evaluation.
+ATTACK_STATE_FILE = "attack_state.npz"
+
+
+def _needs_examples(config):
+    """Whether the TF Lite check transfers the evaluation's examples (not PGD's own)."""
+    return config.tflite_mode != "none" and not isinstance(config.attack, attacks.PGDConfig)
 
 
 def _deploy(config, keras_path, out_dir, name):
@@ -230,8 +263,18 @@ def _deploy(config, keras_path, out_dir, name):
     images, labels, representative = tflite_verify.verification_data(
         config.dataset, config.data_dir, config.test_limit, config.train_limit, config.seed
     )
+    adversarial = None
+    if _needs_examples(config):
+        adversarial = np.load(os.path.join(out_dir, ADVERSARIAL_FILE))[: len(images)]
     result = tflite_verify.deploy(
-        plain, directory, config.tflite_mode, images, labels, config.attack, representative
+        plain,
+        directory,
+        config.tflite_mode,
+        images,
+        labels,
+        config.attack,
+        representative,
+        adversarial=adversarial,
     )
     chosen = result["modes"][result["mode"]]
     fp32_bytes = None
@@ -270,10 +313,12 @@ def _evaluate(config, model_path, out_dir, name):
     if config.certifies:
         measured = _certify(config, plain, test_ds)
     else:
+        state = os.path.join(out_dir, ATTACK_STATE_FILE)
         result = evaluation.evaluate(
             plain,
             data.make_pipeline(test_ds, config.batch_size, training=False),
             config.attack,
+            state_path=state,
         )
         measured = {
             "clean_acc": result.clean_acc,
@@ -281,6 +326,10 @@ def _evaluate(config, model_path, out_dir, name):
             "num_examples": result.num_examples,
             "attack": result.attack,
         }
+        if result.stages:
+            measured["stages"] = [stage.to_json() for stage in result.stages]
+        if result.adversarial is not None:
+            np.save(os.path.join(out_dir, ADVERSARIAL_FILE), result.adversarial)
     evaluated = records.Evaluation(
         **measured,
         sparsity=masks.sparsity(export.kernels(plain)),
@@ -293,7 +342,7 @@ def _evaluate(config, model_path, out_dir, name):
         "%s: clean %.4f, %s %.4f, sparsity %.4f",
         name,
         evaluated.clean_acc,
-        "certified" if config.certifies else f"PGD-{config.attack.steps} robust",
+        "certified" if config.certifies else f"{report.attack_name(evaluated.attack)} robust",
         evaluated.robust_acc,
         evaluated.sparsity,
     )

@@ -57,6 +57,8 @@ class Evaluation:
       eval_seconds: time the evaluation took.
       certified_accuracy: (smoothing) {radius: certified accuracy}.
       seconds_per_example: (smoothing) mean certification time.
+      stages: (attack cascades such as AutoAttack) the robust accuracy after
+        each attack, `cascade.Stage.to_json()` each.
       eval_key: the settings the evaluation was made with
         (`pipeline.evaluation_key`).
     """
@@ -72,6 +74,7 @@ class Evaluation:
     eval_seconds: float
     certified_accuracy: dict | None = dataclasses.field(default=None, metadata=_OPTIONAL)
     seconds_per_example: float | None = dataclasses.field(default=None, metadata=_OPTIONAL)
+    stages: list | None = dataclasses.field(default=None, metadata=_OPTIONAL)
     eval_key: dict | None = dataclasses.field(default=None, metadata=_OPTIONAL)
 
     def to_json(self):

@@ -8,6 +8,59 @@ the labels. `results_markdown` and `deployment_markdown` write the pipeline's
 table.
 """
 
+_ATTACK_NAMES = {
+    "autoattack": "AutoAttack",
+    "apgd-ce": "APGD-CE",
+    "apgd-dlr": "APGD-DLR",
+    "apgd-t": "APGD-T",
+    "fab-t": "FAB-T",
+    "square": "Square",
+}
+
+
+def attack_name(attack):
+    """A short name of an attack's settings (its `to_json()`): "PGD-50", "AutoAttack", ..."""
+    if attack.get("name") == "pgd_linf":
+        return f"PGD-{attack['steps']}"
+    return _ATTACK_NAMES.get(attack.get("name"), attack.get("name"))
+
+
+def describe_attack(attack, restarts="restart(s)"):
+    """The attack of a table caption, for example "L-inf PGD-50 with 2 restart(s) at eps 0.1"."""
+    if attack.get("name") == "pgd_linf":
+        return (
+            f"L-inf PGD-{attack['steps']} with {attack['restarts']} {restarts} at eps "
+            f"{attack['eps']:g}"
+        )
+    if attack.get("name") == "autoattack":
+        parts = ", ".join(attack_name(a) for a in attack["attacks"])
+        eps = attack["attacks"][0]["eps"]
+        return (
+            f"standard AutoAttack ({parts}, each on the points the earlier ones left robust) "
+            f"at L-inf eps {eps:g}"
+        )
+    return f"L-inf {attack_name(attack)} at eps {attack['eps']:g}"
+
+
+def stages_markdown(rows):
+    """Robust accuracy after each attack of a cascade, one line per network (else empty)."""
+    staged = [r for r in rows if getattr(r, "stages", None)]
+    if not staged:
+        return []
+    names = [_ATTACK_NAMES.get(s["attack"], s["attack"]) for s in staged[0].stages]
+    lines = [
+        "",
+        "Robust % after each attack (each runs on the points the earlier ones left robust):",
+        "",
+        "| network | clean | " + " | ".join(names) + " |",
+        "|" + "---|" * (len(names) + 2),
+    ]
+    for r in staged:
+        cells = [f"{r.method} keep {r.keep_ratio:g}", f"{100 * r.clean_acc:.1f}"]
+        cells += [f"{100 * s['robust_acc']:.1f}" for s in r.stages]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
 
 def keep_ratios(rows):
     """The keep ratios of the pruned rows, largest first (least pruned first)."""
@@ -92,8 +145,7 @@ def results_markdown(results):
     else:
         caption = (
             f"Objective {objective['name']} (eps {objective['eps']:g}); "
-            f"robust accuracy under L-inf PGD-{attack['steps']} with {attack['restarts']} "
-            f"restart(s) at eps {attack['eps']:g}, on {rows[0].num_examples} test "
+            f"robust accuracy under {describe_attack(attack)}, on {rows[0].num_examples} test "
             "examples. Cells: robust % (clean %)."
         )
     lines = [f"# HYDRA vs LWM: {config['arch']} on {config['dataset']}", "", caption, ""]
@@ -103,6 +155,7 @@ def results_markdown(results):
         ratio_label=lambda k: f"{(1 - k) * 100:g}% pruned",
         delta_label="HYDRA - LWM (robust)",
     )
+    lines += stages_markdown(rows)
     lines += ["", "Measured sparsity of the exported kernels:", ""]
     for r in rows:
         lines.append(f"- {r.method} keep {r.keep_ratio:g}: {100 * r.sparsity:.2f}% zeros")

@@ -149,8 +149,8 @@ def _caption(study):
     return (
         f"Objective {objective['name']} (L-inf eps {objective['eps']:g}, "
         f"{objective['steps']}-step PGD inside training). {schedule} "
-        f"Robust accuracy under L-inf PGD-{attack['steps']} with {attack['restarts']} "
-        f"restarts at eps {attack['eps']:g} on {study.num_test_examples} test images. "
+        f"Robust accuracy under {report.describe_attack(attack, restarts='restarts')} on "
+        f"{study.num_test_examples} test images. "
         "Cells: robust % (clean %), mean ± std."
     )
 

@@ -210,7 +210,9 @@ def _summary(report):
     )
 
 
-def deploy(plain_model, directory, mode, images, labels, attack, representative_images):
+def deploy(
+    plain_model, directory, mode, images, labels, attack, representative_images, adversarial=None
+):
     """Exports `plain_model` to TF Lite in `mode` (or every mode, for "auto") and verifies it.
 
     Args:
@@ -218,8 +220,11 @@ def deploy(plain_model, directory, mode, images, labels, attack, representative_
       directory: where `<mode>.tflite` files and `tflite.json` go.
       mode: a name from `tflite.MODE_NAMES`, or "auto".
       images, labels: test examples to measure accuracy on.
-      attack: `attacks.PGDConfig` of the transfer examples.
+      attack: the attack of the transfer examples: an `attacks.PGDConfig`
+        run here, or the attack that made `adversarial`.
       representative_images: training images for int8 calibration.
+      adversarial: adversarial examples of `images` found on the Keras model
+        (for example by AutoAttack in the evaluation); None: PGD with `attack`.
 
     Returns:
       {"mode", "path", "modes": {name: report}, "keras_clean_acc",
@@ -229,7 +234,13 @@ def deploy(plain_model, directory, mode, images, labels, attack, representative_
         raise ValueError(f"Unknown --tflite_mode {mode!r}. Supported: {tflite.CHOICES}.")
     os.makedirs(directory, exist_ok=True)
     labels = np.asarray(labels)
-    adversarial = transfer_examples(plain_model, images, labels, attack)
+    if adversarial is None:
+        adversarial = transfer_examples(plain_model, images, labels, attack)
+    adversarial = np.asarray(adversarial, np.float32)
+    if adversarial.shape != np.shape(images):
+        raise ValueError(
+            f"adversarial has shape {adversarial.shape}; the images have {np.shape(images)}."
+        )
     keras_clean = accuracy(plain_model.predict(images, verbose=0), labels)
     keras_robust = accuracy(plain_model.predict(adversarial, verbose=0), labels)
     candidates = tflite.MODES if mode == "auto" else (tflite.Mode.parse(mode),)
