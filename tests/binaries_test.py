@@ -1,6 +1,7 @@
 """Tests for the absl binaries: bad flags fail clearly; train/evaluate/export work."""
 
 import json
+import logging
 import os
 import tempfile
 
@@ -57,6 +58,19 @@ class BadInputTest(tf.test.TestCase, parameterized.TestCase):
         ):
             self.assertNotIn(noise, result.stderr)
         self.assertIn("pretrain[cnn_small, keep=1]: finished", result.stderr)
+
+    def test_console_filter_drops_expected_tensorflow_records_only(self):
+        import binaries
+
+        def record(level, message, path="/venv/lib/site-packages/tensorflow/python/x.py"):
+            return logging.LogRecord("absl", level, path, 1, message, None, None)
+
+        retrace = "6 out of the last 6 calls to <function f> triggered tf.function retracing."
+        keep = binaries._project_or_important
+        self.assertFalse(keep(record(logging.WARNING, retrace)))
+        self.assertFalse(keep(record(logging.INFO, "Assets written to: /tmp/x")))
+        self.assertTrue(keep(record(logging.WARNING, "Something else went wrong.")))
+        self.assertTrue(keep(record(logging.INFO, retrace, path="/repo/hydra_tf/evaluation/x.py")))
 
     def test_one_device_binaries_reject_a_strategy(self):
         result = run_binary(

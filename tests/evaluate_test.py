@@ -47,14 +47,15 @@ class EvaluateBinaryTest(tf.test.TestCase):
             f"--checkpoint={checkpoint}",
             "--test_limit=24",
             "--eps=0.05",
-            "--attack=apgd-ce",
             f"--output={report}",
         )
         self.assertEqual(result.returncode, 0, result.stderr[-3000:])
         with open(report) as f:
             values = json.load(f)
-        self.assertEqual(values["attack"]["name"], "apgd-ce")
-        self.assertEqual([s["attack"] for s in values["stages"]], ["apgd-ce"])
+        self.assertEqual(values["attack"]["name"], "autoattack")
+        self.assertEqual(
+            [s["attack"] for s in values["stages"]], ["apgd-ce", "apgd-t", "fab-t", "square"]
+        )
         self.assertEqual(values["stages"][0]["robust_acc"], values["robust_acc"])
         self.assertTrue(os.path.exists(report + ".state.npz"))
 
