@@ -11,25 +11,22 @@ from tests import binaries_test
 
 
 class EvaluateBinaryTest(tf.test.TestCase):
-    def test_writes_json_report(self):
+    def _evaluate(self, *flags):
+        """Runs the binary on a fresh pruned network: (checkpoint, report path, its JSON)."""
         work = tempfile.mkdtemp()
         checkpoint = os.path.join(work, "model.keras")
         architectures.build("cnn_small", (28, 28, 1), 10, keep_ratio=0.05).save(checkpoint)
         report = os.path.join(work, "eval.json")
         result = binaries_test.run_binary(
-            "evaluate",
-            f"--checkpoint={checkpoint}",
-            "--test_limit=40",
-            "--batch_size=20",
-            "--eps=0.05",
-            "--attack=pgd",
-            "--steps=2",
-            "--restarts=1",
-            f"--output={report}",
+            "evaluate", f"--checkpoint={checkpoint}", f"--output={report}", *flags
         )
         self.assertEqual(result.returncode, 0, result.stderr[-3000:])
         with open(report) as f:
-            values = json.load(f)
+            return checkpoint, report, json.load(f)
+
+    def test_writes_json_report(self):
+        flags = ("--test_limit=40", "--batch_size=20", "--eps=0.05", "--attack=pgd")
+        checkpoint, _, values = self._evaluate(*flags, "--steps=2", "--restarts=1")
         self.assertEqual(values["num_examples"], 40)
         self.assertEqual(values["attack"]["steps"], 2)
         self.assertEqual(values["attack"]["eps"], 0.05)
@@ -38,25 +35,12 @@ class EvaluateBinaryTest(tf.test.TestCase):
         self.assertEqual(values["checkpoint"], checkpoint)
 
     def test_cascade_attack_reports_each_stage_and_keeps_state(self):
-        work = tempfile.mkdtemp()
-        checkpoint = os.path.join(work, "model.keras")
-        architectures.build("cnn_small", (28, 28, 1), 10, keep_ratio=0.05).save(checkpoint)
-        report = os.path.join(work, "eval.json")
-        result = binaries_test.run_binary(
-            "evaluate",
-            f"--checkpoint={checkpoint}",
-            "--test_limit=24",
-            "--eps=0.05",
-            f"--output={report}",
-        )
-        self.assertEqual(result.returncode, 0, result.stderr[-3000:])
-        with open(report) as f:
-            values = json.load(f)
+        _, report, values = self._evaluate("--test_limit=24", "--eps=0.05")
         self.assertEqual(values["attack"]["name"], "autoattack")
         self.assertEqual(
             [s["attack"] for s in values["stages"]], ["apgd-ce", "apgd-t", "fab-t", "square"]
         )
-        self.assertEqual(values["stages"][0]["robust_acc"], values["robust_acc"])
+        self.assertEqual(values["stages"][-1]["robust_acc"], values["robust_acc"])
         self.assertTrue(os.path.exists(report + ".state.npz"))
 
     def test_unknown_attack(self):
