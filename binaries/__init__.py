@@ -72,3 +72,5 @@ if "tensorflow" not in sys.modules:
     _import_tensorflow_quietly()
 absl_logging.get_absl_handler().addFilter(_project_or_important)
 logging.getLogger("tensorflow").setLevel(logging.WARNING)
+# TensorFlow's own logger has its own handler: the same filter on the logger.
+logging.getLogger("tensorflow").addFilter(_project_or_important)

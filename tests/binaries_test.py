@@ -3,6 +3,8 @@
 import json
 import logging
 import os
+import subprocess
+import sys
 import tempfile
 
 import tensorflow as tf
@@ -71,6 +73,26 @@ class BadInputTest(tf.test.TestCase, parameterized.TestCase):
         self.assertFalse(keep(record(logging.INFO, "Assets written to: /tmp/x")))
         self.assertTrue(keep(record(logging.WARNING, "Something else went wrong.")))
         self.assertTrue(keep(record(logging.INFO, retrace, path="/repo/hydra_tf/evaluation/x.py")))
+
+    def test_tensorflow_retracing_warning_is_dropped_from_the_console(self):
+        # Eight functions traced in a row make TensorFlow warn about retracing;
+        # with the binaries' filters installed the console shows none of it.
+        snippet = (
+            "{imports}import tensorflow as tf\n"
+            "for i in range(8):\n"
+            "    tf.function(lambda x: x + 1)(tf.constant([1.0] * (i + 1)))\n"
+        )
+        for imports, expected in (("import binaries\n", 0), ("", 1)):
+            result = subprocess.run(
+                [sys.executable, "-c", snippet.format(imports=imports)],
+                capture_output=True,
+                text=True,
+                cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                check=True,
+            )
+            self.assertEqual(
+                min(result.stderr.count("triggered tf.function retracing"), 1), expected
+            )
 
     def test_one_device_binaries_reject_a_strategy(self):
         result = run_binary(
