@@ -26,7 +26,7 @@ _EXAMPLES = flags.DEFINE_list("examples", ["500", "1000"], "Test images per meas
 _NETWORKS = flags.DEFINE_list("networks", None, "Rows to measure (default: every row).")
 _ATTACK = flags.DEFINE_string("attack", "autoattack", "An attack of attacks.REGISTRY.")
 _EPS = flags.DEFINE_float("eps", None, "L-inf radius (default: the pipeline's).")
-_BATCH = flags.DEFINE_integer("batch", 250, "Examples per attack call.", lower_bound=1)
+_BATCH = flags.DEFINE_integer("batch", 500, "Examples per attack call.", lower_bound=1)
 _JSON = flags.DEFINE_boolean("json", False, "Print one JSON line per measurement.")
 
 

@@ -158,7 +158,7 @@ def run(
     images,
     labels,
     attack,
-    batch_size=250,
+    batch_size=500,
     state_path=None,
     strategy=None,
     save_every=60.0,
@@ -171,7 +171,10 @@ def run(
       images, labels: numpy arrays of all the examples.
       attack: an attack of `hydra_tf.objectives.attacks` or an
         `attacks.Cascade` of them.
-      batch_size: examples per attack call (split between replicas).
+      batch_size: examples per attack call (split between replicas). Larger
+        batches pay each step's fixed cost fewer times (Square's 5000
+        queries, APGD's 100 steps per target): 500 was 10% faster than 250
+        on the default pipeline's networks.
       state_path: `.npz` file that makes the evaluation resumable (None: not).
       strategy: a `tf.distribute.Strategy`; with several replicas each attacks
         its share of a batch.
