@@ -9,6 +9,17 @@ and `propagate_network` walking a functional network layer by layer.
 from hydra_tf.objectives.bounds.propagation import Bounds
 from hydra_tf.objectives.bounds.propagation import UnsupportedLayerError
 from hydra_tf.objectives.bounds.propagation import batch_norm_affine
+from hydra_tf.objectives.bounds.propagation import conv2d_arguments
+from hydra_tf.objectives.bounds.propagation import pool_arguments
+from hydra_tf.objectives.bounds.propagation import propagate_layers
 from hydra_tf.objectives.bounds.propagation import propagate_network
 
-__all__ = ["Bounds", "UnsupportedLayerError", "batch_norm_affine", "propagate_network"]
+__all__ = [
+    "Bounds",
+    "UnsupportedLayerError",
+    "batch_norm_affine",
+    "conv2d_arguments",
+    "pool_arguments",
+    "propagate_layers",
+    "propagate_network",
+]
