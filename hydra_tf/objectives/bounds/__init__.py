@@ -1,11 +1,18 @@
 """Bound propagation for verifiable training and verified accuracy.
 
-`propagation.Bounds` is the class every bound type (interval bounds, backward linear
-bounds, symbolic intervals) derives from: one `apply_<kind>` method per layer
-kind of `hydra_tf.models.kinds`, each refusing by name what it cannot bound,
-and `propagate_network` walking a functional network layer by layer.
+`propagation.Bounds` is the class every bound type derives from: one
+`apply_<kind>` method per layer kind of `hydra_tf.models.kinds`, each refusing
+by name what it cannot bound, and `propagate_network` walking a functional
+network layer by layer. The bound types:
+
+- `interval.IntervalBounds`: interval bound propagation (IBP), forward.
+
+`specification` builds the margin specification C (true class minus each
+other class), folds it into the last dense layer and tells verified inputs.
 """
 
+from hydra_tf.objectives.bounds.interval import IntervalBounds
+from hydra_tf.objectives.bounds.interval import specification_bounds
 from hydra_tf.objectives.bounds.propagation import Bounds
 from hydra_tf.objectives.bounds.propagation import UnsupportedLayerError
 from hydra_tf.objectives.bounds.propagation import batch_norm_affine
@@ -13,13 +20,23 @@ from hydra_tf.objectives.bounds.propagation import conv2d_arguments
 from hydra_tf.objectives.bounds.propagation import pool_arguments
 from hydra_tf.objectives.bounds.propagation import propagate_layers
 from hydra_tf.objectives.bounds.propagation import propagate_network
+from hydra_tf.objectives.bounds.specification import final_dense
+from hydra_tf.objectives.bounds.specification import fold
+from hydra_tf.objectives.bounds.specification import margin_specification
+from hydra_tf.objectives.bounds.specification import verified
 
 __all__ = [
     "Bounds",
+    "IntervalBounds",
     "UnsupportedLayerError",
     "batch_norm_affine",
     "conv2d_arguments",
+    "final_dense",
+    "fold",
+    "margin_specification",
     "pool_arguments",
     "propagate_layers",
     "propagate_network",
+    "specification_bounds",
+    "verified",
 ]
