@@ -5,12 +5,18 @@
 by name what it cannot bound, and `propagate_network` walking a functional
 network layer by layer. The bound types:
 
-- `interval.IntervalBounds`: interval bound propagation (IBP), forward.
+- `interval.IntervalBounds`: interval bound propagation (IBP), forward;
+- `crown.BackwardBounds`: backward linear bounds (CROWN, CROWN-IBP), run by
+  `crown.backward_bounds`.
 
 `specification` builds the margin specification C (true class minus each
 other class), folds it into the last dense layer and tells verified inputs.
 """
 
+from hydra_tf.objectives.bounds.crown import MODES
+from hydra_tf.objectives.bounds.crown import BackwardBounds
+from hydra_tf.objectives.bounds.crown import LinearFunction
+from hydra_tf.objectives.bounds.crown import backward_bounds
 from hydra_tf.objectives.bounds.interval import IntervalBounds
 from hydra_tf.objectives.bounds.interval import specification_bounds
 from hydra_tf.objectives.bounds.propagation import Bounds
@@ -26,9 +32,13 @@ from hydra_tf.objectives.bounds.specification import margin_specification
 from hydra_tf.objectives.bounds.specification import verified
 
 __all__ = [
+    "MODES",
+    "BackwardBounds",
     "Bounds",
     "IntervalBounds",
+    "LinearFunction",
     "UnsupportedLayerError",
+    "backward_bounds",
     "batch_norm_affine",
     "conv2d_arguments",
     "final_dense",
