@@ -192,6 +192,25 @@ class CrownNetworkTest(tf.test.TestCase, parameterized.TestCase):
         )
         self.assertTrue(np.all(lower <= margins) and np.all(upper >= margins))
 
+    @parameterized.parameters("vgg16_bn", "resnet18", "wrn_28_4")
+    def test_zero_eps_on_batch_norm_residual_and_pooling_networks(self, arch):
+        keras.utils.set_random_seed(0)
+        network = architectures.build(arch, (32, 32, 3), 10)
+        for layer in network.layers:
+            if isinstance(layer, keras.layers.BatchNormalization):
+                layer.moving_mean.assign(np.full(layer.moving_mean.shape, -0.05, np.float32))
+                layer.moving_variance.assign(np.full(layer.moving_variance.shape, 2.0, np.float32))
+        x = np.random.default_rng(0).random((2, 32, 32, 3)).astype(np.float32)
+        spec = bounds.margin_specification([0, 1], 10)
+        margins = tf.einsum("bsj,bj->bs", spec, network(x, training=False))
+        self.assertGreater(float(tf.reduce_max(tf.abs(margins))), 1e-3)
+        box = bounds.IntervalBounds.from_linf(x, 0.0)
+        lower, upper = bounds.backward_bounds(network, box, spec)
+        self.assertAllClose(lower, margins, atol=1e-4, rtol=0)
+        self.assertAllClose(upper, margins, atol=1e-4, rtol=0)
+        ibp = bounds.specification_bounds(network, box, spec)
+        self.assertAllClose(ibp.lower, margins, atol=1e-4, rtol=0)
+
     def test_full_mode_on_cnn_verifiable_is_tighter_than_crown_ibp(self):
         keras.utils.set_random_seed(0)
         network = architectures.build("cnn_verifiable", (28, 28, 1), 10)
