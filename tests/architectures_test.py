@@ -36,6 +36,7 @@ class BuildTest(tf.test.TestCase, parameterized.TestCase):
     @parameterized.parameters(
         ("cnn_small", (28, 28, 1)),
         ("cnn_large", (28, 28, 1)),
+        ("cnn_verifiable", (32, 32, 3)),
         ("vgg16_bn", (32, 32, 3)),
         ("wrn_28_4", (32, 32, 3)),
         ("resnet18", (32, 32, 3)),
@@ -57,6 +58,28 @@ class BuildTest(tf.test.TestCase, parameterized.TestCase):
         self.assertBetween(wrn.count_params(), 5.8e6, 5.9e6)
         resnet = architectures.build("resnet18", (32, 32, 3), 10)
         self.assertBetween(resnet.count_params(), 11.1e6, 11.3e6)
+
+    def test_cnn_verifiable_is_the_references_cifar_model(self):
+        # conv16 4x4/2 pad 1 - conv32 4x4/2 pad 1 - fc100 - fc10 on 32x32x3.
+        model = architectures.build("cnn_verifiable", (32, 32, 3), 10)
+        shapes = {layer.name: layer.output.shape[1:] for layer in model.layers}
+        self.assertEqual(shapes["conv1"], (16, 16, 16))
+        self.assertEqual(shapes["conv2"], (8, 8, 32))
+        self.assertEqual(shapes["fc1"], (100,))
+        self.assertEqual(
+            model.count_params(), (48 * 16 + 16) + (256 * 32 + 32) + (2048 * 100 + 100) + 1010
+        )
+        self.assertEmpty(
+            [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+        )
+        # "same" is the reference's padding of 1 on every side for these even sizes.
+        conv = model.get_layer("conv1")
+        x = np.random.RandomState(0).rand(2, 32, 32, 3).astype(np.float32)
+        padded = np.pad(x, [(0, 0), (1, 1), (1, 1), (0, 0)])
+        expected = tf.nn.conv2d(padded, conv.kernel, 2, "VALID") + conv.bias
+        self.assertAllClose(conv(x), expected, atol=1e-5)
+        fashion = architectures.build("cnn_verifiable", (28, 28, 1), 10)
+        self.assertEqual(fashion.get_layer("conv2").output.shape[1:], (7, 7, 32))
 
     def test_small_models_run(self):
         x = np.random.RandomState(0).rand(2, 28, 28, 1).astype(np.float32)

@@ -95,6 +95,30 @@ class BoundsTest(tf.test.TestCase, parameterized.TestCase):
         ):
             bounds.propagate_network(dense, bounds.Bounds())
 
+    def test_propagate_layers_gives_every_layer_and_stops_before_one(self):
+        network = architectures.build("cnn_small", (28, 28, 1), 10)
+        x = np.random.default_rng(0).random((2, 28, 28, 1)).astype(np.float32)
+        values = bounds.propagate_layers(network, _Point(tf.constant(x)))
+        self.assertEqual(list(values), [layer.name for layer in network.layers])
+        conv1 = keras.Model(network.inputs[0], network.get_layer("conv1").output)
+        self.assertAllClose(values["conv1"].x, conv1(x), atol=1e-5)
+        partial = bounds.propagate_layers(network, _Point(tf.constant(x)), stop_before="fc2")
+        self.assertEqual(list(partial), [layer.name for layer in network.layers][:-1])
+
+    def test_fused_activation_and_other_axes_are_refused(self):
+        inputs = keras.Input((4,))
+        fused = keras.Model(inputs, keras.layers.Dense(3, activation="relu", name="fc")(inputs))
+        with self.assertRaisesRegex(bounds.UnsupportedLayerError, "'fc'.*fused activation 'relu'"):
+            bounds.propagate_network(fused, _Point(tf.zeros((1, 4))))
+        linear = keras.Model(inputs, keras.layers.Dense(3, activation="linear")(inputs))
+        bounds.propagate_network(linear, _Point(tf.zeros((1, 4))))
+        images = keras.Input((2, 2, 3))
+        norm = keras.layers.BatchNormalization(axis=1, name="bn_rows")
+        with self.assertRaisesRegex(bounds.UnsupportedLayerError, "'bn_rows'.*axis 1"):
+            bounds.propagate_network(
+                keras.Model(images, norm(images)), _Point(tf.zeros((1, 2, 2, 3)))
+            )
+
     def test_shared_layer_is_refused(self):
         inputs = keras.Input((4,))
         shared = keras.layers.Dense(4, name="shared")

@@ -83,6 +83,20 @@ def cnn_small(inputs, num_classes, factory):
     return factory.dense(num_classes, "fc2")(x)
 
 
+def cnn_verifiable(inputs, num_classes, factory):
+    """The reference code's `cifar_model`, the small network of its verifiable training.
+
+    conv16 4x4/2 - conv32 4x4/2 - fc100 - fc, no BatchNorm. The reference pads
+    each convolution by 1 on every side; "same" padding is the same for the
+    even input sizes it is used with (28, 32, and the halved 14, 16).
+    """
+    x = _relu(factory.conv(16, 4, "conv1", strides=2)(inputs))
+    x = _relu(factory.conv(32, 4, "conv2", strides=2)(x))
+    x = keras.layers.Flatten()(x)
+    x = _relu(factory.dense(100, "fc1")(x))
+    return factory.dense(num_classes, "fc2")(x)
+
+
 def cnn_large(inputs, num_classes, factory):
     """The reference code's `cifar_model_large` (no BatchNorm).
 
@@ -208,6 +222,7 @@ def resnet18(inputs, num_classes, factory):
 ARCHITECTURES = {
     "cnn_small": cnn_small,
     "cnn_large": cnn_large,
+    "cnn_verifiable": cnn_verifiable,
     "vgg16_bn": vgg16_bn,
     "wrn_28_4": lambda inputs, n, f: wide_resnet(inputs, n, f, depth=28, width=4),
     "wrn_28_10": lambda inputs, n, f: wide_resnet(inputs, n, f, depth=28, width=10),

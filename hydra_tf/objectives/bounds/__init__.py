@@ -1,14 +1,52 @@
 """Bound propagation for verifiable training and verified accuracy.
 
-`propagation.Bounds` is the class every bound type (interval bounds, backward linear
-bounds, symbolic intervals) derives from: one `apply_<kind>` method per layer
-kind of `hydra_tf.models.kinds`, each refusing by name what it cannot bound,
-and `propagate_network` walking a functional network layer by layer.
+`propagation.Bounds` is the class every bound type derives from: one
+`apply_<kind>` method per layer kind of `hydra_tf.models.kinds`, each refusing
+by name what it cannot bound, and `propagate_network` walking a functional
+network layer by layer. The bound types:
+
+- `interval.IntervalBounds`: interval bound propagation (IBP), forward;
+- `crown.BackwardBounds`: backward linear bounds (CROWN, CROWN-IBP), run by
+  `crown.backward_bounds`.
+
+`specification` builds the margin specification C (true class minus each
+other class), folds it into the last dense layer and tells verified inputs.
 """
 
+from hydra_tf.objectives.bounds.crown import MODES
+from hydra_tf.objectives.bounds.crown import BackwardBounds
+from hydra_tf.objectives.bounds.crown import LinearFunction
+from hydra_tf.objectives.bounds.crown import backward_bounds
+from hydra_tf.objectives.bounds.interval import IntervalBounds
+from hydra_tf.objectives.bounds.interval import specification_bounds
 from hydra_tf.objectives.bounds.propagation import Bounds
 from hydra_tf.objectives.bounds.propagation import UnsupportedLayerError
 from hydra_tf.objectives.bounds.propagation import batch_norm_affine
+from hydra_tf.objectives.bounds.propagation import conv2d_arguments
+from hydra_tf.objectives.bounds.propagation import pool_arguments
+from hydra_tf.objectives.bounds.propagation import propagate_layers
 from hydra_tf.objectives.bounds.propagation import propagate_network
+from hydra_tf.objectives.bounds.specification import final_dense
+from hydra_tf.objectives.bounds.specification import fold
+from hydra_tf.objectives.bounds.specification import margin_specification
+from hydra_tf.objectives.bounds.specification import verified
 
-__all__ = ["Bounds", "UnsupportedLayerError", "batch_norm_affine", "propagate_network"]
+__all__ = [
+    "MODES",
+    "BackwardBounds",
+    "Bounds",
+    "IntervalBounds",
+    "LinearFunction",
+    "UnsupportedLayerError",
+    "backward_bounds",
+    "batch_norm_affine",
+    "conv2d_arguments",
+    "final_dense",
+    "fold",
+    "margin_specification",
+    "pool_arguments",
+    "propagate_layers",
+    "propagate_network",
+    "specification_bounds",
+    "verified",
+]

@@ -4,7 +4,10 @@ A bound type describes the set of activations a layer can take when the
 input ranges over a box (an L-inf ball clipped to the data domain [0, 1]).
 It subclasses `Bounds` and implements `apply_<kind>` for every layer kind it
 supports (`hydra_tf.models.kinds.KINDS`); `Bounds.propagate` dispatches a
-layer to its method, and `propagate_network` walks a whole functional network.
+layer to its method, `propagate_layers` walks a whole functional network
+forwards and keeps every layer's bounds, `propagate_network` keeps the
+output's. A backward bound type (`crown.BackwardBounds`) uses the same
+dispatch, walking the layers in reverse (`layer_inputs`, `producer`).
 
 What the base does for every bound type, so none repeats it:
 
@@ -13,8 +16,10 @@ What the base does for every bound type, so none repeats it:
   gradient of a bound-based loss;
 - BatchNormalization is bounded as the affine map it is in inference mode
   (`batch_norm_affine`);
-- a layer of no known kind, a kind the bound type has no method for, or a
-  layer called more than once (shared weights) is refused with an
+- a layer of no known kind, a kind the bound type has no method for, a
+  layer called more than once (shared weights), a conv / dense layer with a
+  fused activation, a dilated, grouped or channels-first convolution or
+  pooling, or a BatchNorm over another axis than the last is refused with an
   `UnsupportedLayerError` naming the layer.
 
 How to add a bound type: subclass `Bounds`, keep the bounds of one tensor in
@@ -68,12 +73,34 @@ class Bounds:
                 f"Known kinds: {', '.join(kinds.KINDS)}."
             )
         if kind in kinds.PRUNABLE_KINDS:
+            self._check_linear(layer)
             return getattr(self, f"apply_{kind}")(layer, kinds.kernel(layer), layer.bias)
         if kind == "batch_norm":
+            self._check_last_axis(layer)
             return self.apply_batch_norm(layer, *batch_norm_affine(layer))
         if kind == "add":
             return self.apply_add(layer, (self,) + others)
         return getattr(self, f"apply_{kind}")(layer)
+
+    def _check_linear(self, layer):
+        # A conv / dense layer with a fused activation is not the affine map
+        # the apply_* methods bound; our builders use separate ReLU layers.
+        activation = getattr(layer, "activation", None)
+        if activation is not None and keras.activations.serialize(activation) != "linear":
+            raise UnsupportedLayerError(
+                f"{type(self).__name__} cannot bound layer {layer.name!r} "
+                f"({type(layer).__name__}): it has a fused activation "
+                f"{keras.activations.serialize(activation)!r}; use a separate activation layer."
+            )
+
+    def _check_last_axis(self, layer):
+        axis = layer.axis if isinstance(layer.axis, int) else tuple(layer.axis)
+        rank = len(layer.input.shape)
+        if axis not in (-1, rank - 1, (-1,), (rank - 1,)):
+            raise UnsupportedLayerError(
+                f"{type(self).__name__} cannot bound layer {layer.name!r} "
+                f"({type(layer).__name__}): it normalises axis {axis!r}, not the last one."
+            )
 
     def _unsupported(self, layer):
         return UnsupportedLayerError(
@@ -123,6 +150,71 @@ class Bounds:
         return self
 
 
+def conv2d_arguments(layer):
+    """(strides, padding) of a conv layer for `tf.nn` ops: (1, s, s, 1), "SAME" / "VALID".
+
+    Raises:
+      UnsupportedLayerError: a dilated, grouped or channels-first convolution, named.
+    """
+    dilation = tuple(getattr(layer, "dilation_rate", (1, 1)))
+    groups = getattr(layer, "groups", 1)
+    data_format = getattr(layer, "data_format", "channels_last")
+    if dilation != (1, 1) or groups != 1 or data_format != "channels_last":
+        raise UnsupportedLayerError(
+            f"Cannot bound layer {layer.name!r} ({type(layer).__name__}): only channels-last "
+            f"convolutions without dilation or groups are supported. Received: "
+            f"dilation_rate={dilation}, groups={groups}, data_format={data_format!r}."
+        )
+    return (1, *layer.strides, 1), layer.padding.upper()
+
+
+def pool_arguments(layer):
+    """(ksize, strides, padding) of a 2-D pooling layer for `tf.nn` ops.
+
+    Raises:
+      UnsupportedLayerError: a channels-first pooling layer, named.
+    """
+    if getattr(layer, "data_format", "channels_last") != "channels_last":
+        raise UnsupportedLayerError(
+            f"Cannot bound layer {layer.name!r} ({type(layer).__name__}): only channels-last "
+            f"pooling is supported. Received: data_format={layer.data_format!r}."
+        )
+    return (1, *layer.pool_size, 1), (1, *layer.strides, 1), layer.padding.upper()
+
+
+def propagate_layers(network, bounds, stop_before=None):
+    """Bounds of every layer's output, walking `network` from `bounds` of its input.
+
+    Args:
+      network: a functional `keras.Model` with one input and one output.
+      bounds: a `Bounds` instance for the network's input.
+      stop_before: the name of a layer at which to stop: neither it nor any
+        layer after it in `network.layers` (a topological order) is bounded.
+
+    Returns:
+      {layer name: bounds of that layer's output}, in the network's order;
+      the input layer's name maps to `bounds`.
+
+    Raises:
+      UnsupportedLayerError: a layer the bound type cannot handle, or one
+        that is called more than once (its weights shared), named.
+    """
+    if len(network.inputs) != 1 or len(network.outputs) != 1:
+        raise UnsupportedLayerError(
+            f"Bounds need a network with one input and one output; {network.name!r} has "
+            f"{len(network.inputs)} and {len(network.outputs)}."
+        )
+    values = {producer(network.inputs[0]).name: bounds}
+    for layer in network.layers:
+        if layer.name == stop_before:
+            break
+        if isinstance(layer, keras.layers.InputLayer):
+            continue
+        inbound = [values[producer(tensor).name] for tensor in layer_inputs(layer)]
+        values[layer.name] = inbound[0].propagate(layer, *inbound[1:])
+    return values
+
+
 def propagate_network(network, bounds):
     """Bounds of `network`'s output given `bounds` of its input.
 
@@ -134,25 +226,29 @@ def propagate_network(network, bounds):
       UnsupportedLayerError: a layer the bound type cannot handle, or one
         that is called more than once (its weights shared), named.
     """
-    if len(network.inputs) != 1 or len(network.outputs) != 1:
+    values = propagate_layers(network, bounds)
+    return values[producer(network.outputs[0]).name]
+
+
+def layer_inputs(layer):
+    """The input tensors of a layer of a functional network, checked for bounding.
+
+    Raises:
+      UnsupportedLayerError: `layer` is a nested model or is called more than
+        once (its weights shared), named.
+    """
+    if isinstance(layer, keras.Model):
         raise UnsupportedLayerError(
-            f"Bounds need a network with one input and one output; {network.name!r} has "
-            f"{len(network.inputs)} and {len(network.outputs)}."
+            f"Cannot bound nested model {layer.name!r}: bound its layers in one network."
         )
-    values = {id(network.inputs[0]): bounds}
-    for layer in network.layers:
-        if isinstance(layer, keras.layers.InputLayer):
-            continue
-        if isinstance(layer, keras.Model):
-            raise UnsupportedLayerError(
-                f"Cannot bound nested model {layer.name!r}: bound its layers in one network."
-            )
-        if len(layer._inbound_nodes) != 1:
-            raise UnsupportedLayerError(
-                f"Cannot bound layer {layer.name!r}: it is called "
-                f"{len(layer._inbound_nodes)} times (shared weights)."
-            )
-        inputs = layer.input if isinstance(layer.input, (list, tuple)) else [layer.input]
-        inbound = [values[id(tensor)] for tensor in inputs]
-        values[id(layer.output)] = inbound[0].propagate(layer, *inbound[1:])
-    return values[id(network.outputs[0])]
+    if len(layer._inbound_nodes) != 1:
+        raise UnsupportedLayerError(
+            f"Cannot bound layer {layer.name!r}: it is called "
+            f"{len(layer._inbound_nodes)} times (shared weights)."
+        )
+    return list(layer.input) if isinstance(layer.input, (list, tuple)) else [layer.input]
+
+
+def producer(tensor):
+    """The layer of a functional network that outputs `tensor` (a symbolic Keras tensor)."""
+    return tensor._keras_history.operation
