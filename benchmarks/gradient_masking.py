@@ -21,34 +21,6 @@ _WORKDIR = flags.DEFINE_string("workdir", "runs/pipeline", "A finished pipeline 
 _NETWORKS = flags.DEFINE_list("networks", None, "Rows to analyse (default: every row).")
 
 
-def _margin_grad(network, x, y):
-    import numpy as np
-    import tensorflow as tf
-
-    x = tf.constant(x)
-    with tf.GradientTape() as tape:
-        tape.watch(x)
-        z = network(x, training=False)
-        onehot = tf.one_hot(y, z.shape[-1]) > 0
-        margin = tf.reduce_max(tf.where(onehot, z, -np.inf), -1) - tf.reduce_max(
-            tf.where(onehot, -np.inf, z), -1
-        )
-    grad = tape.gradient(margin, x).numpy().reshape(len(y), -1)
-    return margin.numpy(), np.abs(grad).sum(1)
-
-
-def _active_fraction(network, x):
-    import keras
-    import numpy as np
-
-    relus = [layer.output for layer in network.layers if isinstance(layer, keras.layers.ReLU)]
-    probe = keras.Model(network.inputs, relus)
-    maps = probe(x, training=False)
-    return np.mean(
-        np.concatenate([np.reshape(m.numpy() > 0, (len(x), -1)) for m in maps], axis=1), axis=1
-    )
-
-
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
@@ -57,6 +29,7 @@ def main(argv):
 
     from hydra_tf import data
     from hydra_tf.evaluation import cascade
+    from hydra_tf.evaluation import diagnostics
     from hydra_tf.objectives import attacks
 
     workdir, names = _WORKDIR.value, _NETWORKS.value
@@ -87,12 +60,16 @@ def main(argv):
         for label, index in (("S", broken), ("R", kept)):
             if len(index) == 0:
                 continue
-            margin, grad = _margin_grad(network, images[index], labels[index])
+            margin, grad, _ = diagnostics.margins_and_gradients(
+                network, images[index], labels[index]
+            )
             report[label] = {
                 "margin_median": float(np.median(margin)),
                 "grad_l1_median": float(np.median(grad)),
                 "eps_grad_over_margin_median": float(np.median(eps * grad / margin)),
-                "active_relu_fraction": float(np.mean(_active_fraction(network, images[index]))),
+                "active_relu_fraction": float(
+                    np.mean(diagnostics.active_fraction(network, images[index]))
+                ),
             }
         if len(broken):
             for attack in ("apgd-ce", "apgd-dlr"):

@@ -18,17 +18,49 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from hydra_tf.objectives.attacks import square
 
-def _relu_outputs(network):
-    """(name, output) of the network's ReLUs, named after the layer that feeds each."""
-    outputs = []
+
+def relu_probe(network):
+    """(names, model): the network's ReLUs, named after the layer feeding each, and a
+    model mapping the network's input to their outputs (None if it has no ReLU)."""
+    names, outputs = [], []
     for layer in network.layers:
         if isinstance(layer, keras.layers.ReLU):
-            source = layer.input._keras_history.operation.name
-            outputs.append((source, layer.output))
+            names.append(layer.input._keras_history.operation.name)
+            outputs.append(layer.output)
         elif getattr(layer, "activation", None) is keras.activations.relu:
-            outputs.append((layer.name, layer.output))
-    return outputs
+            names.append(layer.name)
+            outputs.append(layer.output)
+    return names, keras.Model(network.inputs, outputs) if outputs else None
+
+
+def _relu_maps(probe, x):
+    maps = probe(x, training=False)
+    return [m.numpy() > 0 for m in (maps if isinstance(maps, (list, tuple)) else [maps])]
+
+
+def active_fraction(network, images):
+    """Per example, the fraction of the network's ReLU units that are active."""
+    _, probe = relu_probe(network)
+    maps = _relu_maps(probe, tf.constant(images, tf.float32))
+    return np.concatenate([np.reshape(m, (len(images), -1)) for m in maps], axis=1).mean(axis=1)
+
+
+def margins_and_gradients(network, x, y):
+    """Per example: the margin z_y - max_{j!=y} z_j, the L1 norm of its input gradient,
+    and whether the float32 cross-entropy input gradient is exactly zero."""
+    x = tf.constant(x, tf.float32)
+    y = tf.constant(y, tf.int64)
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(x)
+        logits = tf.cast(network(x, training=False), tf.float32)
+        ce = tf.nn.sparse_softmax_cross_entropy_with_logits(y, logits)
+        margin, _ = square.margin_and_wrong(logits, tf.cast(y, tf.int32))
+    ce_grad = tape.gradient(ce, x).numpy().reshape(len(y), -1)
+    margin_grad = tape.gradient(margin, x).numpy().reshape(len(y), -1)
+    del tape
+    return margin.numpy(), np.abs(margin_grad).sum(axis=1), np.all(ce_grad == 0, axis=1)
 
 
 def gradient_health(network, images, labels, eps, batch_size=250):
@@ -41,43 +73,30 @@ def gradient_health(network, images, labels, eps, batch_size=250):
       "margin_gradient_l1_median" (over correctly classified examples),
       "linear_flip" (fraction of those where eps * gradient L1 >= margin).
     """
-    relus = _relu_outputs(network)
-    probe = keras.Model(network.inputs, [out for _, out in relus]) if relus else None
+    names, probe = relu_probe(network)
     active = None
-    zero_grad, margins, grad_l1, correct = [], [], [], []
+    zero_grad, margins, grad_l1 = [], [], []
     for start in range(0, len(images), batch_size):
-        x = tf.constant(images[start : start + batch_size], tf.float32)
-        y = tf.constant(labels[start : start + batch_size], tf.int64)
+        x = images[start : start + batch_size]
+        y = labels[start : start + batch_size]
         if probe is not None:
-            maps = probe(x, training=False)
-            maps = maps if isinstance(maps, (list, tuple)) else [maps]
             # A unit is a channel (last axis), active if positive anywhere.
             batch_active = [
-                np.any(np.reshape(m.numpy() > 0, (-1, m.shape[-1])), axis=0) for m in maps
+                np.any(np.reshape(m, (-1, m.shape[-1])), axis=0)
+                for m in _relu_maps(probe, tf.constant(x, tf.float32))
             ]
             active = (
                 batch_active if active is None else [a | b for a, b in zip(active, batch_active)]
             )
-        with tf.GradientTape(persistent=True) as tape:
-            tape.watch(x)
-            logits = tf.cast(network(x, training=False), tf.float32)
-            ce = tf.nn.sparse_softmax_cross_entropy_with_logits(y, logits)
-            onehot = tf.one_hot(y, tf.shape(logits)[-1]) > 0
-            true = tf.reduce_max(tf.where(onehot, logits, -np.inf), axis=-1)
-            other = tf.reduce_max(tf.where(onehot, -np.inf, logits), axis=-1)
-            margin = true - other
-        ce_grad = tape.gradient(ce, x)
-        margin_grad = tape.gradient(margin, x)
-        del tape
-        zero_grad.append(np.all(ce_grad.numpy().reshape(len(y), -1) == 0, axis=1))
-        margins.append(margin.numpy())
-        grad_l1.append(np.abs(margin_grad.numpy()).reshape(len(y), -1).sum(axis=1))
-        correct.append(margin.numpy() > 0)
+        margin, l1, zero = margins_and_gradients(network, x, y)
+        margins.append(margin)
+        grad_l1.append(l1)
+        zero_grad.append(zero)
     zero_grad, margins = np.concatenate(zero_grad), np.concatenate(margins)
-    grad_l1, correct = np.concatenate(grad_l1), np.concatenate(correct)
+    grad_l1, correct = np.concatenate(grad_l1), margins > 0
     right = correct if correct.any() else np.ones_like(correct)
     return {
-        "dead_units": {name: float(1.0 - a.mean()) for (name, _), a in zip(relus, active or [])},
+        "dead_units": {name: float(1.0 - a.mean()) for name, a in zip(names, active or [])},
         "zero_ce_gradient": float(zero_grad.mean()),
         "margin_median": float(np.median(margins[right])),
         "margin_gradient_l1_median": float(np.median(grad_l1[right])),
