@@ -23,14 +23,14 @@ Usage:
 
 import json
 import resource
-import statistics
 import subprocess
 import sys
-import time
 
 from absl import app
 from absl import flags
 from absl import logging
+
+import benchmarks
 
 ARCHS = ("cnn_small", "cnn_large", "vgg16_bn")
 DEFAULT_ARCHS = ("cnn_small", "vgg16_bn")
@@ -93,15 +93,6 @@ _CPU_REPLICAS = flags.DEFINE_integer(
 _CASE = flags.DEFINE_string(
     "case", None, "Internal: run one case 'arch:phase:keep' in this process and print its JSON."
 )
-
-
-def _median_seconds(function, repeats):
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def _peak_rss_mb():
@@ -173,7 +164,7 @@ def run_case(arch, phase, keep_ratio):
     for _ in range(_WARMUP.value):
         step()
     logging.info("%s/%s/%g: timing %d steps", arch, phase, keep_ratio, steps_repeats)
-    step_seconds = _median_seconds(step, steps_repeats)
+    step_seconds = benchmarks.median_seconds(step, steps_repeats)
 
     # The mask work of one step, compiled the way the step compiles it.
     pruned = layers.pruned_layers(network)
@@ -195,7 +186,7 @@ def run_case(arch, phase, keep_ratio):
                 return tf.add_n([tf.reduce_sum(m) for m in model.step_masks().values()])
 
         mask_work()
-        mask_seconds = per_step * _median_seconds(lambda: float(mask_work()), 10)
+        mask_seconds = per_step * benchmarks.median_seconds(lambda: float(mask_work()), 10)
     else:
         mask_seconds = 0.0
 
@@ -221,7 +212,9 @@ def run_case(arch, phase, keep_ratio):
         y_eval = tf.constant(labels[:eval_batch])
         counts(x_eval, y_eval)
         logging.info("%s/%s/%g: timing PGD-50 evaluation", arch, phase, keep_ratio)
-        eval_seconds = _median_seconds(lambda: int(counts(x_eval, y_eval)[1]), eval_repeats)
+        eval_seconds = benchmarks.median_seconds(
+            lambda: int(counts(x_eval, y_eval)[1]), eval_repeats
+        )
         result["eval_batch"] = eval_batch
         result["eval_images_per_sec"] = eval_batch / eval_seconds
 

@@ -18,6 +18,7 @@ from hydra_tf import training
 from hydra_tf.export import tflite
 from hydra_tf.models import architectures
 from hydra_tf.objectives import attacks
+from hydra_tf.objectives import verifiable
 
 DATASET = flags.DEFINE_enum("dataset", "fashion_mnist", data.SUPPORTED_DATASETS, "Dataset.")
 DATA_DIR = flags.DEFINE_string(
@@ -51,6 +52,64 @@ SIGMA = flags.DEFINE_float(
     0.25,
     "Gaussian noise of the smoothing / gaussian objectives and of certification.",
     lower_bound=0.0,
+)
+EPS_WARMUP_EPOCHS = flags.DEFINE_float(
+    "eps_warmup_epochs",
+    0.0,
+    "ibp / crown_ibp: epochs at eps 0 before the eps ramp (the CROWN-IBP code's schedule_start).",
+    lower_bound=0.0,
+)
+EPS_RAMP_EPOCHS = flags.DEFINE_float(
+    "eps_ramp_epochs",
+    0.0,
+    "ibp / crown_ibp: epochs over which eps grows from 0 to --eps, per step (0: full eps at "
+    "once; the CROWN-IBP code's schedule_length - 1). The pipeline and the study ramp in "
+    "pretraining only; prune and finetune train at full eps, as the reference does.",
+    lower_bound=0.0,
+)
+EPS_RAMP = flags.DEFINE_enum(
+    "eps_ramp",
+    "linear",
+    verifiable.RAMPS,
+    "ibp / crown_ibp: shape of the eps ramp (smoothed: DeepMind's power-law start).",
+)
+KAPPA_START = flags.DEFINE_float(
+    "kappa_start", 1.0, "ibp / crown_ibp: clean-loss weight at eps 0.", lower_bound=0.0
+)
+KAPPA_END = flags.DEFINE_float(
+    "kappa_end",
+    0.5,
+    "ibp / crown_ibp: clean-loss weight at full eps (the CROWN-IBP code's final-kappa; the "
+    "HYDRA code trains with 0).",
+    lower_bound=0.0,
+)
+FINAL_BETA = flags.DEFINE_float(
+    "final_beta",
+    0.0,
+    "crown_ibp: weight of the CROWN-IBP bound (against IBP) at full eps.",
+    lower_bound=0.0,
+)
+OPTIMIZER = flags.DEFINE_enum("optimizer", "sgd", training.OPTIMIZERS, "Optimizer.")
+WEIGHT_DECAY = flags.DEFINE_float(
+    "weight_decay", 1e-4, "Weight decay (see --weight_decay_mode).", lower_bound=0.0
+)
+PRETRAIN_LR = flags.DEFINE_float(
+    "pretrain_lr",
+    None,
+    "Pipeline / study: pretraining learning rate (default 0.1).",
+    lower_bound=0.0,
+)
+FINETUNE_LR = flags.DEFINE_float(
+    "finetune_lr",
+    None,
+    "Pipeline / study: finetuning learning rate (default 0.01).",
+    lower_bound=0.0,
+)
+TRAIN_ONLY = flags.DEFINE_boolean(
+    "train_only",
+    False,
+    "Pipeline / study: train every network and stop; the same command without this flag "
+    "later reuses them and evaluates.",
 )
 SEED = flags.DEFINE_integer("seed", 0, "Random seed.")
 ATTACK = flags.DEFINE_enum(
@@ -94,6 +153,8 @@ def run_settings():
         "batch_size": BATCH_SIZE.value,
         "seed": SEED.value,
         "sync_batch_norm": SYNC_BATCH_NORM.value,
+        "optimizer": OPTIMIZER.value,
+        "weight_decay": WEIGHT_DECAY.value,
         "weight_decay_mode": WEIGHT_DECAY_MODE.value,
         "prune_bn": PRUNE_BN.value,
     }
@@ -105,6 +166,11 @@ def pipeline_settings():
     return {
         **settings,
         "eval_eps": attack_eps(settings["objective"]),
+        **{
+            name: flag.value
+            for name, flag in (("pretrain_lr", PRETRAIN_LR), ("finetune_lr", FINETUNE_LR))
+            if flag.value is not None
+        },
         "tflite_mode": TFLITE_MODE.value,
         **certify_settings(),
     }
@@ -136,6 +202,12 @@ def objective_config():
         step_size=step,
         beta=BETA.value,
         sigma=SIGMA.value,
+        warmup_epochs=EPS_WARMUP_EPOCHS.value,
+        ramp_epochs=EPS_RAMP_EPOCHS.value,
+        ramp=EPS_RAMP.value,
+        kappa_start=KAPPA_START.value,
+        kappa_end=KAPPA_END.value,
+        final_beta=FINAL_BETA.value,
     )
 
 

@@ -11,11 +11,17 @@ the robust accuracy after each); --attack=pgd is PGD with --steps and
 <output>.state.npz). The network runs in inference mode. The JSON holds
 clean_acc, robust_acc, the attack settings, the number of examples and the
 measured kernel sparsity.
+
+--verify=ibp,crown_ibp,crown adds verified accuracy at --eps by each bound
+(IBP, CROWN-IBP, full CROWN on the first --crown_limit examples), checked
+against the attack's examples when it has them (AutoAttack): a verified point
+the attack breaks stops the evaluation with an error.
 """
 
 import json
 import os
 
+import numpy as np
 from absl import app
 from absl import flags
 from absl import logging
@@ -26,6 +32,7 @@ from hydra_tf import distribute
 from hydra_tf import evaluation
 from hydra_tf import export
 from hydra_tf import files
+from hydra_tf.evaluation import verified
 from hydra_tf.models import masks
 from hydra_tf.objectives import attacks
 
@@ -40,6 +47,12 @@ _RESTARTS = flags.DEFINE_integer(
     "restarts", evaluation.DEFAULT_RESTARTS, "PGD random restarts.", lower_bound=1
 )
 _STEP_SIZE = flags.DEFINE_float("step_size", None, "PGD step size (default 2.5 * eps / steps).")
+_VERIFY = flags.DEFINE_multi_enum(
+    "verify", [], verified.METHODS, "Also verified accuracy by these bounds (repeat the flag)."
+)
+_CROWN_LIMIT = flags.DEFINE_integer(
+    "crown_limit", 100, "Full CROWN on the first N test examples only.", lower_bound=0
+)
 _OUTPUT = flags.DEFINE_string("output", None, "Where to write the JSON (default: print it).")
 _STATE = flags.DEFINE_string(
     "state", None, "Resumable attack state (default: <output>.state.npz; none without --output)."
@@ -79,6 +92,20 @@ def _evaluate():
     report = result.to_json()
     report["checkpoint"] = os.path.abspath(_CHECKPOINT.value)
     report["sparsity"] = masks.sparsity(export.kernels(export.strip_scores(network)))
+    if _VERIFY.value:
+        images = np.stack([x for x, _ in test_ds.as_numpy_iterator()])
+        labels = np.array([int(y) for _, y in test_ds.as_numpy_iterator()])
+        accuracy, examples = verified.verified_accuracy(
+            network,
+            images,
+            labels,
+            common.EPS.value,
+            methods=tuple(dict.fromkeys(_VERIFY.value)),
+            crown_limit=_CROWN_LIMIT.value,
+            adversarial=result.adversarial,
+        )
+        report["verified_accuracy"] = accuracy
+        report["verified_examples"] = examples
     text = json.dumps(report, indent=2, sort_keys=True)
     if _OUTPUT.value:
         files.write_json(_OUTPUT.value, report)

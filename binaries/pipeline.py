@@ -97,8 +97,14 @@ def _pipeline():
         **settings,
     )
     logging.info("Pipeline config: %s", dataclasses.asdict(config))
-    results = pipeline.run(config, strategy=strategy, jit_compile=common.JIT_COMPILE.value)
-    logging.info("\n%s", report.results_markdown(results))
+    results = pipeline.run(
+        config,
+        strategy=strategy,
+        jit_compile=common.JIT_COMPILE.value,
+        train_only=common.TRAIN_ONLY.value,
+    )
+    if results.rows:
+        logging.info("\n%s", report.results_markdown(results))
 
 
 if __name__ == "__main__":

@@ -126,8 +126,10 @@ def _reproduce():
         strategy=strategy,
         jit_compile=common.JIT_COMPILE.value,
         schedules=schedules,
+        train_only=common.TRAIN_ONLY.value,
     )
-    logging.info("\n%s", reproduce.markdown(study))
+    if study is not None:
+        logging.info("\n%s", reproduce.markdown(study))
 
 
 if __name__ == "__main__":

@@ -36,12 +36,8 @@ _SCORE_INIT = flags.DEFINE_enum(
     "score_init", "scaled", phases.SCORE_INITS, "Initialisation of the scores."
 )
 _EPOCHS = flags.DEFINE_integer("epochs", 10, "Training epochs.", lower_bound=1)
-_OPTIMIZER = flags.DEFINE_enum("optimizer", "sgd", training.OPTIMIZERS, "Optimizer.")
 _LR = flags.DEFINE_float("learning_rate", 0.1, "Initial learning rate.", lower_bound=0.0)
 _MOMENTUM = flags.DEFINE_float("momentum", 0.9, "SGD momentum.")
-_WEIGHT_DECAY = flags.DEFINE_float(
-    "weight_decay", 1e-4, "Weight decay (see --weight_decay_mode).", lower_bound=0.0
-)
 _SCHEDULE = flags.DEFINE_enum("schedule", "cosine", training.SCHEDULES, "LR schedule.")
 
 flags.register_validator(
@@ -72,10 +68,8 @@ def _train():
         score_init=_SCORE_INIT.value,
         source_checkpoint=_SOURCE.value,
         epochs=_EPOCHS.value,
-        optimizer=_OPTIMIZER.value,
         learning_rate=_LR.value,
         momentum=_MOMENTUM.value,
-        weight_decay=_WEIGHT_DECAY.value,
         schedule=_SCHEDULE.value,
         **common.run_settings(),
     )

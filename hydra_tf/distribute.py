@@ -150,6 +150,16 @@ def step_randomness(seed, step):
         _STEP.state = previous
 
 
+def current_step():
+    """The step counter of the enclosing `step_randomness` block, or None outside one.
+
+    Objectives whose settings follow a schedule (the eps ramp of verifiable
+    training) read the training step here.
+    """
+    state = getattr(_STEP, "state", None)
+    return None if state is None else state["step"]
+
+
 def replica_id():
     """This replica's index among all replicas (0 outside a replica context)."""
     context = tf.distribute.get_replica_context()

@@ -61,5 +61,33 @@ class CertifyBenchmarkTest(tf.test.TestCase):
         self.assertRegex(result.stdout, r"sample batch +25: \d+\.\d+ s per image")
 
 
+class VerifiableBenchmarkTest(tf.test.TestCase):
+    def test_json_lines_name_every_step_and_bound(self):
+        result = _run(
+            "verifiable",
+            "--json",
+            "--batch=8",
+            "--repeats=1",
+            "--verify_images=8",
+            "--objectives=ibp,crown_ibp",
+            "--verify_methods=ibp,crown",
+        )
+        self.assertEqual(result.returncode, 0, result.stderr[-3000:])
+        figures = [json.loads(line) for line in result.stdout.splitlines()]
+        self.assertEqual(
+            [f["what"] for f in figures],
+            ["train_step/ibp", "train_step/crown_ibp", "verify/ibp", "verify/crown"],
+        )
+        for row in figures:
+            self.assertEqual((row["arch"], row["batch"]), ("cnn_verifiable", 8))
+            self.assertGreater(row["images_per_sec"], 0)
+            self.assertGreater(row["peak_rss_mb"], 0)
+
+    def test_unknown_objective_is_refused(self):
+        result = _run("verifiable", "--objectives=mixtrain")
+        self.assertNotEqual(result.returncode, 0)
+        self.assertIn("--objectives must be some of natural, ibp, crown_ibp", result.stderr)
+
+
 if __name__ == "__main__":
     tf.test.main()

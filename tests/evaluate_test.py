@@ -43,6 +43,20 @@ class EvaluateBinaryTest(tf.test.TestCase):
         self.assertEqual(values["stages"][-1]["robust_acc"], values["robust_acc"])
         self.assertTrue(os.path.exists(report + ".state.npz"))
 
+    def test_verified_accuracy_by_each_bound(self):
+        _, _, values = self._evaluate(
+            "--test_limit=16",
+            "--eps=0.002",
+            "--attack=apgd-ce",
+            "--verify=ibp",
+            "--verify=crown",
+            "--crown_limit=4",
+        )
+        self.assertEqual(values["verified_examples"], {"ibp": 16, "crown": 4})
+        for accuracy in values["verified_accuracy"].values():
+            self.assertBetween(accuracy, 0.0, 1.0)
+        self.assertLessEqual(values["verified_accuracy"]["ibp"], values["robust_acc"])
+
     def test_unknown_attack(self):
         result = binaries_test.run_binary("evaluate", "--checkpoint=x.keras", "--attack=cw")
         self.assertNotEqual(result.returncode, 0)

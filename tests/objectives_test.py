@@ -126,19 +126,43 @@ class ObjectiveTest(tf.test.TestCase, parameterized.TestCase):
         with self.assertRaisesRegex(ValueError, "sigma"):
             objectives.Smoothing(sigma=0.0)
 
-    @parameterized.parameters("natural", "pgd_at", "trades", "smoothing", "gaussian")
+    @parameterized.parameters(
+        "natural", "pgd_at", "trades", "smoothing", "gaussian", "ibp", "crown_ibp"
+    )
     def test_make(self, name):
         objective = objectives.make(objectives.config(name, eps=0.1))
         self.assertEqual(objective.name, name)
 
     def test_each_objective_keeps_its_own_settings(self):
-        flags = {"eps": 0.1, "steps": 7, "step_size": 0.02, "beta": 3.0, "sigma": 0.5}
+        flags = {
+            "eps": 0.1,
+            "steps": 7,
+            "step_size": 0.02,
+            "beta": 3.0,
+            "sigma": 0.5,
+            "warmup_epochs": 1.0,
+            "ramp_epochs": 4.0,
+            "ramp": "smoothed",
+            "kappa_start": 0.9,
+            "kappa_end": 0.2,
+            "final_beta": 0.1,
+        }
+        ramp = {
+            "eps": 0.1,
+            "warmup_epochs": 1.0,
+            "ramp_epochs": 4.0,
+            "ramp": "smoothed",
+            "kappa_start": 0.9,
+            "kappa_end": 0.2,
+        }
         expected = {
             "natural": {"name": "natural"},
             "pgd_at": {"name": "pgd_at", "eps": 0.1, "steps": 7, "step_size": 0.02},
             "trades": {"name": "trades", "eps": 0.1, "steps": 7, "step_size": 0.02, "beta": 3.0},
             "smoothing": {"name": "smoothing", "sigma": 0.5, "beta": 3.0},
             "gaussian": {"name": "gaussian", "sigma": 0.5},
+            "ibp": {"name": "ibp", **ramp},
+            "crown_ibp": {"name": "crown_ibp", **ramp, "final_beta": 0.1},
         }
         self.assertEqual(set(objectives.OBJECTIVES), set(expected))
         for name, values in expected.items():
@@ -156,6 +180,8 @@ class ObjectiveTest(tf.test.TestCase, parameterized.TestCase):
     def test_certified_objectives(self):
         certified = [n for n in objectives.OBJECTIVES if objectives.certified(objectives.config(n))]
         self.assertEqual(sorted(certified), ["gaussian", "smoothing"])
+        verified = [n for n in objectives.OBJECTIVES if objectives.verified(objectives.config(n))]
+        self.assertEqual(sorted(verified), ["crown_ibp", "ibp"])
 
     def test_unknown_objective(self):
         with self.assertRaisesRegex(ValueError, "Unknown objective 'fgsm'.*trades"):

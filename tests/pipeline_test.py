@@ -4,6 +4,7 @@ import dataclasses
 import json
 import os
 import tempfile
+from unittest import mock
 
 import keras
 import numpy as np
@@ -183,6 +184,71 @@ class PipelineTest(tf.test.TestCase):
             self.assertIn(
                 "certified accuracy of the smoothed classifier at L2 radius 0.25", f.read()
             )
+
+    def _verified_config(self, workdir):
+        settings = dict(presets.PRESETS["tiny"])
+        settings.update(train_limit=256, test_limit=32, batch_size=64)
+        return pipeline.PipelineConfig(
+            workdir=workdir,
+            arch="cnn_verifiable",
+            tflite_mode="none",
+            keep_ratios=(0.1,),
+            objective=objectives.config("crown_ibp", eps=0.02, warmup_epochs=0.0, ramp_epochs=1.0),
+            optimizer="adam",
+            pretrain_lr=1e-3,
+            prune_lr=1e-3,
+            finetune_lr=1e-3,
+            crown_limit=4,
+            **{**settings, "eval_attack": "apgd-ce"},
+        )
+
+    def test_verifiable_objective_reports_verified_accuracy(self):
+        workdir = tempfile.mkdtemp()
+        config = self._verified_config(workdir)
+        self.assertEqual(config.metric, "verified")
+        results = pipeline.run(config)
+        for row in results.rows:
+            self.assertEqual(set(row.verified_accuracy), {"ibp", "crown_ibp", "crown"})
+            self.assertEqual(row.verified_examples, {"ibp": 32, "crown_ibp": 32, "crown": 4})
+            self.assertEqual(row.robust_acc, row.verified_accuracy["ibp"])
+            # Verified points are robust to the attack too, and correct.
+            self.assertLessEqual(row.verified_accuracy["ibp"], row.attack_acc)
+            self.assertLessEqual(row.verified_accuracy["crown_ibp"], row.attack_acc)
+            self.assertLessEqual(row.attack_acc, row.clean_acc)
+            self.assertEqual(row.attack_acc, row.stages[-1]["robust_acc"])
+        with open(os.path.join(workdir, "results.json")) as f:
+            self.assertEqual(records.PipelineResults.from_json(json.load(f)).rows, results.rows)
+        # The ramp is pretraining's; prune and finetune train at full eps.
+        with open(os.path.join(workdir, "dense", "pretrain", "config.json")) as f:
+            self.assertEqual(json.load(f)["objective"]["ramp_epochs"], 1.0)
+        for stage in ("hydra_0.1/prune", "lwm_0.1/finetune"):
+            with open(os.path.join(workdir, stage, "config.json")) as f:
+                self.assertEqual(json.load(f)["objective"]["ramp_epochs"], 0.0)
+        with open(os.path.join(workdir, "results.md")) as f:
+            table = f.read()
+        self.assertIn("IBP-verified accuracy at L-inf eps 0.02", table)
+        self.assertIn("| network | clean | IBP | CROWN-IBP | CROWN (4 ex.) | APGD-CE |", table)
+
+    def test_a_verified_point_the_attack_breaks_stops_the_pipeline(self):
+        workdir = tempfile.mkdtemp()
+        config = self._verified_config(workdir)
+        config = dataclasses.replace(config, verify_methods=("ibp",), eval_eps=0.3)
+
+        def everything_verified(network, images, labels, eps, methods, batch_size=256):
+            flags = np.ones(len(labels), bool)
+            return pipeline.verified_lib.VerifiedResult(
+                clean=flags, verified={m: flags for m in methods}
+            )
+
+        with (
+            mock.patch.object(pipeline.verified_lib, "verify", everything_verified),
+            self.assertRaisesRegex(pipeline.UnsoundVerificationError, "ibp proved .* unsound"),
+        ):
+            pipeline.run(config)
+
+    def test_bad_verify_methods(self):
+        with self.assertRaisesRegex(ValueError, "verify_methods"):
+            pipeline.PipelineConfig(workdir="/tmp/x", verify_methods=("deeppoly",))
 
     def test_bad_tflite_mode(self):
         with self.assertRaisesRegex(ValueError, "Unknown tflite_mode 'int4'"):

@@ -57,6 +57,20 @@ class AggregateTest(tf.test.TestCase):
         self.assertAlmostEqual(reproduce.gap(rows, "a", 0.01), 0.2)
 
 
+def _study(base, arch, attack, num_test_examples, runs):
+    """A one-architecture `records.Study` of `runs` (aggregated) for rendering."""
+    return records.Study(
+        config={"pipeline": base.to_json(), "archs": [arch], "seeds": [0, 1]},
+        attack=attack,
+        num_test_examples=num_test_examples,
+        rows=tuple(reproduce.aggregate(runs)),
+        kept_overlap={},
+        figures={},
+        runs=[],
+        seconds=60.0,
+    )
+
+
 class CertifiedStudyTest(tf.test.TestCase):
     def _runs(self):
         def row(method, keep, robust, at_one):
@@ -82,21 +96,82 @@ class CertifiedStudyTest(tf.test.TestCase):
             keep_ratios=(0.01,),
             objective=objectives.config("smoothing", sigma=0.25),
         )
-        study = records.Study(
-            config={"pipeline": base.to_json(), "archs": ["cnn_small"], "seeds": [0, 1]},
-            attack={"name": "certify_l2", "radius": 0.5, "n0": 100, "n": 10000, "alpha": 0.001},
-            num_test_examples=50,
-            rows=tuple(reproduce.aggregate(self._runs())),
-            kept_overlap={},
-            figures={},
-            runs=[],
-            seconds=60.0,
-        )
+        attack = {"name": "certify_l2", "radius": 0.5, "n0": 100, "n": 10000, "alpha": 0.001}
+        study = _study(base, "cnn_small", attack, 50, self._runs())
         table = reproduce.markdown(study)
         self.assertIn("Certified accuracy of the smoothed classifier at L2 radius 0.5", table)
         self.assertNotIn("PGD", table)
         self.assertIn("| model | r=0 | r=0.5 | r=1 |", table)
         self.assertIn("| hydra 99% | 80.0 | 40.0 | 20.0 |", table)
+
+
+class VerifiedStudyTest(tf.test.TestCase):
+    def _runs(self):
+        def row(method, keep, ibp, crown, attack):
+            base = _row(method, keep, 0.8, ibp)
+            return records.Row(
+                **{
+                    **{f: getattr(base, f) for f in ("method", "keep_ratio", "clean_acc")},
+                    **{
+                        f: getattr(base, f)
+                        for f in (
+                            "robust_acc",
+                            "sparsity",
+                            "layer_sparsity",
+                            "num_examples",
+                            "attack",
+                            "keras_path",
+                            "saved_model_path",
+                            "eval_seconds",
+                        )
+                    },
+                    "verified_accuracy": {"ibp": ibp, "crown": crown},
+                    "verified_examples": {"ibp": 100, "crown": 10},
+                    "attack_acc": attack,
+                }
+            )
+
+        return [
+            (
+                "cnn_verifiable",
+                0,
+                _results(row("dense", 1.0, 0.5, 0.6, 0.7), row("lwm", 0.01, 0.2, 0.3, 0.4)),
+            ),
+            (
+                "cnn_verifiable",
+                1,
+                _results(row("dense", 1.0, 0.3, 0.4, 0.5), row("lwm", 0.01, 0.2, 0.3, 0.6)),
+            ),
+        ]
+
+    def test_verified_and_attack_accuracy_are_averaged(self):
+        rows = reproduce.aggregate(self._runs())
+        dense = next(r for r in rows if r.method == "dense")
+        self.assertAlmostEqual(dense.verified_accuracy["crown"][0], 0.5)
+        self.assertAlmostEqual(dense.verified_accuracy["ibp"][1], 0.1414213, places=5)
+        self.assertAlmostEqual(dense.robust_acc, dense.verified_accuracy["ibp"][0])
+        lwm = next(r for r in rows if r.method == "lwm")
+        self.assertAlmostEqual(lwm.attack_acc, 0.5)
+        self.assertAlmostEqual(lwm.attack_std, 0.1414213, places=5)
+        # The study's results.json reads back.
+        self.assertEqual(records.StudyRow.from_json(lwm.to_json()), lwm)
+
+    def test_markdown_has_the_verified_caption_and_table(self):
+        base = pipeline.PipelineConfig(
+            workdir="unused",
+            keep_ratios=(0.01,),
+            arch="cnn_verifiable",
+            objective=objectives.config("crown_ibp", eps=0.1, warmup_epochs=1, ramp_epochs=8),
+        )
+        attack = self._runs()[0][2].rows[0].attack
+        study = _study(base, "cnn_verifiable", attack, 100, self._runs())
+        table = reproduce.markdown(study)
+        self.assertIn(
+            "eps ramped linearly from 0 over 8 pretraining epochs after 1 at eps 0", table
+        )
+        self.assertIn("IBP-verified accuracy at L-inf eps 0.1", table)
+        self.assertIn("| network | clean | IBP | CROWN (10 ex.) | PGD-50 |", table)
+        self.assertIn("| lwm 99% | 80.0 | 20.0 ± 0.0 | 30.0 ± 0.0 | 50.0 ± 14.1 |", table)
 
 
 class ScheduleTest(tf.test.TestCase):

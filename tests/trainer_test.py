@@ -26,6 +26,11 @@ def _objective(name):
         return objectives.Natural()
     if name == "pgd_at":
         return objectives.PGDAdversarial(attack)
+    if name in ("ibp", "crown_ibp"):
+        # A ramp over the 4 steps of the run (2 per epoch): eps, kappa and
+        # beta change every step, from the step counter of each replica.
+        config = objectives.config(name, eps=0.05, ramp_epochs=2.0)
+        return objectives.make(config, steps_per_epoch=2)
     # TRADES' start is random per replica, and its signed KL gradient near the
     # start is small enough for float noise (batch split across replicas) to
     # flip signs. A fixed perturbation (no steps) keeps the comparison exact
@@ -54,7 +59,12 @@ def _train(strategy, objective_name, phase):
 
 class DistributedTest(tf.test.TestCase, parameterized.TestCase):
     @parameterized.parameters(
-        ("natural", "pretrain"), ("pgd_at", "prune"), ("trades", "finetune"), ("trades", "pretrain")
+        ("natural", "pretrain"),
+        ("pgd_at", "prune"),
+        ("trades", "finetune"),
+        ("trades", "pretrain"),
+        ("crown_ibp", "pretrain"),
+        ("ibp", "prune"),
     )
     def test_two_replicas_match_one_device(self, objective_name, phase):
         devices = tf.config.list_logical_devices("CPU")

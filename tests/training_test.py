@@ -174,7 +174,9 @@ class TrainTest(tf.test.TestCase, parameterized.TestCase):
         steps_per_epoch = config.train_limit // config.batch_size
         with (
             mock.patch.object(
-                training.objectives, "make", lambda _: _BadAfter(steps_per_epoch + 1, kind)
+                training.objectives,
+                "make",
+                lambda *_, **__: _BadAfter(steps_per_epoch + 1, kind),
             ),
             self.assertRaisesRegex(error, pattern),
         ):
@@ -199,7 +201,9 @@ class TrainTest(tf.test.TestCase, parameterized.TestCase):
         # From the first step on the network is dead: it never classified
         # well in this run, so there is nothing it fell from.
         workdir = tempfile.mkdtemp()
-        with mock.patch.object(training.objectives, "make", lambda _: _BadAfter(0, "collapse")):
+        with mock.patch.object(
+            training.objectives, "make", lambda *_, **__: _BadAfter(0, "collapse")
+        ):
             result = training.train(_config(workdir, epochs=2), verbose=0)
         self.assertLessEqual(result.history["val_accuracy"][-1], 0.2)
 

@@ -93,3 +93,53 @@ def verify(network, images, labels, eps, methods=("ibp", "crown_ibp"), batch_siz
         clean=np.concatenate(clean),
         verified={method: np.concatenate(flags) for method, flags in verified.items()},
     )
+
+
+class UnsoundVerificationError(RuntimeError):
+    """A point proved robust was broken by an attack: a bound is wrong."""
+
+
+def verified_accuracy(
+    network, images, labels, eps, methods=METHODS, crown_limit=100, adversarial=None
+):
+    """Verified accuracy by each bound, checked against an attack's examples.
+
+    Args:
+      network, images, labels, eps: as for `verify`.
+      methods: names from `METHODS`.
+      crown_limit: full CROWN (one backward pass per neuron) runs on the first
+        `crown_limit` examples only (None: all; 0: skipped).
+      adversarial: optional adversarial examples of `images` (an attack's
+        output at the same eps): a point any bound verifies must not be
+        misclassified on its example.
+
+    Returns:
+      ({method: verified accuracy}, {method: examples measured}).
+
+    Raises:
+      UnsoundVerificationError: a verified point the attack broke.
+    """
+    images = np.asarray(images, np.float32)
+    labels = np.asarray(labels, np.int64)
+    fast = [m for m in methods if m != "crown"]
+    flags = dict(verify(network, images, labels, eps, methods=fast).verified) if fast else {}
+    if "crown" in methods and crown_limit != 0:
+        limit = len(labels) if crown_limit is None else min(crown_limit, len(labels))
+        crown = verify(
+            network, images[:limit], labels[:limit], eps, methods=("crown",), batch_size=32
+        )
+        flags["crown"] = crown.verified["crown"]
+    if adversarial is not None:
+        network32 = precision.as_float32(network)
+        predicted = np.argmax(network32.predict(np.asarray(adversarial), verbose=0), axis=-1)
+        broken = predicted != labels
+        for method, proved in flags.items():
+            both = np.flatnonzero(proved & broken[: len(proved)])
+            if len(both):
+                raise UnsoundVerificationError(
+                    f"{method} proved {len(both)} test point(s) robust at eps {eps:g} that the "
+                    f"attack broke (first: example {both[0]}): the bound is unsound."
+                )
+    accuracy = {method: float(np.mean(proved)) for method, proved in flags.items()}
+    examples = {method: len(proved) for method, proved in flags.items()}
+    return accuracy, examples

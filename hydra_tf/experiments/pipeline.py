@@ -30,6 +30,7 @@ from hydra_tf import files
 from hydra_tf import objectives
 from hydra_tf import training
 from hydra_tf.evaluation import smoothing
+from hydra_tf.evaluation import verified as verified_lib
 from hydra_tf.experiments import analysis
 from hydra_tf.experiments import records
 from hydra_tf.experiments import report
@@ -77,6 +78,12 @@ class PipelineConfig:
     certify_n: int = 10_000
     certify_alpha: float = 0.001
     certify_limit: int | None = 500
+    # Verifiable objectives (ibp, crown_ibp) are also evaluated by verified
+    # accuracy: the table reports the first method's (IBP, as the reference
+    # does), the rows keep every method's. Full CROWN (one backward pass per
+    # neuron) runs on the first `crown_limit` test examples only.
+    verify_methods: tuple = ("ibp", "crown_ibp", "crown")
+    crown_limit: int | None = 100
     # TF Lite export of every network: a mode of `tflite.MODE_NAMES`, "auto"
     # (the smallest file that runs on XNNPACK and keeps accuracy) or "none".
     tflite_mode: str = "auto"
@@ -93,6 +100,12 @@ class PipelineConfig:
         if self.eval_attack not in attacks.REGISTRY:
             raise ValueError(
                 f"Unknown eval_attack {self.eval_attack!r}. Supported: {', '.join(attacks.ATTACKS)}."
+            )
+        unknown = [m for m in self.verify_methods if m not in verified_lib.METHODS]
+        if unknown or not self.verify_methods:
+            raise ValueError(
+                f"verify_methods must name some of {verified_lib.METHODS}. "
+                f"Received: {self.verify_methods}"
             )
         if self.tflite_mode not in tflite.CHOICES:
             raise ValueError(
@@ -118,9 +131,16 @@ class PipelineConfig:
         return objectives.certified(self.objective)
 
     @property
+    def verifies(self):
+        """Whether models are evaluated by verified accuracy (ibp, crown_ibp objectives)."""
+        return objectives.verified(self.objective)
+
+    @property
     def metric(self):
-        """What a row's robust_acc holds: "certified" (smoothing) or "robust" (attacked)."""
-        return "certified" if self.certifies else "robust"
+        """What a row's robust_acc holds: "certified" (smoothing), "verified" or "robust"."""
+        if self.certifies:
+            return "certified"
+        return "verified" if self.verifies else "robust"
 
     @property
     def smoothing(self):
@@ -154,7 +174,21 @@ _SHARED_FIELDS = (
 )
 
 
+def phase_objective(objective, phase):
+    """The objective config a phase of the pipeline trains with.
+
+    An eps ramp (verifiable objectives) belongs to pretraining: prune and
+    finetune start from a network trained at the full radius and train at it
+    from their first step, as the reference does.
+    """
+    if phase != "pretrain" and hasattr(objective, "at_full_eps"):
+        return objective.at_full_eps()
+    return objective
+
+
 def _train_config(config, phase, workdir, keep_ratio=1.0, source=None, epochs=1, lr=0.1):
+    shared = {name: getattr(config, name) for name in _SHARED_FIELDS}
+    shared["objective"] = phase_objective(config.objective, phase)
     return training.TrainConfig(
         workdir=workdir,
         phase=phase,
@@ -162,7 +196,7 @@ def _train_config(config, phase, workdir, keep_ratio=1.0, source=None, epochs=1,
         source_checkpoint=source,
         epochs=epochs,
         learning_rate=lr,
-        **{name: getattr(config, name) for name in _SHARED_FIELDS},
+        **shared,
     )
 
 
@@ -182,6 +216,12 @@ def evaluation_key(config):
         }
     else:
         key["attack"] = config.attack.to_json()
+    if config.verifies:
+        key["verify"] = {
+            "methods": list(config.verify_methods),
+            "eps": config.attack.eps,
+            "crown_limit": config.crown_limit,
+        }
     return json.loads(json.dumps(key))
 
 
@@ -330,6 +370,8 @@ def _evaluate(config, model_path, out_dir, name):
             measured["stages"] = [stage.to_json() for stage in result.stages]
         if result.adversarial is not None:
             np.save(os.path.join(out_dir, ADVERSARIAL_FILE), result.adversarial)
+        if config.verifies:
+            measured.update(_verify(config, plain, test_ds, result))
     evaluated = records.Evaluation(
         **measured,
         sparsity=masks.sparsity(export.kernels(plain)),
@@ -347,6 +389,42 @@ def _evaluate(config, model_path, out_dir, name):
         evaluated.sparsity,
     )
     return evaluated
+
+
+UnsoundVerificationError = verified_lib.UnsoundVerificationError
+
+
+def _verify(config, network, test_ds, attacked):
+    """Verified accuracy of `network`: the `records.Evaluation` fields it measures.
+
+    The table's robust accuracy becomes the verified accuracy of the first
+    method; the attack's stays in `attack_acc`. With the attack's examples
+    (AutoAttack), every verified point is checked against them: one that the
+    attack broke means an unsound bound, and stops the pipeline.
+    """
+    images = np.stack([x for x, _ in test_ds.as_numpy_iterator()])
+    labels = np.array([int(y) for _, y in test_ds.as_numpy_iterator()])
+    eps = config.attack.eps
+    accuracy, examples = verified_lib.verified_accuracy(
+        network,
+        images,
+        labels,
+        eps,
+        methods=config.verify_methods,
+        crown_limit=config.crown_limit,
+        adversarial=attacked.adversarial,
+    )
+    logging.info(
+        "verified accuracy at eps %g: %s",
+        eps,
+        ", ".join(f"{m} {100 * a:.1f}% of {examples[m]}" for m, a in accuracy.items()),
+    )
+    return {
+        "robust_acc": accuracy[config.verify_methods[0]],
+        "attack_acc": attacked.robust_acc,
+        "verified_accuracy": accuracy,
+        "verified_examples": examples,
+    }
 
 
 def _certify(config, network, test_ds):
@@ -376,12 +454,14 @@ def _certify(config, network, test_ds):
     }
 
 
-def run(config, strategy=None, jit_compile=False):
+def run(config, strategy=None, jit_compile=False, train_only=False):
     """Runs (or resumes) the whole pipeline; returns its `records.PipelineResults`.
 
     Training runs under `strategy` (default: the current one). Under
     multi-worker training only the chief evaluates, exports and writes the
     results (on one device); the other workers train and return no rows.
+    With `train_only` every network is trained and none evaluated (no rows,
+    no results files): the same call without it later evaluates them.
     """
     start = time.time()
     chief = distribute.is_chief(strategy)
@@ -394,7 +474,7 @@ def run(config, strategy=None, jit_compile=False):
     )
 
     def evaluated(model_path, name, method, keep_ratio):
-        if not chief:
+        if not chief or train_only:
             return None
         measured, deployed = evaluate_and_export(config, model_path, stage(name), name)
         return records.Row.of(measured, method, keep_ratio, deployed)
@@ -435,6 +515,9 @@ def run(config, strategy=None, jit_compile=False):
                 )
             )
             rows.append(evaluated(tuned.model_path, f"{method}_{tag}", method, ratio))
+    if train_only:
+        logging.info("Pipeline: every network is trained; evaluate with the same command.")
+        return records.PipelineResults(config=config.to_json(), rows=())
     if not chief:
         logging.info("Worker finished training; the chief writes the results.")
         return records.PipelineResults(config=config.to_json(), rows=())

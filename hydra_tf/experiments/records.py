@@ -59,6 +59,10 @@ class Evaluation:
       seconds_per_example: (smoothing) mean certification time.
       stages: (attack cascades such as AutoAttack) the robust accuracy after
         each attack, `cascade.Stage.to_json()` each.
+      verified_accuracy: (verifiable objectives) {method: verified accuracy}
+        ("ibp", "crown_ibp", "crown"); robust_acc is then the first method's.
+      verified_examples: {method: test examples it was measured on}.
+      attack_acc: (verifiable objectives) the attack's robust accuracy.
       eval_key: the settings the evaluation was made with
         (`pipeline.evaluation_key`).
     """
@@ -75,6 +79,9 @@ class Evaluation:
     certified_accuracy: dict | None = dataclasses.field(default=None, metadata=_OPTIONAL)
     seconds_per_example: float | None = dataclasses.field(default=None, metadata=_OPTIONAL)
     stages: list | None = dataclasses.field(default=None, metadata=_OPTIONAL)
+    verified_accuracy: dict | None = dataclasses.field(default=None, metadata=_OPTIONAL)
+    verified_examples: dict | None = dataclasses.field(default=None, metadata=_OPTIONAL)
+    attack_acc: float | None = dataclasses.field(default=None, metadata=_OPTIONAL)
     eval_key: dict | None = dataclasses.field(default=None, metadata=_OPTIONAL)
 
     def to_json(self):
@@ -263,6 +270,11 @@ class StudyRow:
       seeds: the seeds, in run order.
       per_seed: a `SeedResult` per seed.
       certified_accuracy: (smoothing) {radius: [mean, std]}.
+      verified_accuracy: (verifiable objectives) {method: [mean, std]};
+        robust_acc is then the first method's.
+      verified_examples: {method: test examples it was measured on}.
+      attack_acc, attack_std: (verifiable objectives) the attack's robust
+        accuracy, mean and std.
     """
 
     arch: str
@@ -277,6 +289,10 @@ class StudyRow:
     seeds: list
     per_seed: tuple
     certified_accuracy: dict | None = dataclasses.field(default=None, metadata=_OPTIONAL)
+    verified_accuracy: dict | None = dataclasses.field(default=None, metadata=_OPTIONAL)
+    verified_examples: dict | None = dataclasses.field(default=None, metadata=_OPTIONAL)
+    attack_acc: float | None = dataclasses.field(default=None, metadata=_OPTIONAL)
+    attack_std: float | None = dataclasses.field(default=None, metadata=_OPTIONAL)
 
     def to_json(self):
         return {**_json_fields(self, StudyRow), "per_seed": [s.to_json() for s in self.per_seed]}

@@ -62,6 +62,65 @@ def stages_markdown(rows):
     return lines
 
 
+VERIFY_NAMES = {"ibp": "IBP", "crown_ibp": "CROWN-IBP", "crown": "CROWN"}
+
+
+def verified_caption(objective, rows, num_examples):
+    """The caption sentence of a table of verified accuracy (the rows' first method)."""
+    first = next(iter(rows[0].verified_accuracy))
+    return (
+        f"{VERIFY_NAMES[first]}-verified accuracy at L-inf eps {objective['eps']:g} (the ball "
+        f"clipped to [0, 1]) on {num_examples} test examples"
+    )
+
+
+def verified_markdown(rows, attack, num_examples, cell=None):
+    """Every network's verified accuracy by each bound, and under the attack (else empty).
+
+    Args:
+      rows: `records.Row`s (one network each) or `records.StudyRow`s.
+      attack: the attack's settings (its `to_json()`).
+      num_examples: test examples of the table (a bound measured on fewer says so).
+      cell: (row, method or "attack") -> text; by default the row's value in %.
+    """
+    verified = [r for r in rows if getattr(r, "verified_accuracy", None)]
+    if not verified:
+        return []
+    if cell is None:
+        cell = lambda r, m: (
+            f"{100 * (r.attack_acc if m == 'attack' else r.verified_accuracy[m]):.1f}"
+        )
+    methods = list(verified[0].verified_accuracy)
+    examples = verified[0].verified_examples or {}
+    names = [
+        VERIFY_NAMES[m]
+        + (f" ({examples[m]} ex.)" if examples.get(m, num_examples) != num_examples else "")
+        for m in methods
+    ]
+    checked = (
+        "; no point verified by any bound was broken by the attack (checked)"
+        if attack.get("name") != "pgd_linf"
+        else ""
+    )
+    attack = attack_name(attack)
+    lines = [
+        "",
+        f"Verified accuracy by each bound, and robust accuracy under {attack} (%){checked}:",
+        "",
+        "| network | clean | " + " | ".join(names) + f" | {attack} |",
+        "|" + "---|" * (len(names) + 3),
+    ]
+    ordered = [r for r in verified if r.method == "dense"]
+    for k in keep_ratios(verified):
+        ordered += [r for r in verified if r.keep_ratio == k and r.method != "dense"]
+    for r in ordered:
+        name = "dense" if r.method == "dense" else f"{r.method} {(1 - r.keep_ratio) * 100:g}%"
+        cells = [name, f"{100 * r.clean_acc:.1f}"]
+        cells += [cell(r, m) for m in methods] + [cell(r, "attack")]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
 def keep_ratios(rows):
     """The keep ratios of the pruned rows, largest first (least pruned first)."""
     return sorted({r.keep_ratio for r in rows if r.method != "dense"}, reverse=True)
@@ -142,6 +201,12 @@ def results_markdown(results):
             f"{rows[0].num_examples} test examples. Cells: certified % (clean % of the "
             "base network)."
         )
+    elif rows[0].verified_accuracy is not None:
+        caption = (
+            f"Objective {objective['name']} (eps {objective['eps']:g}); "
+            f"{verified_caption(objective, rows, rows[0].num_examples)}. "
+            "Cells: verified % (clean %)."
+        )
     else:
         caption = (
             f"Objective {objective['name']} (eps {objective['eps']:g}); "
@@ -155,6 +220,7 @@ def results_markdown(results):
         ratio_label=lambda k: f"{(1 - k) * 100:g}% pruned",
         delta_label="HYDRA - LWM (robust)",
     )
+    lines += verified_markdown(rows, rows[0].attack, rows[0].num_examples)
     lines += stages_markdown(rows)
     lines += ["", "Measured sparsity of the exported kernels:", ""]
     for r in rows:

@@ -94,6 +94,13 @@ def aggregate(runs):
     for (arch, method, keep_ratio), members in groups.items():
         clean, clean_std = _mean_std([r.clean_acc for _, r in members])
         robust, robust_std = _mean_std([r.robust_acc for _, r in members])
+        verified, attack = None, (None, None)
+        if all(r.verified_accuracy is not None for _, r in members):
+            verified = {
+                method: list(_mean_std([r.verified_accuracy[method] for _, r in members]))
+                for method in members[0][1].verified_accuracy
+            }
+            attack = _mean_std([r.attack_acc for _, r in members])
         certified = None
         if all(r.certified_accuracy is not None for _, r in members):
             certified = {
@@ -117,6 +124,10 @@ def aggregate(runs):
                     for seed, r in members
                 ),
                 certified_accuracy=certified,
+                verified_accuracy=verified,
+                verified_examples=members[0][1].verified_examples if verified else None,
+                attack_acc=attack[0],
+                attack_std=attack[1],
             )
         )
     return rows
@@ -145,6 +156,22 @@ def _caption(study):
             f"classifier at L2 radius {attack['radius']:g} (n0 {attack['n0']}, n {attack['n']}, "
             f"alpha {attack['alpha']:g}) on {study.num_test_examples} test images. "
             "Cells: certified % (clean % of the base network), mean ± std."
+        )
+    if study.rows[0].verified_accuracy is not None:
+        ramp = (
+            f"eps ramped linearly from 0 over {objective['ramp_epochs']:g} pretraining epochs "
+            f"after {objective['warmup_epochs']:g} at eps 0 (prune and finetune at full eps), "
+            if objective["ramp"] == "linear"
+            else f"eps ramped ({objective['ramp']}) over {objective['ramp_epochs']:g} "
+            f"pretraining epochs after {objective['warmup_epochs']:g} at eps 0, "
+        )
+        return (
+            f"Objective {objective['name']} (L-inf eps {objective['eps']:g}, {ramp}"
+            f"clean-loss weight kappa {objective['kappa_start']:g} -> {objective['kappa_end']:g}; "
+            f"{base['optimizer']}, lr pretrain {base['pretrain_lr']:g} / finetune "
+            f"{base['finetune_lr']:g}, batch {base['batch_size']}). {schedule} "
+            f"{report.verified_caption(objective, study.rows, study.num_test_examples)}. "
+            "Cells: verified % ± std (clean %), mean over seeds."
         )
     return (
         f"Objective {objective['name']} (L-inf eps {objective['eps']:g}, "
@@ -201,6 +228,16 @@ def markdown(study):
         )
         if all(r.certified_accuracy is not None for r in rows):
             lines += _radius_table(rows, ratios)
+        lines += report.verified_markdown(
+            rows,
+            study.attack,
+            study.num_test_examples,
+            cell=lambda r, m: (
+                f"{100 * r.attack_acc:.1f} ± {100 * r.attack_std:.1f}"
+                if m == "attack"
+                else f"{100 * r.verified_accuracy[m][0]:.1f} ± {100 * r.verified_accuracy[m][1]:.1f}"
+            ),
+        )
         overlaps = study.kept_overlap.get(arch)
         if overlaps:
             lines += [
@@ -234,7 +271,16 @@ def _write(study, output_dir):
         f.write(markdown(study))
 
 
-def run(base, archs, seeds, output_dir, strategy=None, jit_compile=False, schedules=None):
+def run(
+    base,
+    archs,
+    seeds,
+    output_dir,
+    strategy=None,
+    jit_compile=False,
+    schedules=None,
+    train_only=False,
+):
     """Runs the pipeline for every arch and seed; writes the aggregated study.
 
     Args:
@@ -247,10 +293,11 @@ def run(base, archs, seeds, output_dir, strategy=None, jit_compile=False, schedu
       schedules: optional {arch: {"pretrain_epochs", "prune_epochs",
         "finetune_epochs"}} (see `parse_schedules`) replacing the epochs of
         `base` for those architectures.
+      train_only: train every network, evaluate none, write nothing.
 
     Returns:
       The `records.Study` written to `results.json` (None on a worker that is
-      not the chief).
+      not the chief, or with `train_only`).
     """
     schedules = dict(schedules or {})
     unknown = sorted(set(schedules) - set(archs))
@@ -270,9 +317,11 @@ def run(base, archs, seeds, output_dir, strategy=None, jit_compile=False, schedu
                 workdir=os.path.join(base.workdir, arch, f"seed{seed}"),
                 **schedules.get(arch, {}),
             )
-            runs.append(
-                (arch, seed, config, pipeline.run(config, strategy, jit_compile=jit_compile))
-            )
+            results = pipeline.run(config, strategy, jit_compile=jit_compile, train_only=train_only)
+            runs.append((arch, seed, config, results))
+    if train_only:
+        logging.info("Study: every network is trained (%.2f h).", (time.time() - start) / 3600)
+        return None
     if not distribute.is_chief(strategy):
         return None
     rows = aggregate([(arch, seed, results) for arch, seed, _, results in runs])

@@ -15,6 +15,7 @@ import dataclasses
 from hydra_tf.objectives import adversarial
 from hydra_tf.objectives import base
 from hydra_tf.objectives import noise
+from hydra_tf.objectives import verifiable
 from hydra_tf.objectives.adversarial import PGDAdversarial
 from hydra_tf.objectives.adversarial import PGDATConfig
 from hydra_tf.objectives.adversarial import Trades
@@ -26,6 +27,10 @@ from hydra_tf.objectives.noise import GaussianConfig
 from hydra_tf.objectives.noise import GaussianNoise
 from hydra_tf.objectives.noise import Smoothing
 from hydra_tf.objectives.noise import SmoothingObjectiveConfig
+from hydra_tf.objectives.verifiable import IBP
+from hydra_tf.objectives.verifiable import CrownIBP
+from hydra_tf.objectives.verifiable import CrownIBPConfig
+from hydra_tf.objectives.verifiable import IBPConfig
 
 REGISTRY = {
     cls.name: cls
@@ -35,6 +40,8 @@ REGISTRY = {
         adversarial.Trades,
         noise.Smoothing,
         noise.GaussianNoise,
+        verifiable.IBP,
+        verifiable.CrownIBP,
     )
 }
 OBJECTIVES = tuple(REGISTRY)
@@ -50,7 +57,7 @@ def config(name, **values):
     """The config of objective `name` from `values`, ignoring settings it does not have.
 
     The binaries pass every objective setting they have flags for (eps,
-    steps, step_size, beta, sigma); each objective keeps its own.
+    steps, step_size, beta, sigma, the eps ramp); each objective keeps its own.
     """
     config_class = _objective_class(name).Config
     fields = {f.name for f in dataclasses.fields(config_class) if f.init}
@@ -67,9 +74,16 @@ def from_json(values):
     return config(values.pop("name"), **values)
 
 
-def make(objective_config):
-    """The objective an objective config describes."""
-    return _objective_class(objective_config.name).from_config(objective_config)
+def make(objective_config, steps_per_epoch=1):
+    """The objective an objective config describes.
+
+    `steps_per_epoch` turns the epochs of a scheduled objective (the eps ramp
+    of `ibp` / `crown_ibp`) into training steps; the others ignore it.
+    """
+    cls = _objective_class(objective_config.name)
+    if cls.scheduled:
+        return cls.from_config(objective_config, steps_per_epoch=steps_per_epoch)
+    return cls.from_config(objective_config)
 
 
 def certified(objective_config):
@@ -77,11 +91,20 @@ def certified(objective_config):
     return _objective_class(objective_config.name).certified
 
 
+def verified(objective_config):
+    """Whether networks trained on this objective are evaluated by verified accuracy."""
+    return _objective_class(objective_config.name).verified
+
+
 __all__ = [
+    "IBP",
     "OBJECTIVES",
     "REGISTRY",
+    "CrownIBP",
+    "CrownIBPConfig",
     "GaussianConfig",
     "GaussianNoise",
+    "IBPConfig",
     "LogitKLDivergence",
     "Natural",
     "NaturalConfig",
@@ -95,4 +118,5 @@ __all__ = [
     "config",
     "from_json",
     "make",
+    "verified",
 ]

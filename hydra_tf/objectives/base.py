@@ -13,7 +13,11 @@ weights) attack runs outside the training tape:
 Each objective class names its config class (`Config`, a frozen dataclass
 whose `name` field is the registry key) and builds itself from it
 (`from_config`); `certified` says whether its networks are evaluated by
-certification (randomized smoothing) rather than by an attack.
+certification (randomized smoothing) rather than by an attack, `verified`
+whether their robustness is also proved by bounds (IBP, CROWN-IBP), and
+`scheduled` whether `from_config` takes the run's `steps_per_epoch` (for a
+schedule over training steps, read with `distribute.current_step()`).
+Objectives may list extra Keras metrics in `metrics`, shown beside the loss.
 """
 
 import dataclasses
@@ -35,6 +39,10 @@ class Natural:
     name = "natural"
     Config = NaturalConfig
     certified = False
+    # Networks of a verifiable objective are evaluated by verified accuracy too.
+    verified = False
+    # Objectives whose settings follow the training step take `steps_per_epoch`.
+    scheduled = False
 
     def __init__(self):
         self._ce = keras.losses.SparseCategoricalCrossentropy(from_logits=True)

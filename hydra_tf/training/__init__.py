@@ -397,7 +397,7 @@ def train(config, verbose=None, strategy=None, jit_compile=False):
         )
         trainer = trainer_lib.RobustTrainer(
             network,
-            objectives.make(config.objective),
+            objectives.make(config.objective, steps_per_epoch=steps_per_epoch),
             seed=config.seed,
             l2=coupled_l2(config),
         )

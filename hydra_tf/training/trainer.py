@@ -107,7 +107,9 @@ class RobustTrainer(keras.Model):
 
     @property
     def metrics(self):
-        return [self.loss_tracker, self.accuracy]
+        # An objective may track more (the eps of a ramp, verified accuracy);
+        # those are training-only: `test_step` does not report them.
+        return [self.loss_tracker, self.accuracy, *getattr(self.objective, "metrics", [])]
 
     def fit(self, *args, **kwargs):
         self._frozen.stale = True
@@ -217,10 +219,10 @@ class RobustTrainer(keras.Model):
         with masks.reusing(self.step_masks()):
             logits = self.network(x, training=False)
         self._track(self._eval_ce(y, logits), y, logits)
-        return self._results()
+        return self._results([self.loss_tracker, self.accuracy])
 
-    def _results(self):
-        results = {m.name: m.result() for m in self.metrics}
+    def _results(self, metrics=None):
+        results = {m.name: m.result() for m in (self.metrics if metrics is None else metrics)}
         if isinstance(tf.distribute.get_strategy(), tf.distribute.MultiWorkerMirroredStrategy):
             # Keras averages a multi-worker step's outputs over axis 0, which
             # scalars do not have (Keras 3.15): give each a length-1 axis.

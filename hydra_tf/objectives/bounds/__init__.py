@@ -29,6 +29,7 @@ from hydra_tf.objectives.bounds.propagation import propagate_network
 from hydra_tf.objectives.bounds.specification import final_dense
 from hydra_tf.objectives.bounds.specification import fold
 from hydra_tf.objectives.bounds.specification import margin_specification
+from hydra_tf.objectives.bounds.specification import other_classes
 from hydra_tf.objectives.bounds.specification import verified
 
 __all__ = [
@@ -44,6 +45,7 @@ __all__ = [
     "final_dense",
     "fold",
     "margin_specification",
+    "other_classes",
     "pool_arguments",
     "propagate_layers",
     "propagate_network",

@@ -33,12 +33,19 @@ def margin_specification(labels, num_classes):
     num_classes = int(num_classes)
     if num_classes < 2:
         raise ValueError(f"num_classes must be >= 2. Received: num_classes={num_classes}")
+    true = tf.one_hot(tf.cast(tf.reshape(labels, [-1]), tf.int32), num_classes, dtype=tf.float32)
+    others = tf.one_hot(other_classes(labels, num_classes), num_classes, dtype=tf.float32)
+    return true[:, None, :] - others
+
+
+def other_classes(labels, num_classes):
+    """(batch, num_classes - 1) int32: the classes other than each label, in increasing order.
+
+    Static shapes (no boolean masks), so that steps using it compile with XLA.
+    """
     labels = tf.cast(tf.reshape(labels, [-1]), tf.int32)
-    true = tf.one_hot(labels, num_classes, dtype=tf.float32)
-    # Row j of `rows` is e_y - e_j; row y is zero and is dropped.
-    rows = true[:, None, :] - tf.eye(num_classes, dtype=tf.float32)[None]
-    others = tf.not_equal(tf.range(num_classes)[None, :], labels[:, None])
-    return tf.reshape(tf.boolean_mask(rows, others), [-1, num_classes - 1, num_classes])
+    j = tf.range(int(num_classes) - 1)[None, :]
+    return j + tf.cast(j >= labels[:, None], tf.int32)
 
 
 def fold(spec, kernel, bias):
