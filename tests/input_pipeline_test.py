@@ -94,6 +94,23 @@ class PipelineTest(tf.test.TestCase, parameterized.TestCase):
         evaluation = data.make_pipeline(dataset, 10, training=False, seed=42)
         self.assertEqual(order(evaluation), list(range(100)))
 
+    def test_skip_epochs_continues_with_the_next_pass(self):
+        images, labels = _random_images(16)
+        dataset = tf.data.Dataset.from_tensor_slices((images, labels))
+
+        def passes(pipeline, count):
+            return [[batch for batch in pipeline.as_numpy_iterator()] for _ in range(count)]
+
+        fresh = passes(data.make_pipeline(dataset, 4, True, augment=True, seed=5), 3)
+        resumed = data.make_pipeline(dataset, 4, True, augment=True, seed=5, skip_epochs=2)
+        (third,) = passes(resumed, 1)
+        for (x, y), (x_fresh, y_fresh) in zip(third, fresh[2]):
+            self.assertAllEqual(y, y_fresh)  # the order
+            self.assertAllEqual(x, x_fresh)  # the crops and flips
+        self.assertNotAllEqual(
+            np.concatenate([y for _, y in fresh[2]]), np.concatenate([y for _, y in fresh[0]])
+        )
+
 
 if __name__ == "__main__":
     tf.test.main()

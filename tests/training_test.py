@@ -168,6 +168,14 @@ class TrainTest(tf.test.TestCase, parameterized.TestCase):
         self.assertEqual(again.seconds, 0.0)
         self.assertEqual(again.history["epoch"], [0.0, 1.0, 2.0])
 
+        # The resumed run trained exactly as an uninterrupted one: the same
+        # state, and the same data order in its last epoch.
+        straight = training.train(_config(tempfile.mkdtemp()), verbose=0)
+        self.assertAllClose(result.history["loss"], straight.history["loss"], rtol=1e-6)
+        expected = keras.saving.load_model(straight.model_path).get_weights()
+        for got, want in zip(keras.saving.load_model(result.model_path).get_weights(), expected):
+            self.assertAllClose(got, want, atol=1e-6)
+
     def _stopped(self, kind, error, pattern, **overrides):
         """Trains until `_BadAfter` (after one epoch) stops the run; returns its config."""
         config = _config(tempfile.mkdtemp(), **overrides)

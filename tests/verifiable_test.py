@@ -249,15 +249,13 @@ class _Killed(Exception):
 class ResumeTest(tf.test.TestCase):
     def _config(self, workdir):
         objective = objectives.CrownIBPConfig(eps=0.05, warmup_epochs=1, ramp_epochs=2)
-        # One step per epoch: the order of the examples inside the one batch
-        # changes only how the gradient is summed (a resumed run reshuffles
-        # from the first epoch's order; with several batches per epoch that
-        # alone makes it differ).
+        # Four steps per epoch: the resumed run must also see the data in the
+        # order of the uninterrupted one.
         return training.TrainConfig(
             workdir=workdir,
             arch="cnn_verifiable",
             objective=objective,
-            train_limit=64,
+            train_limit=256,
             test_limit=32,
             batch_size=64,
             epochs=4,
@@ -284,8 +282,8 @@ class ResumeTest(tf.test.TestCase):
         resumed = training.train(self._config(workdir), verbose=0)
         self.assertTrue(resumed.resumed)
         self.assertAllClose(resumed.history["eps"], straight.history["eps"])
-        # Steps 0 (warm-up), 1, 2 (ramp: 0, 0.025), 3 (full eps).
-        self.assertAllClose(resumed.history["eps"], [0.0, 0.0, 0.025, 0.05], atol=1e-6)
+        # Steps 0-3 warm-up; 4-11 on the ramp, eps 0.05 * (step - 4) / 8; then full.
+        self.assertAllClose(resumed.history["eps"], [0.0, 0.009375, 0.034375, 0.05], atol=1e-6)
         expected = keras.saving.load_model(straight.model_path, safe_mode=True).get_weights()
         got = keras.saving.load_model(os.path.join(workdir, "model.keras")).get_weights()
         for a, b in zip(got, expected):

@@ -32,6 +32,7 @@ def make_pipeline(
     seed=None,
     shuffle_buffer=10000,
     drop_remainder=False,
+    skip_epochs=0,
 ):
     """Shuffles, augments, batches and prefetches (image, label) examples.
 
@@ -49,6 +50,11 @@ def make_pipeline(
             (each iteration still differs from the previous one).
         shuffle_buffer: Positive shuffle buffer size.
         drop_remainder: Whether to drop the last, smaller batch.
+        skip_epochs: (training) the number of passes already made: the
+            first pass of the returned dataset has the order and
+            augmentation that pass `skip_epochs + 1` of a fresh one has, so
+            a resumed run sees the data an uninterrupted run would. Each
+            skipped pass shuffles (without augmenting or batching) once.
 
     Returns:
         The batched, prefetched `tf.data.Dataset`.
@@ -66,7 +72,13 @@ def make_pipeline(
             # One random int64 per example seeds stateless ops, so results do
             # not depend on how the parallel map schedules its calls.
             seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
-            dataset = tf.data.Dataset.zip((dataset, seeds)).map(
+            dataset = tf.data.Dataset.zip((dataset, seeds))
+        # Each pass draws the next shuffle (and augmentation seeds) from the
+        # datasets' seed generators: passing over them advances those.
+        for _ in range(int(skip_epochs)):
+            dataset.reduce(tf.constant(0, tf.int64), lambda count, _: count + 1)
+        if augment:
+            dataset = dataset.map(
                 lambda example, s: (_random_crop_and_flip(example[0], s), example[1]),
                 num_parallel_calls=tf.data.AUTOTUNE,
                 deterministic=deterministic,

@@ -17,6 +17,7 @@ the bounds in float32.
 """
 
 import dataclasses
+import weakref
 
 import numpy as np
 import tensorflow as tf
@@ -51,6 +52,22 @@ def _lower_bounds(network, x, y, eps, method, num_classes):
     return lower
 
 
+# Compiled bound functions per network and method, reused across calls (and
+# radii: eps is an argument), so that verifying many batches or radii traces once.
+_COMPILED = weakref.WeakKeyDictionary()
+
+
+def _compiled(network, method):
+    functions = _COMPILED.setdefault(network, {})
+    if method not in functions:
+        num_classes = int(network.outputs[0].shape[-1])
+        functions[method] = tf.function(
+            lambda x, y, eps: _lower_bounds(network, x, y, eps, method, num_classes),
+            reduce_retracing=True,
+        )
+    return functions[method]
+
+
 def verify(network, images, labels, eps, methods=("ibp", "crown_ibp"), batch_size=256):
     """Which examples each bound proves robust at L-inf radius `eps`.
 
@@ -69,17 +86,12 @@ def verify(network, images, labels, eps, methods=("ibp", "crown_ibp"), batch_siz
         raise ValueError(f"Unknown verification methods {unknown}. Supported: {METHODS}.")
     if not eps >= 0:
         raise ValueError(f"eps must be >= 0. Received: eps={eps}")
+    # A mixed-precision network gets a fresh float32 copy (its weights now).
     network = precision.as_float32(network)
     images = np.asarray(images, np.float32)
     labels = np.asarray(labels, np.int64)
-    num_classes = int(network.outputs[0].shape[-1])
-    compiled = {
-        method: tf.function(
-            lambda x, y, method=method: _lower_bounds(network, x, y, eps, method, num_classes),
-            reduce_retracing=True,
-        )
-        for method in methods
-    }
+    compiled = {method: _compiled(network, method) for method in methods}
+    eps_tensor = tf.constant(eps, tf.float32)
     clean, verified = [], {method: [] for method in methods}
     for start in range(0, len(labels), batch_size):
         x = tf.constant(images[start : start + batch_size])
@@ -87,7 +99,7 @@ def verify(network, images, labels, eps, methods=("ibp", "crown_ibp"), batch_siz
         correct = tf.equal(tf.argmax(network(x, training=False), axis=-1), y).numpy()
         clean.append(correct)
         for method in methods:
-            proved = bounds.verified(compiled[method](x, y)).numpy()
+            proved = bounds.verified(compiled[method](x, y, eps_tensor)).numpy()
             verified[method].append(np.logical_and(proved, correct))
     return VerifiedResult(
         clean=np.concatenate(clean),

@@ -380,12 +380,22 @@ def _evaluate(config, model_path, out_dir, name):
         saved_model_path=os.path.relpath(saved_model_path, config.workdir),
         eval_seconds=time.time() - start,
     )
+    attack = report.attack_name(evaluated.attack)
+    if config.certifies:
+        measured_text = f"certified {evaluated.robust_acc:.4f}"
+    elif config.verifies:
+        method = report.VERIFY_NAMES[config.verify_methods[0]]
+        measured_text = (
+            f"{method}-verified {evaluated.robust_acc:.4f}, {attack} robust "
+            f"{evaluated.attack_acc:.4f}"
+        )
+    else:
+        measured_text = f"{attack} robust {evaluated.robust_acc:.4f}"
     logging.info(
-        "%s: clean %.4f, %s %.4f, sparsity %.4f",
+        "%s: clean %.4f, %s, sparsity %.4f",
         name,
         evaluated.clean_acc,
-        "certified" if config.certifies else f"{report.attack_name(evaluated.attack)} robust",
-        evaluated.robust_acc,
+        measured_text,
         evaluated.sparsity,
     )
     return evaluated

@@ -293,6 +293,16 @@ class _LogProgress(keras.callbacks.Callback):
         )
 
 
+def _backup_epoch(backup_dir):
+    """The number of epochs a Keras BackupAndRestore backup has finished (0 if unknown)."""
+    path = os.path.join(backup_dir, "training_metadata.json")
+    try:
+        with open(path) as f:
+            return int(json.load(f)["epoch"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0
+
+
 def _same_config(previous, config):
     """Whether a stored config.json describes `config`.
 
@@ -376,7 +386,9 @@ def train(config, verbose=None, strategy=None, jit_compile=False):
         training=True,
         augment=data.default_augment(config.dataset),
         seed=config.seed,
-    )
+        # A resumed run continues with the data order of the next epoch.
+        skip_epochs=_backup_epoch(backup_dir) if resumed else 0,
+    ).repeat()
     check_images, check_labels = next(iter(test_ds.batch(_CHECK_IMAGES)))
     test_ds = data.make_pipeline(test_ds, config.batch_size, training=False)
     steps_per_epoch = math.ceil(num_train / config.batch_size)
@@ -424,8 +436,11 @@ def train(config, verbose=None, strategy=None, jit_compile=False):
         verbose = 1 if sys.stdout.isatty() else 2
     start = time.time()
     trainer.fit(
+        # One iterator over the repeated data for the whole run: each epoch
+        # is the next pass, so a resumed run can skip the passes it made.
         train_ds,
         epochs=config.epochs,
+        steps_per_epoch=steps_per_epoch,
         validation_data=test_ds,
         shuffle=False,  # the tf.data pipeline shuffles
         callbacks=callbacks,
