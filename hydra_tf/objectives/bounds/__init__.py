@@ -7,7 +7,9 @@ network layer by layer. The bound types:
 
 - `interval.IntervalBounds`: interval bound propagation (IBP), forward;
 - `crown.BackwardBounds`: backward linear bounds (CROWN, CROWN-IBP), run by
-  `crown.backward_bounds`.
+  `crown.backward_bounds`;
+- `symbolic.SymbolicIntervalBounds`: symbolic intervals (ReluVal / Neurify,
+  MixTrain's bounds), forward, linear equations in the input per neuron.
 
 `specification` builds the margin specification C (true class minus each
 other class), folds it into the last dense layer and tells verified inputs.
@@ -31,6 +33,8 @@ from hydra_tf.objectives.bounds.specification import fold
 from hydra_tf.objectives.bounds.specification import margin_specification
 from hydra_tf.objectives.bounds.specification import other_classes
 from hydra_tf.objectives.bounds.specification import verified
+from hydra_tf.objectives.bounds.symbolic import SymbolicIntervalBounds
+from hydra_tf.objectives.bounds.symbolic import symbolic_specification_bounds
 
 __all__ = [
     "MODES",
@@ -38,6 +42,7 @@ __all__ = [
     "Bounds",
     "IntervalBounds",
     "LinearFunction",
+    "SymbolicIntervalBounds",
     "UnsupportedLayerError",
     "backward_bounds",
     "batch_norm_affine",
@@ -50,5 +55,6 @@ __all__ = [
     "propagate_layers",
     "propagate_network",
     "specification_bounds",
+    "symbolic_specification_bounds",
     "verified",
 ]

@@ -209,11 +209,8 @@ class BackwardBounds(propagation.Bounds):
         box = self.relaxations[layer.name]
         # Stable neurons fall out of the same formulas: l >= 0 gives slopes 1
         # and intercept 0, u <= 0 gives slopes 0.
-        low = tf.minimum(box.lower, 0.0)
-        high = tf.maximum(box.upper, 0.0)
-        upper_slope = tf.math.divide_no_nan(high, high - low)
-        upper_intercept = -low * upper_slope
-        lower_slope = tf.cast(high >= -low, tf.float32)
+        upper_slope, upper_intercept = propagation.relu_upper_line(box.lower, box.upper)
+        lower_slope = propagation.relu_lower_slope(box.lower, box.upper)
         return self._relax((lower_slope, upper_slope), (None, upper_intercept))
 
     def apply_max_pool(self, layer):

@@ -16,6 +16,8 @@ What the base does for every bound type, so none repeats it:
   gradient of a bound-based loss;
 - BatchNormalization is bounded as the affine map it is in inference mode
   (`batch_norm_affine`);
+- the lines bounding a ReLU on an interval, which every linear relaxation
+  uses (`relu_upper_line`, `relu_lower_slope`);
 - a layer of no known kind, a kind the bound type has no method for, a
   layer called more than once (shared weights), a conv / dense layer with a
   fused activation, a dilated, grouped or channels-first convolution or
@@ -48,6 +50,29 @@ def batch_norm_affine(layer):
     if layer.beta is not None:
         offset = offset + layer.beta
     return scale, offset
+
+
+def relu_upper_line(low, high):
+    """(slope, intercept) of the chord of relu over [min(low, 0), max(high, 0)], elementwise.
+
+    The tightest line above relu on that range: relu(t) <= slope * t + intercept
+    for every t in [low, high]. Slope 1, intercept 0 where low >= 0; slope 0,
+    intercept 0 where high <= 0.
+    """
+    low = tf.minimum(low, 0.0)
+    high = tf.maximum(high, 0.0)
+    slope = tf.math.divide_no_nan(high, high - low)
+    return slope, -low * slope
+
+
+def relu_lower_slope(low, high):
+    """Slope of a line below relu on [low, high], elementwise: 1 where high >= -low, else 0.
+
+    relu(t) >= slope * t holds for any slope in [0, 1]; of those lines, this
+    one leaves the least area between itself and relu over [min(low, 0),
+    max(high, 0)] (CROWN-IBP's adaptive choice).
+    """
+    return tf.cast(tf.maximum(high, 0.0) >= -tf.minimum(low, 0.0), tf.float32)
 
 
 class Bounds:
