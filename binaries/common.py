@@ -105,6 +105,14 @@ FINETUNE_LR = flags.DEFINE_float(
     "Pipeline / study: finetuning learning rate (default 0.01).",
     lower_bound=0.0,
 )
+CROWN_LIMIT = flags.DEFINE_integer(
+    "crown_limit",
+    100,
+    "Full-CROWN verified accuracy (evaluate --verify=crown; the pipeline and the study with "
+    "ibp / crown_ibp) on the first N test examples only (0: none; it runs one backward pass "
+    "per neuron).",
+    lower_bound=0,
+)
 TRAIN_ONLY = flags.DEFINE_boolean(
     "train_only",
     False,
@@ -166,6 +174,7 @@ def pipeline_settings():
     return {
         **settings,
         "eval_eps": attack_eps(settings["objective"]),
+        "crown_limit": CROWN_LIMIT.value,
         **{
             name: flag.value
             for name, flag in (("pretrain_lr", PRETRAIN_LR), ("finetune_lr", FINETUNE_LR))

@@ -50,9 +50,6 @@ _STEP_SIZE = flags.DEFINE_float("step_size", None, "PGD step size (default 2.5 *
 _VERIFY = flags.DEFINE_multi_enum(
     "verify", [], verified.METHODS, "Also verified accuracy by these bounds (repeat the flag)."
 )
-_CROWN_LIMIT = flags.DEFINE_integer(
-    "crown_limit", 100, "Full CROWN on the first N test examples only.", lower_bound=0
-)
 _OUTPUT = flags.DEFINE_string("output", None, "Where to write the JSON (default: print it).")
 _STATE = flags.DEFINE_string(
     "state", None, "Resumable attack state (default: <output>.state.npz; none without --output)."
@@ -101,7 +98,7 @@ def _evaluate():
             labels,
             common.EPS.value,
             methods=tuple(dict.fromkeys(_VERIFY.value)),
-            crown_limit=_CROWN_LIMIT.value,
+            crown_limit=common.CROWN_LIMIT.value,
             adversarial=result.adversarial,
         )
         report["verified_accuracy"] = accuracy

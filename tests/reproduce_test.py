@@ -125,7 +125,8 @@ class VerifiedStudyTest(tf.test.TestCase):
                             "eval_seconds",
                         )
                     },
-                    "verified_accuracy": {"ibp": ibp, "crown": crown},
+                    # Sorted by name, as a JSON file has them.
+                    "verified_accuracy": {"crown": crown, "ibp": ibp},
                     "verified_examples": {"ibp": 100, "crown": 10},
                     "attack_acc": attack,
                 }
@@ -162,6 +163,7 @@ class VerifiedStudyTest(tf.test.TestCase):
             keep_ratios=(0.01,),
             arch="cnn_verifiable",
             objective=objectives.config("crown_ibp", eps=0.1, warmup_epochs=1, ramp_epochs=8),
+            verify_methods=("ibp", "crown"),
         )
         attack = self._runs()[0][2].rows[0].attack
         study = _study(base, "cnn_verifiable", attack, 100, self._runs())

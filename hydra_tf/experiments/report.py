@@ -65,22 +65,31 @@ def stages_markdown(rows):
 VERIFY_NAMES = {"ibp": "IBP", "crown_ibp": "CROWN-IBP", "crown": "CROWN"}
 
 
-def verified_caption(objective, rows, num_examples):
-    """The caption sentence of a table of verified accuracy (the rows' first method)."""
-    first = next(iter(rows[0].verified_accuracy))
+def table_method(config):
+    """The bound whose verified accuracy a table reports: the first of `verify_methods`.
+
+    Args:
+      config: a pipeline config as JSON (`PipelineConfig.to_json()`).
+    """
+    return config.get("verify_methods", ["ibp"])[0]
+
+
+def verified_caption(objective, method, num_examples):
+    """The caption sentence of a table of `method`-verified accuracy."""
     return (
-        f"{VERIFY_NAMES[first]}-verified accuracy at L-inf eps {objective['eps']:g} (the ball "
+        f"{VERIFY_NAMES[method]}-verified accuracy at L-inf eps {objective['eps']:g} (the ball "
         f"clipped to [0, 1]) on {num_examples} test examples"
     )
 
 
-def verified_markdown(rows, attack, num_examples, cell=None):
+def verified_markdown(rows, attack, num_examples, methods, cell=None):
     """Every network's verified accuracy by each bound, and under the attack (else empty).
 
     Args:
       rows: `records.Row`s (one network each) or `records.StudyRow`s.
       attack: the attack's settings (its `to_json()`).
       num_examples: test examples of the table (a bound measured on fewer says so).
+      methods: the bounds, in column order (the config's `verify_methods`).
       cell: (row, method or "attack") -> text; by default the row's value in %.
     """
     verified = [r for r in rows if getattr(r, "verified_accuracy", None)]
@@ -90,7 +99,7 @@ def verified_markdown(rows, attack, num_examples, cell=None):
         cell = lambda r, m: (
             f"{100 * (r.attack_acc if m == 'attack' else r.verified_accuracy[m]):.1f}"
         )
-    methods = list(verified[0].verified_accuracy)
+    methods = [m for m in methods if m in verified[0].verified_accuracy]
     examples = verified[0].verified_examples or {}
     names = [
         VERIFY_NAMES[m]
@@ -204,7 +213,7 @@ def results_markdown(results):
     elif rows[0].verified_accuracy is not None:
         caption = (
             f"Objective {objective['name']} (eps {objective['eps']:g}); "
-            f"{verified_caption(objective, rows, rows[0].num_examples)}. "
+            f"{verified_caption(objective, table_method(config), rows[0].num_examples)}. "
             "Cells: verified % (clean %)."
         )
     else:
@@ -220,7 +229,9 @@ def results_markdown(results):
         ratio_label=lambda k: f"{(1 - k) * 100:g}% pruned",
         delta_label="HYDRA - LWM (robust)",
     )
-    lines += verified_markdown(rows, rows[0].attack, rows[0].num_examples)
+    lines += verified_markdown(
+        rows, rows[0].attack, rows[0].num_examples, config.get("verify_methods", ())
+    )
     lines += stages_markdown(rows)
     lines += ["", "Measured sparsity of the exported kernels:", ""]
     for r in rows:

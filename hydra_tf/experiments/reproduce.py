@@ -170,7 +170,7 @@ def _caption(study):
             f"clean-loss weight kappa {objective['kappa_start']:g} -> {objective['kappa_end']:g}; "
             f"{base['optimizer']}, lr pretrain {base['pretrain_lr']:g} / finetune "
             f"{base['finetune_lr']:g}, batch {base['batch_size']}). {schedule} "
-            f"{report.verified_caption(objective, study.rows, study.num_test_examples)}. "
+            f"{report.verified_caption(objective, report.table_method(base), study.num_test_examples)}. "
             "Cells: verified % ± std (clean %), mean over seeds."
         )
     return (
@@ -232,6 +232,7 @@ def markdown(study):
             rows,
             study.attack,
             study.num_test_examples,
+            base.get("verify_methods", ()),
             cell=lambda r, m: (
                 f"{100 * r.attack_acc:.1f} ± {100 * r.attack_std:.1f}"
                 if m == "attack"
