@@ -21,8 +21,8 @@ class VerifiedTest(tf.test.TestCase):
     def test_at_eps_zero_verified_is_clean_accuracy(self):
         model = helpers.natural_cnn_small()
         x, y = helpers.fashion_arrays("test", 64)
-        result = verified.verify(model, x, y, 0.0, methods=("ibp", "crown_ibp"))
-        for method in ("ibp", "crown_ibp"):
+        result = verified.verify(model, x, y, 0.0, methods=("ibp", "crown_ibp", "symbolic"))
+        for method in ("ibp", "crown_ibp", "symbolic"):
             self.assertAllEqual(result.verified[method], result.clean)
 
     def test_verified_points_are_never_broken_by_attacks(self):
@@ -47,6 +47,22 @@ class VerifiedTest(tf.test.TestCase):
             for method in ("ibp", "crown_ibp"):
                 self.assertLessEqual(result.accuracy()[method], float(auto.robust.mean()))
             self.assertAllEqual(result.clean, auto.clean)
+
+    def test_symbolic_intervals_prove_what_ibp_proves_and_more_unbroken(self):
+        model = helpers.natural_cnn_small()
+        x, y = helpers.fashion_arrays("test", 48)
+        accuracy, examples = verified.verified_accuracy(
+            model, x, y, 0.001, methods=("ibp", "symbolic"), crown_limit=0
+        )
+        self.assertEqual(examples, {"ibp": 48, "symbolic": 48})
+        result = verified.verify(model, x, y, 0.001, methods=("ibp", "symbolic"), batch_size=16)
+        ibp, symbolic = result.verified["ibp"], result.verified["symbolic"]
+        # Intersected with IBP, symbolic intervals never lose a point IBP proves.
+        self.assertTrue(np.all(symbolic[ibp]))
+        self.assertGreater(symbolic.sum(), ibp.sum())
+        self.assertAllClose(accuracy["symbolic"], symbolic.mean())
+        auto = cascade.run(model, x, y, attacks.make("apgd-ce", 0.001), log_every=0)
+        self.assertTrue(np.all(auto.robust[symbolic]))
 
     def test_full_crown_is_sound_on_a_few_points(self):
         model = helpers.natural_cnn_small()

@@ -2,15 +2,18 @@
 
 A point is verified at radius eps when it is classified correctly and every
 margin z_y - z_j (j != y) has a positive lower bound over the whole eps-ball
-clipped to [0, 1] (`objectives.bounds`). Three bounds, from loosest and fastest
-to tightest and slowest:
+clipped to [0, 1] (`objectives.bounds`). The bounds:
 
 - "ibp": interval bound propagation, with the margin folded into the last
   dense layer;
 - "crown_ibp": CROWN from the output with IBP bounds for the intermediate
   ReLUs (what CROWN-IBP trains with);
 - "crown": full CROWN, every intermediate bound by CROWN too (evaluation
-  only: one backward pass per neuron).
+  only: one backward pass per neuron);
+- "symbolic": symbolic intervals (ReluVal / Neurify, MixTrain's analysis),
+  intersected with IBP, so never looser than "ibp"; it keeps equations in
+  every input pixel per neuron (about 53 MB per example for cnn_verifiable),
+  so it runs in batches of at most `SYMBOLIC_BATCH`.
 
 The network runs in inference mode (BatchNormalization as its affine map) and
 the bounds in float32.
@@ -25,7 +28,11 @@ import tensorflow as tf
 from hydra_tf.models import precision
 from hydra_tf.objectives import bounds
 
-METHODS = ("ibp", "crown_ibp", "crown")
+METHODS = ("ibp", "crown_ibp", "crown", "symbolic")
+# Examples per symbolic-interval batch (memory: batch x input size x layer size).
+SYMBOLIC_BATCH = 16
+# Methods verified in batches of their own (slow or memory-hungry): (batch, uses crown_limit).
+_SEPARATE = {"crown": (32, True), "symbolic": (SYMBOLIC_BATCH, False)}
 
 
 @dataclasses.dataclass
@@ -47,6 +54,8 @@ def _lower_bounds(network, x, y, eps, method, num_classes):
     spec = bounds.margin_specification(y, num_classes)
     if method == "ibp":
         return bounds.specification_bounds(network, box, spec).lower
+    if method == "symbolic":
+        return bounds.symbolic_specification_bounds(network, box, spec).lower
     mode = "crown_ibp" if method == "crown_ibp" else "full"
     lower, _ = bounds.backward_bounds(network, box, spec, mode=mode, upper=False)
     return lower
@@ -120,7 +129,8 @@ def verified_accuracy(
       network, images, labels, eps: as for `verify`.
       methods: names from `METHODS`.
       crown_limit: full CROWN (one backward pass per neuron) runs on the first
-        `crown_limit` examples only (None: all; 0: skipped).
+        `crown_limit` examples only (None: all; 0: skipped); symbolic
+        intervals run on all, in batches of `SYMBOLIC_BATCH`.
       adversarial: optional adversarial examples of `images` (an attack's
         output at the same eps): a point any bound verifies must not be
         misclassified on its example.
@@ -133,14 +143,19 @@ def verified_accuracy(
     """
     images = np.asarray(images, np.float32)
     labels = np.asarray(labels, np.int64)
-    fast = [m for m in methods if m != "crown"]
+    fast = [m for m in methods if m not in _SEPARATE]
     flags = dict(verify(network, images, labels, eps, methods=fast).verified) if fast else {}
-    if "crown" in methods and crown_limit != 0:
-        limit = len(labels) if crown_limit is None else min(crown_limit, len(labels))
-        crown = verify(
-            network, images[:limit], labels[:limit], eps, methods=("crown",), batch_size=32
+    for method in (m for m in methods if m in _SEPARATE):
+        batch, limited = _SEPARATE[method]
+        limit = len(labels)
+        if limited and crown_limit is not None:
+            limit = min(crown_limit, limit)
+        if limit == 0:
+            continue
+        result = verify(
+            network, images[:limit], labels[:limit], eps, methods=(method,), batch_size=batch
         )
-        flags["crown"] = crown.verified["crown"]
+        flags[method] = result.verified[method]
     if adversarial is not None:
         network32 = precision.as_float32(network)
         predicted = np.argmax(network32.predict(np.asarray(adversarial), verbose=0), axis=-1)

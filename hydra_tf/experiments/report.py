@@ -62,7 +62,12 @@ def stages_markdown(rows):
     return lines
 
 
-VERIFY_NAMES = {"ibp": "IBP", "crown_ibp": "CROWN-IBP", "crown": "CROWN"}
+VERIFY_NAMES = {
+    "ibp": "IBP",
+    "crown_ibp": "CROWN-IBP",
+    "crown": "CROWN",
+    "symbolic": "symbolic intervals",
+}
 
 
 def table_method(config):
