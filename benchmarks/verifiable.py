@@ -17,6 +17,7 @@ images/s (../shared/FACTS.md).
 Usage:
   python -m benchmarks.verifiable                      # cnn_verifiable
   python -m benchmarks.verifiable --arch=cnn_large --verify_methods=ibp,crown_ibp
+  python -m benchmarks.verifiable --objectives=natural --verify_methods=symbolic
   python -m benchmarks.verifiable --json
 """
 
@@ -41,10 +42,13 @@ _VERIFY = flags.DEFINE_list(
     "verify_methods", ["ibp", "crown_ibp", "crown"], "Verified-accuracy bounds to time."
 )
 _VERIFY_IMAGES = flags.DEFINE_integer(
-    "verify_images", 512, "Images per verified-accuracy timing (crown: a quarter).", lower_bound=1
+    "verify_images",
+    512,
+    "Images per verified-accuracy timing (crown, symbolic: a quarter).",
+    lower_bound=1,
 )
 _KNOWN_OBJECTIVES = ("natural", "ibp", "crown_ibp")
-_KNOWN_METHODS = ("ibp", "crown_ibp", "crown")
+_KNOWN_METHODS = ("ibp", "crown_ibp", "crown", "symbolic")
 flags.register_validator(
     "objectives",
     lambda names: set(names) <= set(_KNOWN_OBJECTIVES),
@@ -106,7 +110,7 @@ def _verify_rate(arch, method, images):
     rng = np.random.RandomState(1)
     x = rng.rand(images, *SHAPE).astype(np.float32)
     y = rng.randint(0, CLASSES, images)
-    batch = 256 if method != "crown" else 32
+    batch = {"crown": 32, "symbolic": verified.SYMBOLIC_BATCH}.get(method, 256)
     # Trace once on a batch, then time the whole set.
     verified.verify(network, x[:batch], y[:batch], EPS, methods=(method,), batch_size=batch)
     start = time.perf_counter()
@@ -123,9 +127,8 @@ def main(argv):
             rate = _train_step_rate(arch, name, _BATCH.value)
             rows.append({"arch": arch, "what": f"train_step/{name}", "images_per_sec": rate})
         for method in _VERIFY.value:
-            images = (
-                _VERIFY_IMAGES.value if method != "crown" else max(_VERIFY_IMAGES.value // 4, 1)
-            )
+            slow = method in ("crown", "symbolic")
+            images = max(_VERIFY_IMAGES.value // 4, 1) if slow else _VERIFY_IMAGES.value
             rate = _verify_rate(arch, method, images)
             rows.append({"arch": arch, "what": f"verify/{method}", "images_per_sec": rate})
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
