@@ -89,6 +89,23 @@ FINAL_BETA = flags.DEFINE_float(
     "crown_ibp: weight of the CROWN-IBP bound (against IBP) at full eps.",
     lower_bound=0.0,
 )
+MIXTRAIN_SAMPLES = flags.DEFINE_integer(
+    "mixtrain_samples",
+    5,
+    "mixtrain: examples per batch whose symbolic-interval loss is added (reference: 5 for "
+    "the small network, 1 for the large one).",
+    lower_bound=1,
+)
+MIXTRAIN_PROBABILITY = flags.DEFINE_float(
+    "mixtrain_probability", 0.8, "mixtrain: chance that a batch adds the robust term."
+)
+MIXTRAIN_WEIGHT = flags.DEFINE_float(
+    "mixtrain_weight",
+    0.1,
+    "mixtrain: initial weight of the robust term (x2.5 every 5 epochs after the eps ramp, "
+    "capped at 50).",
+    lower_bound=0.0,
+)
 OPTIMIZER = flags.DEFINE_enum("optimizer", "sgd", training.OPTIMIZERS, "Optimizer.")
 WEIGHT_DECAY = flags.DEFINE_float(
     "weight_decay", 1e-4, "Weight decay (see --weight_decay_mode).", lower_bound=0.0
@@ -112,6 +129,12 @@ CROWN_LIMIT = flags.DEFINE_integer(
     "ibp / crown_ibp) on the first N test examples only (0: none; it runs one backward pass "
     "per neuron).",
     lower_bound=0,
+)
+VERIFY_METHODS = flags.DEFINE_list(
+    "verify_methods",
+    None,
+    "Pipeline / study with a verifiable objective: the bounds to verify with, the table's "
+    "first (default ibp,crown_ibp,crown; for mixtrain e.g. symbolic,ibp).",
 )
 TRAIN_ONLY = flags.DEFINE_boolean(
     "train_only",
@@ -180,6 +203,7 @@ def pipeline_settings():
             for name, flag in (("pretrain_lr", PRETRAIN_LR), ("finetune_lr", FINETUNE_LR))
             if flag.value is not None
         },
+        **({"verify_methods": tuple(VERIFY_METHODS.value)} if VERIFY_METHODS.value else {}),
         "tflite_mode": TFLITE_MODE.value,
         **certify_settings(),
     }
@@ -217,6 +241,9 @@ def objective_config():
         kappa_start=KAPPA_START.value,
         kappa_end=KAPPA_END.value,
         final_beta=FINAL_BETA.value,
+        samples=MIXTRAIN_SAMPLES.value,
+        probability=MIXTRAIN_PROBABILITY.value,
+        weight=MIXTRAIN_WEIGHT.value,
     )
 
 

@@ -127,7 +127,7 @@ class ObjectiveTest(tf.test.TestCase, parameterized.TestCase):
             objectives.Smoothing(sigma=0.0)
 
     @parameterized.parameters(
-        "natural", "pgd_at", "trades", "smoothing", "gaussian", "ibp", "crown_ibp"
+        "natural", "pgd_at", "trades", "smoothing", "gaussian", "ibp", "crown_ibp", "mixtrain"
     )
     def test_make(self, name):
         objective = objectives.make(objectives.config(name, eps=0.1))
@@ -146,6 +146,9 @@ class ObjectiveTest(tf.test.TestCase, parameterized.TestCase):
             "kappa_start": 0.9,
             "kappa_end": 0.2,
             "final_beta": 0.1,
+            "samples": 3,
+            "probability": 0.7,
+            "weight": 0.2,
         }
         ramp = {
             "eps": 0.1,
@@ -163,6 +166,17 @@ class ObjectiveTest(tf.test.TestCase, parameterized.TestCase):
             "gaussian": {"name": "gaussian", "sigma": 0.5},
             "ibp": {"name": "ibp", **ramp},
             "crown_ibp": {"name": "crown_ibp", **ramp, "final_beta": 0.1},
+            "mixtrain": {
+                "name": "mixtrain",
+                "eps": 0.1,
+                "ramp_epochs": 4.0,
+                "samples": 3,
+                "probability": 0.7,
+                "weight": 0.2,
+                "growth": 2.5,
+                "every": 5.0,
+                "cap": 50.0,
+            },
         }
         self.assertEqual(set(objectives.OBJECTIVES), set(expected))
         for name, values in expected.items():
@@ -181,7 +195,7 @@ class ObjectiveTest(tf.test.TestCase, parameterized.TestCase):
         certified = [n for n in objectives.OBJECTIVES if objectives.certified(objectives.config(n))]
         self.assertEqual(sorted(certified), ["gaussian", "smoothing"])
         verified = [n for n in objectives.OBJECTIVES if objectives.verified(objectives.config(n))]
-        self.assertEqual(sorted(verified), ["crown_ibp", "ibp"])
+        self.assertEqual(sorted(verified), ["crown_ibp", "ibp", "mixtrain"])
 
     def test_unknown_objective(self):
         with self.assertRaisesRegex(ValueError, "Unknown objective 'fgsm'.*trades"):

@@ -66,7 +66,7 @@ VERIFY_NAMES = {
     "ibp": "IBP",
     "crown_ibp": "CROWN-IBP",
     "crown": "CROWN",
-    "symbolic": "symbolic intervals",
+    "symbolic": "symbolic-interval",
 }
 
 

@@ -14,6 +14,7 @@ import dataclasses
 
 from hydra_tf.objectives import adversarial
 from hydra_tf.objectives import base
+from hydra_tf.objectives import mixtrain
 from hydra_tf.objectives import noise
 from hydra_tf.objectives import verifiable
 from hydra_tf.objectives.adversarial import PGDAdversarial
@@ -23,6 +24,8 @@ from hydra_tf.objectives.adversarial import TradesConfig
 from hydra_tf.objectives.base import LogitKLDivergence
 from hydra_tf.objectives.base import Natural
 from hydra_tf.objectives.base import NaturalConfig
+from hydra_tf.objectives.mixtrain import MixTrain
+from hydra_tf.objectives.mixtrain import MixTrainConfig
 from hydra_tf.objectives.noise import GaussianConfig
 from hydra_tf.objectives.noise import GaussianNoise
 from hydra_tf.objectives.noise import Smoothing
@@ -42,6 +45,7 @@ REGISTRY = {
         noise.GaussianNoise,
         verifiable.IBP,
         verifiable.CrownIBP,
+        mixtrain.MixTrain,
     )
 }
 OBJECTIVES = tuple(REGISTRY)
@@ -106,6 +110,8 @@ __all__ = [
     "GaussianNoise",
     "IBPConfig",
     "LogitKLDivergence",
+    "MixTrain",
+    "MixTrainConfig",
     "Natural",
     "NaturalConfig",
     "PGDATConfig",

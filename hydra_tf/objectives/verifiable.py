@@ -159,11 +159,14 @@ def scatter_margins(lower, labels, num_classes):
     return tf.einsum("bs,bsc->bc", lower, tf.one_hot(others, num_classes, dtype=lower.dtype))
 
 
-class IBP(base.Natural):
-    """IBP training: CE of the negated IBP margin lower bounds, mixed with the clean CE."""
+class BoundObjective(base.Natural):
+    """What the bound-trained objectives share: a config, a schedule over steps, the robust CE.
 
-    name = "ibp"
-    Config = IBPConfig
+    Subclasses set `name` and `Config`, list their Keras `metrics`, and
+    implement `schedule` and `loss`; `worst_case_loss` is the cross-entropy of
+    the worst logits that margin lower bounds allow.
+    """
+
     verified = True
     scheduled = True
 
@@ -174,15 +177,29 @@ class IBP(base.Natural):
         if self.steps_per_epoch < 1:
             raise ValueError(f"steps_per_epoch must be >= 1. Received: {steps_per_epoch}")
         self._robust_ce = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+    @classmethod
+    def from_config(cls, config, steps_per_epoch=1):
+        return cls(config, steps_per_epoch)
+
+    def worst_case_loss(self, lower, y, num_classes):
+        """CE(-lower) with `lower` (batch, classes - 1) scattered, 0 at the true class."""
+        return self._robust_ce(y, -scatter_margins(lower, y, num_classes))
+
+
+class IBP(BoundObjective):
+    """IBP training: CE of the negated IBP margin lower bounds, mixed with the clean CE."""
+
+    name = "ibp"
+    Config = IBPConfig
+
+    def __init__(self, config, steps_per_epoch=1):
+        super().__init__(config, steps_per_epoch)
         # Per-epoch means shown beside the loss (history.csv, TensorBoard).
         self.metrics = [
             keras.metrics.Mean(name="eps"),
             keras.metrics.Mean(name="verified_accuracy"),
         ]
-
-    @classmethod
-    def from_config(cls, config, steps_per_epoch=1):
-        return cls(config, steps_per_epoch)
 
     def schedule(self, step=None):
         """(eps_t, kappa_t, beta_t) at `step` (default: the training step's, else the end)."""
@@ -228,8 +245,8 @@ class IBP(base.Natural):
         clean = model(x, training=True)
         lower = self.margin_lower_bounds(model, x, y, eps, beta)
         num_classes = int(model.outputs[0].shape[-1])
-        worst = -scatter_margins(lower, y, num_classes)
-        loss = (1.0 - kappa) * self._robust_ce(y, worst) + kappa * self._ce(y, clean)
+        robust = self.worst_case_loss(lower, y, num_classes)
+        loss = (1.0 - kappa) * robust + kappa * self._ce(y, clean)
         self.metrics[0].update_state(eps)
         self.metrics[1].update_state(tf.cast(bounds.verified(lower), tf.float32))
         return loss, clean
