@@ -1,13 +1,13 @@
-"""Benchmarks verifiable training and verified accuracy (IBP, CROWN-IBP, CROWN).
+"""Benchmarks verifiable training and verified accuracy (IBP, CROWN-IBP, CROWN, symbolic).
 
 Prints, per architecture (28x28x1 inputs, 10 classes, synthetic images held in
 memory so the input pipeline never limits a step):
 
 - the images/s of one full training step (loss, gradient, Adam update) of the
   natural, `ibp`, `crown_ibp` (and, asked for, `mixtrain`) objectives at
-  the benchmark batch (256, the
-  reference's), dense, during the eps ramp (CROWN-IBP then runs both its CROWN
-  and its IBP pass; after the ramp it is an IBP step);
+  the benchmark batch (256, the reference's), dense, during the eps ramp
+  (CROWN-IBP then runs both its CROWN and its IBP pass; after the ramp it is
+  an IBP step; mixtrain bounds 5 examples of every batch);
 - the images/s of verified accuracy by each bound (`evaluation.verified`);
 - the peak resident memory of the process.
 
