@@ -12,6 +12,7 @@ from hydra_tf.objectives import bounds
 from hydra_tf.objectives import verifiable
 from hydra_tf.pruning import phases
 from hydra_tf.training import trainer
+from tests import helpers
 
 
 def _network(seed=3, **kwargs):
@@ -128,6 +129,24 @@ class TrainingTest(tf.test.TestCase):
         self.assertAllClose(history["eps"], [0.02, 0.02])
         self.assertAllClose(history["robust_weight"], [0.1, 0.1])
         self.assertTrue(all(np.isfinite(history["loss"])))
+
+    def test_trains_on_two_replicas(self):
+        # Each replica draws its own examples, so the result is not the one
+        # device's; the loss must be finite and the schedule the same.
+        strategy = helpers.mirrored_cpus()
+        with strategy.scope():
+            network = _network()
+            objective = objectives.make(
+                objectives.MixTrainConfig(eps=0.02, ramp_epochs=2, samples=2, probability=1.0),
+                steps_per_epoch=2,
+            )
+            model = trainer.RobustTrainer(network, objective)
+            model.compile(keras.optimizers.Adam(1e-3))
+        x, y = _data(32)
+        dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(16)
+        history = model.fit(dataset, epochs=3, shuffle=False, verbose=0).history
+        self.assertTrue(all(np.isfinite(history["loss"])))
+        self.assertAllClose(history["eps"], [0.0, 0.01, 0.02])
 
 
 if __name__ == "__main__":
