@@ -21,7 +21,6 @@ the attack breaks stops the evaluation with an error.
 import json
 import os
 
-import numpy as np
 from absl import app
 from absl import flags
 from absl import logging
@@ -90,8 +89,7 @@ def _evaluate():
     report["checkpoint"] = os.path.abspath(_CHECKPOINT.value)
     report["sparsity"] = masks.sparsity(export.kernels(export.strip_scores(network)))
     if _VERIFY.value:
-        images = np.stack([x for x, _ in test_ds.as_numpy_iterator()])
-        labels = np.array([int(y) for _, y in test_ds.as_numpy_iterator()])
+        images, labels = data.arrays(test_ds)
         accuracy, examples = verified.verified_accuracy(
             network,
             images,

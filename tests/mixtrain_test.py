@@ -25,7 +25,7 @@ def _data(n, seed=0):
     return rng.rand(n, 28, 28, 1).astype(np.float32), rng.randint(0, 10, n)
 
 
-def _at_step(objective, step, function):
+def _at_step(step, function):
     with distribute.step_randomness(0, tf.constant(step, tf.int64)):
         return function()
 
@@ -82,14 +82,14 @@ class LossTest(tf.test.TestCase):
     def test_without_the_robust_term_the_loss_is_the_clean_cross_entropy(self):
         x, y = _data(8)
         objective = self._objective(probability=0.0)
-        loss, logits = _at_step(objective, 3, lambda: objective.loss(self.network, x, y, x))
+        loss, logits = _at_step(3, lambda: objective.loss(self.network, x, y, x))
         self.assertAllClose(float(loss), float(self.ce(y, logits)), rtol=1e-6)
 
     def test_robust_term_is_the_symbolic_worst_case_cross_entropy(self):
         # One example and one sample: the sampled example is that one.
         x, y = _data(1)
         objective = self._objective(probability=1.0, samples=1, weight=0.5)
-        loss, logits = _at_step(objective, 0, lambda: objective.loss(self.network, x, y, x))
+        loss, logits = _at_step(0, lambda: objective.loss(self.network, x, y, x))
         box = bounds.IntervalBounds.from_linf(x, 0.01)
         lower = bounds.symbolic_specification_bounds(
             self.network, box, bounds.margin_specification(y, 10)
@@ -104,7 +104,7 @@ class LossTest(tf.test.TestCase):
         objective = self._objective(probability=0.5, samples=1, weight=1.0)
         added = 0
         for step in range(40):
-            loss, logits = _at_step(objective, step, lambda: objective.loss(self.network, x, y, x))
+            loss, logits = _at_step(step, lambda: objective.loss(self.network, x, y, x))
             added += int(float(loss) > float(self.ce(y, logits)) + 1e-6)
         self.assertBetween(added, 10, 30)  # binomial(40, 0.5): outside has p < 0.002
 

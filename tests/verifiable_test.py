@@ -178,7 +178,7 @@ class LossTest(tf.test.TestCase, parameterized.TestCase):
         )
 
 
-def _fit(network, objective, phase_epochs=1, policy=None):
+def _fit(network, objective, phase_epochs=1):
     model = trainer.RobustTrainer(network, objective)
     model.compile(keras.optimizers.Adam(1e-2))
     x, y = _data(64)

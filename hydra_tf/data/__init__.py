@@ -15,7 +15,8 @@ no further normalisation) and the label an int32 class index.
 - `tfds_source`: everything else, from TensorFlow Datasets (TFDS). If TFDS has
   neither the prepared data nor a way to download it,
   `DatasetUnavailableError` explains how to get it;
-- `sources`: `load`, which picks the source;
+- `sources`: `load`, which picks the source, and `arrays`, a loaded split as
+  numpy arrays;
 - `input_pipeline`: `make_pipeline`, which shuffles, augments, batches and
   prefetches what `load` returns, for training or evaluation.
 
@@ -37,6 +38,7 @@ from hydra_tf.data.idx import IDX_IMAGES_MAGIC
 from hydra_tf.data.idx import IDX_LABELS_MAGIC
 from hydra_tf.data.idx import read_idx
 from hydra_tf.data.input_pipeline import make_pipeline
+from hydra_tf.data.sources import arrays
 from hydra_tf.data.sources import load
 
 __all__ = [
@@ -49,6 +51,7 @@ __all__ = [
     "SUPPORTED_DATASETS",
     "DatasetInfo",
     "DatasetUnavailableError",
+    "arrays",
     "default_augment",
     "info",
     "load",

@@ -1,5 +1,7 @@
 """Where a dataset comes from: local IDX files when there are any, else TFDS."""
 
+import numpy as np
+
 from hydra_tf.data import datasets
 from hydra_tf.data import idx
 from hydra_tf.data import tfds_source
@@ -38,3 +40,9 @@ def load(name, split, data_dir=None, limit=None, *, download=True):
     if idx_dir is not None:
         return idx.load(name, split, idx_dir, limit)
     return tfds_source.load(name, split, data_dir, limit, download)
+
+
+def arrays(dataset):
+    """(images, labels) numpy arrays of an unbatched (image, label) dataset, in one pass."""
+    pairs = list(dataset.as_numpy_iterator())
+    return np.stack([x for x, _ in pairs]), np.array([y for _, y in pairs])

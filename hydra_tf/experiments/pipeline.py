@@ -412,8 +412,7 @@ def _verify(config, network, test_ds, attacked):
     (AutoAttack), every verified point is checked against them: one that the
     attack broke means an unsound bound, and stops the pipeline.
     """
-    images = np.stack([x for x, _ in test_ds.as_numpy_iterator()])
-    labels = np.array([int(y) for _, y in test_ds.as_numpy_iterator()])
+    images, labels = data.arrays(test_ds)
     eps = config.attack.eps
     accuracy, examples = verified_lib.verified_accuracy(
         network,

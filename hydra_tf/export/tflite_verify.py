@@ -180,11 +180,6 @@ def choose(reports, keras_clean, keras_robust):
     return best, reasons
 
 
-def _arrays(dataset):
-    pairs = list(dataset.as_numpy_iterator())
-    return np.stack([x for x, _ in pairs]), np.array([y for _, y in pairs])
-
-
 def verification_data(dataset, data_dir=None, test_limit=None, train_limit=None, seed=0):
     """What `deploy` needs from a dataset.
 
@@ -194,9 +189,11 @@ def verification_data(dataset, data_dir=None, test_limit=None, train_limit=None,
       at random (with `seed`) from the first `train_limit` ones.
     """
     limit = min(test_limit or VERIFY_EXAMPLES, VERIFY_EXAMPLES)
-    images, labels = _arrays(data.load(dataset, "test", data_dir, limit)[0])
+    images, labels = data.arrays(data.load(dataset, "test", data_dir, limit)[0])
     train_ds, _ = data.load(dataset, "train", data_dir, train_limit)
-    representative, _ = _arrays(train_ds.shuffle(10_000, seed=seed).take(REPRESENTATIVE_EXAMPLES))
+    representative, _ = data.arrays(
+        train_ds.shuffle(10_000, seed=seed).take(REPRESENTATIVE_EXAMPLES)
+    )
     return images, labels, representative
 
 
