@@ -102,9 +102,18 @@ MIXTRAIN_PROBABILITY = flags.DEFINE_float(
 MIXTRAIN_WEIGHT = flags.DEFINE_float(
     "mixtrain_weight",
     0.1,
-    "mixtrain: initial weight of the robust term (x2.5 every 5 epochs after the eps ramp, "
-    "capped at 50).",
+    "mixtrain: initial weight of the robust term (x2.5 every --mixtrain_every epochs after "
+    "the eps ramp, capped at 50).",
     lower_bound=0.0,
+)
+MIXTRAIN_EVERY = flags.DEFINE_float(
+    "mixtrain_every",
+    5.0,
+    "mixtrain: epochs between two x2.5 growths of the robust term's weight (reference: 5; "
+    "each phase restarts the schedule, as the reference's).",
+)
+flags.register_validator(
+    "mixtrain_every", lambda value: value > 0, message="--mixtrain_every must be > 0."
 )
 OPTIMIZER = flags.DEFINE_enum("optimizer", "sgd", training.OPTIMIZERS, "Optimizer.")
 WEIGHT_DECAY = flags.DEFINE_float(
@@ -167,6 +176,15 @@ PRUNE_BN = flags.DEFINE_enum(
     "statistics), freeze (inference mode with the dense network's statistics).",
 )
 
+GRANULARITY = flags.DEFINE_enum(
+    "granularity",
+    "weight",
+    architectures.GRANULARITIES,
+    "What the prune and finetune phases keep --keep_ratio of in each layer: weight "
+    "(unstructured HYDRA) or channel (whole conv filters / dense units, removed at export "
+    "so the network runs faster; the baseline becomes L1-norm filter pruning).",
+)
+
 
 def run_settings():
     """The settings training, the pipeline and the study share, from the flags.
@@ -188,6 +206,7 @@ def run_settings():
         "weight_decay": WEIGHT_DECAY.value,
         "weight_decay_mode": WEIGHT_DECAY_MODE.value,
         "prune_bn": PRUNE_BN.value,
+        "granularity": GRANULARITY.value,
     }
 
 
@@ -244,6 +263,7 @@ def objective_config():
         samples=MIXTRAIN_SAMPLES.value,
         probability=MIXTRAIN_PROBABILITY.value,
         weight=MIXTRAIN_WEIGHT.value,
+        every=MIXTRAIN_EVERY.value,
     )
 
 

@@ -91,5 +91,29 @@ class VerifiableBenchmarkTest(tf.test.TestCase):
         )
 
 
+class StructuredBenchmarkTest(tf.test.TestCase):
+    def test_json_lines_and_the_smaller_network(self):
+        result = _run("structured", "--json", "--arch=cnn_small", "--keep_ratios=0.5")
+        self.assertEqual(result.returncode, 0, result.stderr[-3000:])
+        rows = {row["network"]: row for row in map(json.loads, result.stdout.splitlines())}
+        self.assertEqual(set(rows), {"dense", "unstructured 0.01", "channels 0.5"})
+        dense, sparse, half = rows["dense"], rows["unstructured 0.01"], rows["channels 0.5"]
+        self.assertEqual(dense["speedup_1"], 1.0)
+        # Unstructured: the same shapes, mostly zeros; structured: fewer of everything.
+        self.assertEqual((sparse["params"], sparse["macs"]), (dense["params"], dense["macs"]))
+        self.assertLess(sparse["nonzero_params"], 0.05 * dense["params"])
+        self.assertLess(half["macs"], 0.3 * dense["macs"])
+        self.assertLess(half["bytes"], 0.3 * dense["bytes"])
+        for row in rows.values():
+            self.assertGreater(row["latency_ms_1"], 0)
+            self.assertGreater(row["latency_ms_32"], row["latency_ms_1"])
+            self.assertEqual(row["xnnpack"], "runs on XNNPACK")
+
+    def test_bad_ratio_is_refused(self):
+        result = _run("structured", "--keep_ratios=1.5")
+        self.assertNotEqual(result.returncode, 0)
+        self.assertIn("--keep_ratios must be numbers in (0, 1]", result.stderr)
+
+
 if __name__ == "__main__":
     tf.test.main()

@@ -29,6 +29,15 @@ class CommonTest(tf.test.TestCase):
         with flagsaver.flagsaver(eps=0.0, objective="pgd_at"):
             self.assertIsNone(common.objective_config().step_size)
 
+    def test_mixtrain_flags(self):
+        with flagsaver.flagsaver(
+            objective="mixtrain", eps=0.1, mixtrain_samples=2, mixtrain_every=1.5
+        ):
+            config = common.objective_config()
+        self.assertEqual((config.name, config.samples, config.every), ("mixtrain", 2, 1.5))
+        with self.assertRaisesRegex(flags.IllegalFlagValueError, "mixtrain_every must be > 0"):
+            flags.FLAGS.mixtrain_every = 0.0
+
     def test_expected_errors_exit_with_status_one(self):
         for error in (
             ValueError("bad"),

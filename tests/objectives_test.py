@@ -149,6 +149,7 @@ class ObjectiveTest(tf.test.TestCase, parameterized.TestCase):
             "samples": 3,
             "probability": 0.7,
             "weight": 0.2,
+            "every": 2.0,
         }
         ramp = {
             "eps": 0.1,
@@ -174,7 +175,7 @@ class ObjectiveTest(tf.test.TestCase, parameterized.TestCase):
                 "probability": 0.7,
                 "weight": 0.2,
                 "growth": 2.5,
-                "every": 5.0,
+                "every": 2.0,
                 "cap": 50.0,
             },
         }

@@ -8,10 +8,11 @@ from hydra_tf import files
 from hydra_tf.experiments import plots
 from hydra_tf.models import layers as score_layers
 from hydra_tf.models import masks
+from hydra_tf.models import scores
 
 
 def kept_weights(dense_path, hydra_path, keep_ratio):
-    """Which pretrained weights HYDRA and LWM keep at `keep_ratio`.
+    """Which pretrained weights (or channels) HYDRA and LWM keep at `keep_ratio`.
 
     Args:
       dense_path: the pretrained dense network (`model.keras`).
@@ -20,19 +21,27 @@ def kept_weights(dense_path, hydra_path, keep_ratio):
 
     Returns:
       A dict with "magnitudes" (pretrained |w| / max |w| of its layer, all
-      prunable layers concatenated), "hydra" and "lwm" (boolean kept masks like
-      "magnitudes"), and "overlap" (fraction of HYDRA's kept weights that LWM
-      keeps too).
+      prunable layers concatenated; for structured pruning each channel's
+      filter L1 norm / the layer's largest), "hydra" and "lwm" (boolean kept
+      masks like "magnitudes"), and "overlap" (fraction of HYDRA's kept
+      weights that LWM keeps too).
     """
     dense = files.load_network(dense_path)
     hydra = files.load_network(hydra_path)
     magnitudes, hydra_kept, lwm_kept = [], [], []
-    for layer in score_layers.scored_layers(hydra):
-        kernel = np.abs(dense.get_layer(layer.name).kernel.numpy())
-        magnitudes.append((kernel / kernel.max()).ravel())
+    measured = [
+        (layer, np.abs(dense.get_layer(layer.name).kernel.numpy()))
+        for layer in score_layers.scored_layers(hydra)
+    ] + [
+        (gate, scores.channel_norms(dense.get_layer(gate.source).kernel.numpy()))
+        for gate in score_layers.channel_gates(hydra)
+    ]
+    for layer, magnitude in measured:
+        magnitudes.append((magnitude / magnitude.max()).ravel())
         hydra_kept.append(layer.mask().numpy().ravel() > 0)
-        # LWM keeps the top-k weight magnitudes: the same mask function on |w|.
-        lwm_kept.append(masks.topk_mask(kernel, keep_ratio).numpy().ravel() > 0)
+        # LWM keeps the top-k magnitudes (L1 filter pruning: the top-k
+        # channel norms): the same mask function on them.
+        lwm_kept.append(masks.topk_mask(magnitude, keep_ratio).numpy().ravel() > 0)
     hydra_kept = np.concatenate(hydra_kept)
     lwm_kept = np.concatenate(lwm_kept)
     return {

@@ -34,8 +34,10 @@ from hydra_tf.evaluation import verified as verified_lib
 from hydra_tf.experiments import analysis
 from hydra_tf.experiments import records
 from hydra_tf.experiments import report
+from hydra_tf.export import costs
 from hydra_tf.export import tflite
 from hydra_tf.export import tflite_verify
+from hydra_tf.models import architectures
 from hydra_tf.models import masks
 from hydra_tf.objectives import attacks
 
@@ -52,6 +54,9 @@ class PipelineConfig:
         default_factory=lambda: objectives.TradesConfig(eps=0.1, steps=10, step_size=0.025)
     )
     keep_ratios: tuple = (0.1, 0.05, 0.01)
+    # "weight" (unstructured) or "channel" (structured: keep_ratios of each
+    # layer's channels; LWM becomes L1-norm filter pruning).
+    granularity: str = "weight"
     train_limit: int | None = None
     test_limit: int | None = None
     batch_size: int = 128
@@ -96,6 +101,11 @@ class PipelineConfig:
             raise ValueError("keep_ratios must name at least one ratio.")
         for ratio in self.keep_ratios:
             masks.validate_keep_ratio(ratio)
+        if self.granularity not in architectures.GRANULARITIES:
+            raise ValueError(
+                f"Unknown granularity {self.granularity!r}. "
+                f"Supported: {', '.join(architectures.GRANULARITIES)}."
+            )
         data.info(self.dataset)
         if self.eval_attack not in attacks.REGISTRY:
             raise ValueError(
@@ -169,6 +179,7 @@ _SHARED_FIELDS = (
     "weight_decay",
     "weight_decay_mode",
     "prune_bn",
+    "granularity",
     "sync_batch_norm",
     "seed",
 )
@@ -186,9 +197,22 @@ def phase_objective(objective, phase):
     return objective
 
 
+def stage_name(config, method, keep_ratio):
+    """The directory of one pruned network of the pipeline: hydra_0.1, lwm_channels_0.5, ...
+
+    Structured runs have their own names, so that both granularities can
+    share one workdir (and its dense pretraining).
+    """
+    unit = "" if config.granularity == "weight" else f"{config.granularity}s_"
+    return f"{method}_{unit}{keep_ratio:g}"
+
+
 def _train_config(config, phase, workdir, keep_ratio=1.0, source=None, epochs=1, lr=0.1):
     shared = {name: getattr(config, name) for name in _SHARED_FIELDS}
     shared["objective"] = phase_objective(config.objective, phase)
+    if phase == "pretrain":
+        # A dense network either way: the pretraining run serves both granularities.
+        shared["granularity"] = "weight"
     return training.TrainConfig(
         workdir=workdir,
         phase=phase,
@@ -372,8 +396,12 @@ def _evaluate(config, model_path, out_dir, name):
             np.save(os.path.join(out_dir, ADVERSARIAL_FILE), result.adversarial)
         if config.verifies:
             measured.update(_verify(config, plain, test_ds, result))
+    cost = costs.costs(plain)
     evaluated = records.Evaluation(
         **measured,
+        params=cost.params,
+        nonzero_params=cost.nonzero_params,
+        macs=cost.macs,
         sparsity=masks.sparsity(export.kernels(plain)),
         layer_sparsity=export.layer_sparsity(plain),
         keras_path=os.path.relpath(keras_path, config.workdir),
@@ -499,12 +527,11 @@ def run(config, strategy=None, jit_compile=False, train_only=False):
     )
     rows = [evaluated(dense.model_path, "dense", "dense", 1.0)]
     for ratio in config.keep_ratios:
-        tag = f"{ratio:g}"
         pruned = train(
             _train_config(
                 config,
                 "prune",
-                stage(f"hydra_{tag}", "prune"),
+                stage(stage_name(config, "hydra", ratio), "prune"),
                 ratio,
                 dense.model_path,
                 config.prune_epochs,
@@ -516,14 +543,15 @@ def run(config, strategy=None, jit_compile=False, train_only=False):
                 _train_config(
                     config,
                     "finetune",
-                    stage(f"{method}_{tag}", "finetune"),
+                    stage(stage_name(config, method, ratio), "finetune"),
                     ratio,
                     source,
                     config.finetune_epochs,
                     config.finetune_lr,
                 )
             )
-            rows.append(evaluated(tuned.model_path, f"{method}_{tag}", method, ratio))
+            name = stage_name(config, method, ratio)
+            rows.append(evaluated(tuned.model_path, name, method, ratio))
     if train_only:
         logging.info("Pipeline: every network is trained; evaluate with the same command.")
         return records.PipelineResults(config=config.to_json(), rows=())
@@ -532,7 +560,7 @@ def run(config, strategy=None, jit_compile=False, train_only=False):
         return records.PipelineResults(config=config.to_json(), rows=())
     report.check_comparable(rows)
     smallest = min(config.keep_ratios)
-    hydra_model = stage(f"hydra_{smallest:g}", "prune", training.MODEL_FILE)
+    hydra_model = stage(stage_name(config, "hydra", smallest), "prune", training.MODEL_FILE)
     kept = analysis.kept_weights(dense.model_path, hydra_model, smallest)
     figures = analysis.figures(config.workdir, rows, kept, smallest, metric=config.metric)
     results = records.PipelineResults(

@@ -63,6 +63,8 @@ class Evaluation:
         ("ibp", "crown_ibp", "crown"); robust_acc is then the first method's.
       verified_examples: {method: test examples it was measured on}.
       attack_acc: (verifiable objectives) the attack's robust accuracy.
+      params, nonzero_params, macs: the exported network's parameters (all,
+        and not exactly 0) and multiply-adds per image (`export.costs`).
       eval_key: the settings the evaluation was made with
         (`pipeline.evaluation_key`).
     """
@@ -82,6 +84,9 @@ class Evaluation:
     verified_accuracy: dict | None = dataclasses.field(default=None, metadata=_OPTIONAL)
     verified_examples: dict | None = dataclasses.field(default=None, metadata=_OPTIONAL)
     attack_acc: float | None = dataclasses.field(default=None, metadata=_OPTIONAL)
+    params: int | None = dataclasses.field(default=None, metadata=_OPTIONAL)
+    nonzero_params: int | None = dataclasses.field(default=None, metadata=_OPTIONAL)
+    macs: int | None = dataclasses.field(default=None, metadata=_OPTIONAL)
     eval_key: dict | None = dataclasses.field(default=None, metadata=_OPTIONAL)
 
     def to_json(self):

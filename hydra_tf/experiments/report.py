@@ -227,11 +227,18 @@ def results_markdown(results):
             f"robust accuracy under {describe_attack(attack)}, on {rows[0].num_examples} test "
             "examples. Cells: robust % (clean %)."
         )
+    structured = config.get("granularity", "weight") == "channel"
+    if structured:
+        caption += (
+            " Structured pruning: each ratio is the share of every layer's channels removed "
+            "(filters, dense units; the logits stay), and LWM is L1-norm filter pruning."
+        )
+    unit = " of channels" if structured else ""
     lines = [f"# HYDRA vs LWM: {config['arch']} on {config['dataset']}", "", caption, ""]
     lines += method_table(
         rows,
         cell=lambda r: f"{100 * r.robust_acc:.1f} ({100 * r.clean_acc:.1f})",
-        ratio_label=lambda k: f"{(1 - k) * 100:g}% pruned",
+        ratio_label=lambda k: f"{(1 - k) * 100:g}% pruned{unit}",
         delta_label="HYDRA - LWM (robust)",
     )
     lines += verified_markdown(
@@ -275,11 +282,15 @@ def deployment_markdown(rows):
             f"Each network's TF Lite file, verified with LiteRT on {examples} "
             "test images. Robust accuracy: adversarial examples crafted on the Keras model (the "
             "table's attack) transferred to the file; Keras' accuracy on the same examples in "
-            "parentheses. Latency: median at batch 1 / 32, 2 threads."
+            "parentheses. Latency: median at batch 1 / 32, 2 threads. Parameters (non-zero) "
+            "and multiply-adds per image of the exported Keras model, as it runs."
         ),
         "",
-        "| model | mode | bytes | gzip bytes | dense fp32 / this | latency ms | clean % | robust % |",
-        "|---|---|---|---|---|---|---|---|",
+        (
+            "| model | mode | params (non-zero) | MMACs | bytes | gzip bytes | dense fp32 / this "
+            "| latency ms | clean % | robust % |"
+        ),
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in deployed:
         t = r.tflite
@@ -288,8 +299,10 @@ def deployment_markdown(rows):
         latency = t.latency_ms
         timing = "-" if latency is None else f"{latency['1']:.3f} / {latency['32']:.2f}"
         name = "dense" if r.method == "dense" else f"{r.method} {r.keep_ratio:g}"
+        params = "-" if r.params is None else f"{r.params:,} ({r.nonzero_params:,})"
+        macs = "-" if r.macs is None else f"{r.macs / 1e6:.2f}"
         lines.append(
-            f"| {name} | {t.mode} | {t.bytes} | {t.gzip_bytes} | "
+            f"| {name} | {t.mode} | {params} | {macs} | {t.bytes} | {t.gzip_bytes} | "
             f"{ratio} (gzip {gz_ratio}) | {timing} | {percent(t.clean_acc)} "
             f"({percent(t.keras_clean_acc)}) | {percent(t.robust_acc)} "
             f"({percent(t.keras_robust_acc)}) |"

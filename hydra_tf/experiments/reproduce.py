@@ -334,7 +334,12 @@ def run(
         config = arch_runs[0][0]  # magnitudes of the first seed
         kept = analysis.kept_weights(
             os.path.join(config.workdir, "dense", "pretrain", training.MODEL_FILE),
-            os.path.join(config.workdir, f"hydra_{smallest:g}", "prune", training.MODEL_FILE),
+            os.path.join(
+                config.workdir,
+                pipeline.stage_name(config, "hydra", smallest),
+                "prune",
+                training.MODEL_FILE,
+            ),
             smallest,
         )
         arch_dir = os.path.join(output_dir, arch)

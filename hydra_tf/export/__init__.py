@@ -1,7 +1,8 @@
 """Export: fold masks into plain Keras layers, then `.keras` and SavedModel.
 
 `strip_scores` rebuilds a network with plain `Conv2D` / `Dense` layers whose
-kernels are the masked kernels (pruned entries exactly zero), so the result
+kernels are the masked kernels (pruned entries exactly zero) and without the
+channels that channel gates drop (`channels`), so the result
 loads with `keras.saving.load_model(..., safe_mode=True)` and no custom
 objects, and runs wherever Keras or TensorFlow does.
 """
@@ -11,40 +12,58 @@ import os
 import keras
 import numpy as np
 
+from hydra_tf.export import channels
 from hydra_tf.models import kinds
 from hydra_tf.models import layers as score_layers
 from hydra_tf.models import masks
 
 
-def _plain_layer(layer):
+def _plain_layer(layer, layer_plan=None):
     # The deployed model computes in float32 whatever policy it was trained
     # with (TF Lite makes its own float16 / int8 files from it).
+    if kinds.kind(layer) == "channel_gate":
+        return keras.layers.Identity(name=layer.name)
     config = {**layer.get_config(), "dtype": "float32"}
     for key in score_layers.PRUNING_CONFIG_KEYS:
         config.pop(key, None)
+    if layer_plan is not None and layer_plan.outputs is not None and kinds.is_prunable(layer):
+        config["filters" if "filters" in config else "units"] = len(layer_plan.outputs)
     return kinds.plain_class(layer).from_config(config)
 
 
 def strip_scores(network):
-    """A plain copy of `network` with every mask folded into its kernel.
+    """A plain copy of `network` with every mask folded in and dropped channels removed.
+
+    Score layers' masks are folded into their kernels (pruned entries
+    exactly zero). Channel gates (structured pruning) become identities and
+    the channels they drop are removed (`channels.plan`): the copy is a
+    smaller network.
 
     Args:
-      network: a functional model, possibly with score layers.
+      network: a functional model, possibly with score layers or gates.
 
     Returns:
       A new functional model with the same layer names and only built-in
       layers; its outputs equal the network's in inference mode.
+
+    Raises:
+      ChannelRemovalError: a gate whose channels cannot be removed, named.
     """
-    plain = keras.models.clone_model(network, clone_function=_plain_layer)
+    plans = channels.plan(network)
+    plain = keras.models.clone_model(
+        network, clone_function=lambda layer: _plain_layer(layer, plans.get(layer.name))
+    )
     for layer in network.layers:
         target = plain.get_layer(layer.name)
         if kinds.is_scored(layer):
             values = [np.asarray(kinds.kernel(layer))]
             if layer.use_bias:
                 values.append(layer.bias.numpy())
-            target.set_weights(values)
-        elif layer.weights:
-            target.set_weights(layer.get_weights())
+        elif layer.weights and not score_layers.is_gate(layer):
+            values = layer.get_weights()
+        else:
+            continue
+        target.set_weights(channels.slice_weights(layer, values, plans.get(layer.name)))
     return plain
 
 

@@ -46,6 +46,7 @@ _ELEMENTWISE = (
     keras.layers.Activation,
     keras.layers.Dropout,
     keras.layers.LeakyReLU,
+    keras.layers.Identity,  # what a channel gate becomes on export
 )
 
 

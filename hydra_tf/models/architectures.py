@@ -1,9 +1,10 @@
-"""Network architectures, built plain or with score layers from one builder.
+"""Network architectures, built plain or with scores from one builder.
 
 Every builder takes a `LayerFactory`; the factory decides whether the conv and
-dense layers are plain Keras layers (dense pretraining, export) or HYDRA score
-layers (pruning, finetuning). Layer names are fixed by the builder, so weights
-move between the plain and the scored form of an architecture by name.
+dense layers are plain Keras layers (dense pretraining, export), HYDRA score
+layers (unstructured pruning) or plain layers followed by channel gates
+(structured pruning). Layer names are fixed by the builder, so weights move
+between the plain and the pruned forms of an architecture by name.
 """
 
 import contextvars
@@ -13,24 +14,41 @@ import keras
 from hydra_tf.models import layers as score_layers
 from hydra_tf.models import masks
 
+GRANULARITIES = ("weight", "channel")
+
 
 class LayerFactory:
     """Makes the prunable layers of an architecture.
 
     Args:
-      keep_ratio: `None` for plain `Conv2D` (`FastConv2D`) / `Dense` layers; a fraction in
-        (0, 1] for `ScoredConv2D`/`ScoredDense` layers keeping that fraction of
-        each kernel.
-      score_initializer: initializer of the scores of score layers.
+      keep_ratio: `None` for a plain network; a fraction in (0, 1] for a
+        network pruned at `granularity`.
+      score_initializer: initializer of the scores.
+      granularity: "weight": `ScoredConv2D` / `ScoredDense` layers keeping
+        that fraction of each kernel; "channel": plain conv / dense layers,
+        each followed (after its activation) by a `ChannelGate` keeping that
+        fraction of its output channels, except where the builder says the
+        channels must stay (the logits, the inputs of a residual addition).
     """
 
-    def __init__(self, keep_ratio=None, score_initializer="he_uniform"):
+    def __init__(self, keep_ratio=None, score_initializer="he_uniform", granularity="weight"):
         self.keep_ratio = None if keep_ratio is None else masks.validate_keep_ratio(keep_ratio)
         self.score_initializer = score_initializer
+        if granularity not in GRANULARITIES:
+            raise ValueError(
+                f"Unknown granularity {granularity!r}. Supported: {', '.join(GRANULARITIES)}."
+            )
+        self.granularity = granularity
 
     @property
     def scored(self):
-        return self.keep_ratio is not None
+        """Whether the conv / dense layers are score layers (weight granularity)."""
+        return self.keep_ratio is not None and self.granularity == "weight"
+
+    @property
+    def gated(self):
+        """Whether channel gates are added (channel granularity)."""
+        return self.keep_ratio is not None and self.granularity == "channel"
 
     def _pruning_kwargs(self):
         if not self.scored:
@@ -57,6 +75,18 @@ class LayerFactory:
         cls = score_layers.ScoredDense if self.scored else keras.layers.Dense
         return cls(units, use_bias=use_bias, name=name, **self._pruning_kwargs())
 
+    def gate(self, x, source):
+        """`x` (the activated output of layer `source`) with its channels gated, if gated."""
+        if not self.gated:
+            return x
+        gate = score_layers.ChannelGate(
+            source,
+            keep_ratio=self.keep_ratio,
+            score_initializer=self.score_initializer,
+            name=f"{source}_channels",
+        )
+        return gate(x)
+
 
 def _relu(x):
     return keras.layers.ReLU()(x)
@@ -76,10 +106,10 @@ def _bn(name):
 
 def cnn_small(inputs, num_classes, factory):
     """conv32 4x4/2 - conv64 4x4/2 - fc128 - fc: a small CNN for 28x28 inputs."""
-    x = _relu(factory.conv(32, 4, "conv1", strides=2)(inputs))
-    x = _relu(factory.conv(64, 4, "conv2", strides=2)(x))
+    x = factory.gate(_relu(factory.conv(32, 4, "conv1", strides=2)(inputs)), "conv1")
+    x = factory.gate(_relu(factory.conv(64, 4, "conv2", strides=2)(x)), "conv2")
     x = keras.layers.Flatten()(x)
-    x = _relu(factory.dense(128, "fc1")(x))
+    x = factory.gate(_relu(factory.dense(128, "fc1")(x)), "fc1")
     return factory.dense(num_classes, "fc2")(x)
 
 
@@ -90,10 +120,10 @@ def cnn_verifiable(inputs, num_classes, factory):
     each convolution by 1 on every side; "same" padding is the same for the
     even input sizes it is used with (28, 32, and the halved 14, 16).
     """
-    x = _relu(factory.conv(16, 4, "conv1", strides=2)(inputs))
-    x = _relu(factory.conv(32, 4, "conv2", strides=2)(x))
+    x = factory.gate(_relu(factory.conv(16, 4, "conv1", strides=2)(inputs)), "conv1")
+    x = factory.gate(_relu(factory.conv(32, 4, "conv2", strides=2)(x)), "conv2")
     x = keras.layers.Flatten()(x)
-    x = _relu(factory.dense(100, "fc1")(x))
+    x = factory.gate(_relu(factory.dense(100, "fc1")(x)), "fc1")
     return factory.dense(num_classes, "fc2")(x)
 
 
@@ -102,13 +132,13 @@ def cnn_large(inputs, num_classes, factory):
 
     conv32 3x3 - conv32 4x4/2 - conv64 3x3 - conv64 4x4/2 - fc512 - fc512 - fc.
     """
-    x = _relu(factory.conv(32, 3, "conv1")(inputs))
-    x = _relu(factory.conv(32, 4, "conv2", strides=2)(x))
-    x = _relu(factory.conv(64, 3, "conv3")(x))
-    x = _relu(factory.conv(64, 4, "conv4", strides=2)(x))
+    x = factory.gate(_relu(factory.conv(32, 3, "conv1")(inputs)), "conv1")
+    x = factory.gate(_relu(factory.conv(32, 4, "conv2", strides=2)(x)), "conv2")
+    x = factory.gate(_relu(factory.conv(64, 3, "conv3")(x)), "conv3")
+    x = factory.gate(_relu(factory.conv(64, 4, "conv4", strides=2)(x)), "conv4")
     x = keras.layers.Flatten()(x)
-    x = _relu(factory.dense(512, "fc1")(x))
-    x = _relu(factory.dense(512, "fc2")(x))
+    x = factory.gate(_relu(factory.dense(512, "fc1")(x)), "fc1")
+    x = factory.gate(_relu(factory.dense(512, "fc2")(x)), "fc2")
     return factory.dense(num_classes, "fc3")(x)
 
 
@@ -146,10 +176,10 @@ def vgg16_bn(inputs, num_classes, factory):
             continue
         conv_index += 1
         x = factory.conv(item, 3, f"conv{conv_index}", use_bias=False)(x)
-        x = _relu(_bn(f"bn{conv_index}")(x))
+        x = factory.gate(_relu(_bn(f"bn{conv_index}")(x)), f"conv{conv_index}")
     x = keras.layers.Flatten()(x)
-    x = _relu(factory.dense(256, "fc1")(x))
-    x = _relu(factory.dense(256, "fc2")(x))
+    x = factory.gate(_relu(factory.dense(256, "fc1")(x)), "fc1")
+    x = factory.gate(_relu(factory.dense(256, "fc2")(x)), "fc2")
     return factory.dense(num_classes, "fc3")(x)
 
 
@@ -163,7 +193,7 @@ def _wide_block(x, filters, strides, name, factory):
     else:
         shortcut = x
     y = factory.conv(filters, 3, f"{name}_conv1", strides=strides, use_bias=False)(out)
-    y = _relu(_bn(f"{name}_bn2")(y))
+    y = factory.gate(_relu(_bn(f"{name}_bn2")(y)), f"{name}_conv1")
     y = factory.conv(filters, 3, f"{name}_conv2", use_bias=False)(y)
     return keras.layers.Add(name=f"{name}_add")([y, shortcut])
 
@@ -193,7 +223,7 @@ def wide_resnet(inputs, num_classes, factory, depth=28, width=4):
 def _basic_block(x, filters, strides, name, factory):
     """ResNet basic block (post-activation)."""
     y = factory.conv(filters, 3, f"{name}_conv1", strides=strides, use_bias=False)(x)
-    y = _relu(_bn(f"{name}_bn1")(y))
+    y = factory.gate(_relu(_bn(f"{name}_bn1")(y)), f"{name}_conv1")
     y = factory.conv(filters, 3, f"{name}_conv2", use_bias=False)(y)
     y = _bn(f"{name}_bn2")(y)
     if strides != 1 or x.shape[-1] != filters:
@@ -237,6 +267,7 @@ def build(
     keep_ratio=None,
     score_initializer="he_uniform",
     sync_batch_norm=False,
+    granularity="weight",
 ):
     """Builds a functional model of `arch` that outputs logits.
 
@@ -245,10 +276,13 @@ def build(
       input_shape: (height, width, channels).
       num_classes: number of logits.
       keep_ratio: `None` for a plain model; else the per-layer fraction of
-        weights kept by the score layers.
-      score_initializer: initializer of the scores (score layers only).
+        weights (or channels) kept.
+      score_initializer: initializer of the scores (pruned networks only).
       sync_batch_norm: BatchNorm statistics over the global batch of all
         replicas (tf.distribute) rather than each replica's share.
+      granularity: "weight" (unstructured, HYDRA) or "channel" (structured:
+        whole output channels; see `LayerFactory`). Residual networks gate
+        only the channels inside a block: the channels of a residual sum stay.
 
     Returns:
       A `keras.Model` named `arch`. Under a mixed-precision policy its logits
@@ -260,7 +294,7 @@ def build(
         )
     if int(num_classes) < 2:
         raise ValueError(f"num_classes must be >= 2. Received: num_classes={num_classes}")
-    factory = LayerFactory(keep_ratio, score_initializer)
+    factory = LayerFactory(keep_ratio, score_initializer, granularity)
     inputs = keras.Input(shape=tuple(input_shape), name="image")
     token = _SYNC_BATCH_NORM.set(bool(sync_batch_norm))
     try:

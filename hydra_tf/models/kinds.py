@@ -5,8 +5,8 @@ propagation) asks this module what a layer is, instead of keeping its own
 `isinstance` lists:
 
 - `kind(layer)`: the kind name ("conv2d", "dense", "batch_norm", "relu",
-  "flatten", "add", "max_pool", "avg_pool", "global_avg_pool", "identity"),
-  or None for a layer no stage knows;
+  "flatten", "add", "max_pool", "avg_pool", "global_avg_pool", "identity",
+  "channel_gate"), or None for a layer no stage knows;
 - `plain_class(layer)`: the built-in Keras layer a score layer (or our
   `FastConv2D`) becomes on export;
 - `is_prunable(layer)` / `kernel(layer)`: the kernel a layer computes with,
@@ -37,7 +37,8 @@ KINDS = {
     "max_pool": (keras.layers.MaxPooling2D,),
     "avg_pool": (keras.layers.AveragePooling2D,),
     "global_avg_pool": (keras.layers.GlobalAveragePooling2D,),
-    "identity": (keras.layers.InputLayer,),
+    "identity": (keras.layers.InputLayer, keras.layers.Identity),
+    "channel_gate": (score_layers.ChannelGate,),
 }
 
 PRUNABLE_KINDS = ("conv2d", "dense")

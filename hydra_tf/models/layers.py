@@ -241,6 +241,91 @@ class FastConv2D(keras.layers.Conv2D):
         return convolution.conv2d(inputs, kernel, self.strides, self.padding)
 
 
+@keras.saving.register_keras_serializable(package="hydra_tf")
+class ChannelGate(keras.layers.Layer):
+    """Structured pruning: keeps the top-k channels of a tensor by trainable scores.
+
+    One score per channel of its input (the last axis): the output is the
+    input times `masks.topk_mask(score, keep_ratio)`, broadcast over the
+    other axes, with the mask function's straight-through gradient to the
+    scores. The builders put a gate after the activation of each prunable
+    layer whose channels may go (`source`, the conv filters or dense units
+    it scores); its scores start from the L1 norms of the source's filters
+    (`hydra_tf.models.scores.scaled_init`).
+
+    Why the mask gates the block's output rather than the source's kernel: a
+    channel whose kernel and bias are zero still leaves BatchNorm's constant
+    (beta - gamma * mean / std) downstream, and a "same"-padded convolution
+    turns a constant channel into border effects no bias can absorb; so a
+    kernel mask would not equal the smaller network export makes. A gated
+    channel is exactly 0 wherever it is used, and removing it (the source's
+    filter, its bias and BatchNorm entries, the consumers' input channels:
+    `hydra_tf.export`) changes no output.
+
+    Args:
+      source: name of the conv / dense layer whose output channels are gated.
+      keep_ratio: fraction of channels kept, in (0, 1] (`masks.kept_count`).
+      score_initializer: initializer of the scores before `scaled_init`.
+    """
+
+    def __init__(self, source, keep_ratio=1.0, score_initializer="he_uniform", **kwargs):
+        super().__init__(**kwargs)
+        if not isinstance(source, str) or not source:
+            raise ValueError(f"source must name a layer. Received: source={source!r}")
+        self.source = source
+        self.keep_ratio = masks.validate_keep_ratio(keep_ratio)
+        self.score_initializer = keras.initializers.get(score_initializer)
+
+    def build(self, input_shape):
+        if input_shape[-1] is None:
+            raise ValueError(
+                f"{self.name}: the channel dimension must be known. Received: {input_shape}"
+            )
+        self.score = self.add_weight(
+            name="score",
+            shape=(int(input_shape[-1]),),
+            initializer=self.score_initializer,
+            autocast=False,
+        )
+
+    @property
+    def prunes(self):
+        """Whether the gate drops any channel."""
+        return masks.kept_count(int(self.score.shape[0]), self.keep_ratio) < self.score.shape[0]
+
+    def mask(self):
+        """The 0/1 mask of the channels (straight-through to `score`)."""
+        return masks.topk_mask(self.score, self.keep_ratio)
+
+    def hard_mask(self):
+        """The 0/1 mask of the channels, without a gradient."""
+        return masks.hard_topk(self.score, self.keep_ratio)
+
+    def current_mask(self):
+        """The mask a `masks.reusing` block gives this gate, else its own (see `_Scored`)."""
+        mask = masks.reused_mask(self)
+        return self.mask() if mask is None else mask
+
+    def call(self, inputs):
+        if not self.prunes:
+            return inputs
+        return inputs * ops.cast(self.current_mask(), inputs.dtype)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "source": self.source,
+                "keep_ratio": self.keep_ratio,
+                "score_initializer": keras.initializers.serialize(self.score_initializer),
+            }
+        )
+        return config
+
+
 def _pair(value, name):
     if isinstance(value, int):
         value = (value, value)
@@ -257,14 +342,29 @@ def is_scored(layer):
     return isinstance(layer, _Scored)
 
 
+def is_gate(layer):
+    """Whether `layer` is a `ChannelGate` (structured pruning)."""
+    return isinstance(layer, ChannelGate)
+
+
 def scored_layers(model):
     """All score layers of `model`, in order (nested models included)."""
     return [layer for layer in _walk(model) if is_scored(layer)]
 
 
+def channel_gates(model):
+    """All channel gates of `model`, in order (nested models included)."""
+    return [layer for layer in _walk(model) if is_gate(layer)]
+
+
+def mask_layers(model):
+    """Every layer of `model` that owns scores and a mask: score layers and gates."""
+    return [layer for layer in _walk(model) if is_scored(layer) or is_gate(layer)]
+
+
 def pruned_layers(model):
-    """The score layers of `model` that drop weights (keep_ratio < 1)."""
-    return [layer for layer in scored_layers(model) if layer.prunes]
+    """The layers of `model` whose masks drop something (weights or channels)."""
+    return [layer for layer in mask_layers(model) if layer.prunes]
 
 
 @contextlib.contextmanager

@@ -1,8 +1,8 @@
 """The three HYDRA phases: which network is built and which variables train.
 
 - pretrain: a plain (dense) network; every weight trains.
-- prune: a score network; kernels and biases are frozen and the importance
-  scores train. Scores start from the source weights' scaled magnitude (or a
+- prune: a score network (score layers, or channel gates for structured
+  pruning); kernels and biases are frozen and the importance scores train. Scores start from the source weights' scaled magnitude (or a
   random init). BatchNorm trains as in the reference code (gamma / beta
   trained, batch statistics, moving averages updated), unless `prune_bn` says
   otherwise: a 1% sub-network produces other activations than the dense
@@ -15,6 +15,7 @@
 import keras
 
 from hydra_tf.models import architectures
+from hydra_tf.models import kinds
 from hydra_tf.models import layers as score_layers
 from hydra_tf.models import scores
 
@@ -41,8 +42,9 @@ def build_network(
     keep_ratio=1.0,
     score_init="scaled",
     sync_batch_norm=False,
+    granularity="weight",
 ):
-    """Builds the network a phase trains (plain for pretrain, scored otherwise)."""
+    """Builds the network a phase trains (plain for pretrain, pruned at `granularity` otherwise)."""
     validate_phase(phase)
     if score_init not in SCORE_INITS:
         raise ValueError(f"Unknown score init {score_init!r}. Supported: {', '.join(SCORE_INITS)}.")
@@ -56,6 +58,7 @@ def build_network(
         keep_ratio=keep_ratio,
         score_initializer=initializer,
         sync_batch_norm=sync_batch_norm,
+        granularity=granularity,
     )
 
 
@@ -100,7 +103,10 @@ def transfer_weights(source, target):
     scores_found = True
     for name, layer in _weighted_layers(target).items():
         if name not in source_layers:
-            problems.append(f"layer {name!r} is missing")
+            if score_layers.is_gate(layer):
+                scores_found = False  # A dense source has no channel gates.
+            else:
+                problems.append(f"layer {name!r} is missing")
             continue
         available = _variables(source_layers[name])
         for var_name, var in _variables(layer).items():
@@ -176,11 +182,17 @@ def prepare(network, phase, source=None, score_init="scaled", prune_bn="train"):
             for variable in (layer.gamma, layer.beta):
                 if variable is not None:
                     variable.trainable = not frozen_affine
-    for layer in score_layers.scored_layers(network):
+    for layer in score_layers.mask_layers(network):
         layer.score.trainable = phase == "prune"
-        layer.kernel.trainable = phase != "prune"
-        if layer.bias is not None:
-            layer.bias.trainable = phase != "prune"
+    if phase != "pretrain":
+        # Pruning trains scores only: every kernel and bias is frozen, those
+        # of the plain conv / dense layers a channel gate scores included.
+        for layer in _weighted_layers(network).values():
+            if kinds.is_prunable(layer):
+                layer.kernel.trainable = phase != "prune"
+                if layer.bias is not None:
+                    layer.bias.trainable = phase != "prune"
+    for layer in score_layers.scored_layers(network):
         if phase == "finetune":
             # Zero the pruned weights: their gradient is exactly zero, so with
             # them at zero weight decay cannot move them either.

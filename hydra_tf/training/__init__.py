@@ -30,6 +30,7 @@ from hydra_tf import data
 from hydra_tf import distribute
 from hydra_tf import files
 from hydra_tf import objectives
+from hydra_tf.models import architectures
 from hydra_tf.pruning import phases
 from hydra_tf.training import trainer as trainer_lib
 
@@ -79,6 +80,8 @@ class TrainConfig:
     # A config of `objectives.REGISTRY` (by default TRADES at 8/255).
     objective: object = dataclasses.field(default_factory=objectives.TradesConfig)
     keep_ratio: float = 1.0
+    # "weight" (unstructured HYDRA) or "channel" (structured: channel gates).
+    granularity: str = "weight"
     score_init: str = "scaled"
     source_checkpoint: str | None = None
     epochs: int = 10
@@ -121,6 +124,11 @@ class TrainConfig:
             )
         if not 0.0 < self.keep_ratio <= 1.0:
             raise ValueError(f"keep_ratio must be in (0, 1]. Received: {self.keep_ratio}")
+        if self.granularity not in architectures.GRANULARITIES:
+            raise ValueError(
+                f"Unknown granularity {self.granularity!r}. "
+                f"Supported: {', '.join(architectures.GRANULARITIES)}."
+            )
         if self.epochs < 1:
             raise ValueError(f"epochs must be >= 1. Received: epochs={self.epochs}")
         if self.batch_size < 1:
@@ -348,7 +356,8 @@ def train(config, verbose=None, strategy=None, jit_compile=False):
     config_path = os.path.join(config.workdir, CONFIG_FILE)
     history_path = os.path.join(own_dir, "history.csv")
     backup_dir = os.path.join(own_dir, "backup")
-    name = f"{config.phase}[{config.arch}, keep={config.keep_ratio:g}]"
+    unit = "" if config.granularity == "weight" else f" {config.granularity}s"
+    name = f"{config.phase}[{config.arch}, keep={config.keep_ratio:g}{unit}]"
 
     # Other workers' configs name their own copies of the source checkpoint;
     # the chief's config is the run's.
@@ -403,6 +412,7 @@ def train(config, verbose=None, strategy=None, jit_compile=False):
             keep_ratio=config.keep_ratio,
             score_init=config.score_init,
             sync_batch_norm=config.sync_batch_norm,
+            granularity=config.granularity,
         )
         origin = phases.prepare(
             network, config.phase, source, config.score_init, prune_bn=config.prune_bn

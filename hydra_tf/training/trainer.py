@@ -36,7 +36,7 @@ class _FrozenMasks:
         self.layers = list(layers)
         self.values = [
             tf.Variable(
-                tf.zeros(layer.kernel.shape),
+                tf.zeros(layer.score.shape),
                 name=f"{layer.name}_frozen_mask",
                 trainable=False,
                 # Each replica reads its own copy; all hold the same mask.

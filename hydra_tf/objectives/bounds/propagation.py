@@ -15,7 +15,8 @@ What the base does for every bound type, so none repeats it:
   function (`kinds.kernel`), so HYDRA's scores receive the straight-through
   gradient of a bound-based loss;
 - BatchNormalization is bounded as the affine map it is in inference mode
-  (`batch_norm_affine`);
+  (`batch_norm_affine`), and a channel gate (structured pruning) as the
+  0/1 scale per channel it is;
 - the lines bounding a ReLU on an interval, which every linear relaxation
   uses (`relu_upper_line`, `relu_lower_slope`);
 - a layer of no known kind, a kind the bound type has no method for, a
@@ -103,6 +104,10 @@ class Bounds:
         if kind == "batch_norm":
             self._check_last_axis(layer)
             return self.apply_batch_norm(layer, *batch_norm_affine(layer))
+        if kind == "channel_gate":
+            # A 0/1 scale per channel (straight-through to the gate's scores).
+            mask = tf.cast(layer.current_mask(), tf.float32)
+            return self.apply_batch_norm(layer, mask, tf.zeros_like(mask))
         if kind == "add":
             return self.apply_add(layer, (self,) + others)
         return getattr(self, f"apply_{kind}")(layer)
