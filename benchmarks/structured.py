@@ -11,7 +11,8 @@ depend on their values, only on the shapes (and, for sparse files, on the
 zeros, which TF Lite densifies at load).
 
 Prints, per network: parameters (and non-zero ones), multiply-adds per image,
-file size, median latency at batch 1 and 32, and the speed-up over dense.
+file size, median latency at batch 1 and 32 (the median over --probes
+processes of each process' median), and the speed-up over dense.
 
 Usage:
   python -m benchmarks.structured                        # cnn_large, vgg16_bn at keep 0.5
@@ -35,6 +36,13 @@ _ARCH = flags.DEFINE_multi_enum(
 _KEEP = flags.DEFINE_list("keep_ratios", ["0.5"], "Fractions of each layer's channels kept.")
 _UNSTRUCTURED = flags.DEFINE_float(
     "unstructured_keep", 0.01, "Fraction of each kernel the unstructured network keeps."
+)
+_PROBES = flags.DEFINE_integer(
+    "probes",
+    3,
+    "Times each file is measured, each in a fresh process; the median is reported "
+    "(sub-millisecond latencies vary by tens of percent from one process to the next).",
+    lower_bound=1,
 )
 _JSON = flags.DEFINE_boolean("json", False, "Print one JSON object per line.")
 
@@ -91,6 +99,8 @@ def _networks(arch, keep_ratios, unstructured_keep):
 
 
 def _measure(plain, directory, name):
+    import numpy as np
+
     from hydra_tf.export import costs
     from hydra_tf.export import tflite
     from hydra_tf.export import tflite_verify
@@ -99,17 +109,23 @@ def _measure(plain, directory, name):
     path = os.path.join(directory, name.replace(" ", "_") + ".tflite")
     with open(path, "wb") as f:
         f.write(content)
-    probed = tflite_verify.probe(path)
-    if "crashed" in probed:
-        raise RuntimeError(f"{name}: {probed['crashed']}")
+    probes = []
+    for _ in range(_PROBES.value):
+        probed = tflite_verify.probe(path)
+        if "crashed" in probed:
+            raise RuntimeError(f"{name}: {probed['crashed']}")
+        probes.append(probed)
+    latency = {
+        batch: float(np.median([p["latency_ms"][batch] for p in probes])) for batch in ("1", "32")
+    }
     cost = costs.costs(plain)
     return {
         "params": cost.params,
         "nonzero_params": cost.nonzero_params,
         "macs": cost.macs,
         "bytes": len(content),
-        "latency_ms_1": probed["latency_ms"]["1"],
-        "latency_ms_32": probed["latency_ms"]["32"],
+        "latency_ms_1": latency["1"],
+        "latency_ms_32": latency["32"],
         "xnnpack": probed["xnnpack"]["note"],
     }
 

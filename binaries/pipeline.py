@@ -10,6 +10,11 @@ or gaussian, the certified accuracy of the smoothed classifier at
 exports each (plain .keras + SavedModel); and writes <workdir>/results.json and
 <workdir>/results.md (a table shaped like the paper's Table 1).
 
+--granularity=channel prunes whole channels instead (structured HYDRA, against
+L1-norm filter pruning; exported networks are physically smaller); its
+results go to <workdir>/channels/, so one workdir can hold both runs
+(binaries.deployment compares them).
+
 With no flags it runs the `small` preset with TRADES at eps 0.1 on the real
 Fashion-MNIST from Debian's dataset-fashion-mnist (offline), in under 15
 minutes on a 2-core CPU. --preset=tiny takes seconds; --preset=paper uses the
@@ -35,7 +40,9 @@ from hydra_tf.experiments import report
 _PRESET = flags.DEFINE_enum("preset", "small", sorted(presets.PRESETS), "Size preset.")
 _WORKDIR = flags.DEFINE_string("workdir", "runs/pipeline", "Output directory.")
 _KEEP_RATIOS = flags.DEFINE_list(
-    "keep_ratios", ["0.1", "0.05", "0.01"], "Fractions of weights kept, each in (0, 1]."
+    "keep_ratios",
+    ["0.1", "0.05", "0.01"],
+    "Fractions of weights (or, with --granularity=channel, channels) kept, each in (0, 1].",
 )
 _PRETRAIN_EPOCHS = flags.DEFINE_integer("pretrain_epochs", None, "Override the preset.")
 _PRUNE_EPOCHS = flags.DEFINE_integer("prune_epochs", None, "Override the preset.")

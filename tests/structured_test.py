@@ -1,5 +1,7 @@
 """Tests for structured (channel) pruning: gates, builders, init, phases, physical removal."""
 
+import dataclasses
+import json
 import os
 import tempfile
 
@@ -12,6 +14,8 @@ from hydra_tf import export
 from hydra_tf import objectives
 from hydra_tf.experiments import pipeline
 from hydra_tf.experiments import presets
+from hydra_tf.experiments import records
+from hydra_tf.experiments import report
 from hydra_tf.export import channels
 from hydra_tf.export import costs
 from hydra_tf.models import architectures
@@ -20,6 +24,7 @@ from hydra_tf.models import masks
 from hydra_tf.models import scores
 from hydra_tf.objectives import bounds
 from hydra_tf.pruning import phases
+from tests import helpers
 
 SHAPES = {"cnn_small": (28, 28, 1), "cnn_large": (28, 28, 1), "vgg16_bn": (32, 32, 3)}
 
@@ -241,8 +246,127 @@ class StructuredPipelineTest(tf.test.TestCase):
             self.assertIsNotNone(row.tflite.latency_ms)
             self.assertLess(row.tflite.bytes, 0.4 * dense.tflite.bytes)
         self.assertBetween(results.kept_overlap, 0.0, 1.0)
-        with open(os.path.join(workdir, "results.md")) as f:
+        self.assertEqual(pipeline.results_dir(config), os.path.join(workdir, "channels"))
+        self.assertFalse(os.path.exists(os.path.join(workdir, "results.json")))
+        with open(os.path.join(workdir, "channels", "results.md")) as f:
             table = f.read()
+        self.assertIn("(plots/kept_magnitudes.png)", table)
+        self.assertTrue(os.path.exists(os.path.join(workdir, "channels", "plots")))
         self.assertIn("50% pruned of channels", table)
         self.assertIn("L1-norm filter pruning", table)
         self.assertIn("| params (non-zero) | MMACs |", table)
+
+
+def _deployed_row(method, keep_ratio, robust, latency, params):
+    tflite = records.TFLiteRow(
+        requested="float32",
+        path="model.tflite",
+        mode="float32",
+        bytes=4 * params,
+        gzip_bytes=3 * params,
+        clean_acc=0.8,
+        robust_acc=robust,
+        keras_clean_acc=0.8,
+        keras_robust_acc=robust,
+        latency_ms={"1": latency, "32": 20 * latency},
+        load_mb=1.0,
+        xnnpack=True,
+        num_examples=100,
+    )
+    return records.Row(
+        method=method,
+        keep_ratio=keep_ratio,
+        clean_acc=0.8,
+        robust_acc=robust,
+        num_examples=100,
+        attack={"name": "autoattack", "eps": 0.1},
+        sparsity=0.0,
+        layer_sparsity={},
+        keras_path="model.keras",
+        saved_model_path="model_savedmodel",
+        eval_seconds=1.0,
+        params=params,
+        nonzero_params=params if method == "dense" or keep_ratio > 0.2 else params // 100,
+        macs=10 * params,
+        tflite=tflite,
+    )
+
+
+def _results(granularity, rows, arch="cnn_large"):
+    config = {"arch": arch, "dataset": "fashion_mnist", "granularity": granularity}
+    return records.PipelineResults(config=config, rows=tuple(rows))
+
+
+class DeploymentTest(tf.test.TestCase):
+    def _runs(self):
+        dense = _deployed_row("dense", 1.0, 0.40, 0.20, 1000)
+        unstructured = _results(
+            "weight",
+            [
+                dense,
+                _deployed_row("hydra", 0.01, 0.30, 0.21, 1000),
+                _deployed_row("lwm", 0.01, 0.2, 0.22, 1000),
+            ],
+        )
+        structured = _results(
+            "channel",
+            [
+                dense,
+                _deployed_row("hydra", 0.5, 0.35, 0.05, 250),
+                _deployed_row("lwm", 0.5, 0.33, 0.05, 250),
+            ],
+        )
+        return unstructured, structured
+
+    def test_points_and_the_trade_at_equal_latency(self):
+        points = report.deployment_points(self._runs())
+        self.assertEqual(
+            [(p["group"], p["label"]) for p in points],
+            [
+                ("dense", "dense"),
+                ("unstructured HYDRA", "0.01"),
+                ("unstructured LWM", "0.01"),
+                ("structured HYDRA", "0.5"),
+                ("structured LWM", "0.5"),
+            ],
+        )
+        lines = "\n".join(report.deployment_comparison(points, "AutoAttack"))
+        self.assertIn(
+            "| structured HYDRA | 0.5 | 250 (250) | 0.00 | 1,000 | 0.050 / 1.00 | 80.0 | 35.0 |",
+            lines,
+        )
+        self.assertIn(
+            "- structured keep 0.5: 0.050 ms, robust 35.0%; unstructured keep 0.01: 0.210 ms "
+            "(4.2x slower), robust 30.0%.",
+            lines,
+        )
+
+    def test_refuses_mixed_architectures_and_missing_files(self):
+        unstructured, _ = self._runs()
+        other = _results("channel", unstructured.rows, arch="vgg16_bn")
+        with self.assertRaisesRegex(ValueError, "one architecture and dataset"):
+            report.deployment_points([unstructured, other])
+        bare = dataclasses.replace(unstructured.rows[1], tflite=None)
+        with self.assertRaisesRegex(ValueError, "hydra keep 0.01 has no measured TF Lite file"):
+            report.deployment_points([_results("weight", [unstructured.rows[0], bare])])
+
+    def test_binary_writes_table_and_plot(self):
+        directory = tempfile.mkdtemp()
+        paths = []
+        for index, results in enumerate(self._runs()):
+            paths.append(os.path.join(directory, f"results{index}.json"))
+            with open(paths[-1], "w") as f:
+                json.dump(results.to_json(), f)
+        out = os.path.join(directory, "deployment")
+        done = helpers.run_module(
+            "binaries.deployment", *[f"--results={p}" for p in paths], f"--output_dir={out}"
+        )
+        self.assertEqual(done.returncode, 0, done.stderr[-2000:])
+        with open(os.path.join(out, "deployment.md")) as f:
+            self.assertIn("(4.2x slower)", f.read())
+        self.assertGreater(os.path.getsize(os.path.join(out, "robust_vs_latency.png")), 1000)
+        missing = helpers.run_module(
+            "binaries.deployment", f"--results={directory}/nope.json", f"--output_dir={out}"
+        )
+        self.assertEqual(missing.returncode, 1)
+        self.assertIn("No results file at", missing.stderr.strip().splitlines()[-1])

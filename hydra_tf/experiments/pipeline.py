@@ -207,6 +207,18 @@ def stage_name(config, method, keep_ratio):
     return f"{method}_{unit}{keep_ratio:g}"
 
 
+def results_dir(config):
+    """Where a run writes results.json, results.md and plots/.
+
+    The workdir, or for a structured run its `channels/` directory, so that one
+    workdir can hold an unstructured and a structured run (and share their
+    dense network).
+    """
+    if config.granularity == "weight":
+        return config.workdir
+    return files.make_dir(os.path.join(config.workdir, f"{config.granularity}s"))
+
+
 def _train_config(config, phase, workdir, keep_ratio=1.0, source=None, epochs=1, lr=0.1):
     shared = {name: getattr(config, name) for name in _SHARED_FIELDS}
     shared["objective"] = phase_objective(config.objective, phase)
@@ -562,7 +574,8 @@ def run(config, strategy=None, jit_compile=False, train_only=False):
     smallest = min(config.keep_ratios)
     hydra_model = stage(stage_name(config, "hydra", smallest), "prune", training.MODEL_FILE)
     kept = analysis.kept_weights(dense.model_path, hydra_model, smallest)
-    figures = analysis.figures(config.workdir, rows, kept, smallest, metric=config.metric)
+    out = results_dir(config)
+    figures = analysis.figures(out, rows, kept, smallest, metric=config.metric)
     results = records.PipelineResults(
         config=config.to_json(),
         rows=tuple(rows),
@@ -570,8 +583,8 @@ def run(config, strategy=None, jit_compile=False, train_only=False):
         figures=figures,
         seconds=time.time() - start,
     )
-    files.write_json(stage("results.json"), results.to_json())
-    with open(stage("results.md"), "w") as f:
+    files.write_json(os.path.join(out, "results.json"), results.to_json())
+    with open(os.path.join(out, "results.md"), "w") as f:
         f.write(report.results_markdown(results))
-    logging.info("Pipeline finished in %.1fs; results in %s", results.seconds, config.workdir)
+    logging.info("Pipeline finished in %.1fs; results in %s", results.seconds, out)
     return results

@@ -155,3 +155,45 @@ def layer_sparsity(rows, path, title=""):
     ax.set_title(title or "Per-layer sparsity of the exported models")
     ax.legend(fontsize=7, ncol=2)
     return _save(fig, path)
+
+
+def robust_vs_latency(points, path, title=""):
+    """Robust accuracy against measured TF Lite latency (batch 1), one marker per network.
+
+    Args:
+      points: dicts with "label", "group" (e.g. "dense", "unstructured
+        HYDRA", "structured HYDRA", "structured LWM"), "latency_ms" and
+        "robust_acc".
+      path: PNG file to write.
+      title: figure title.
+
+    Returns:
+      `path`.
+    """
+    fig, ax = plt.subplots(figsize=(6, 4))
+    groups = sorted({p["group"] for p in points}, key=[p["group"] for p in points].index)
+    markers = "osD^vP*X"
+    for index, group in enumerate(groups):
+        mine = sorted((p for p in points if p["group"] == group), key=lambda p: p["latency_ms"])
+        ax.plot(
+            [p["latency_ms"] for p in mine],
+            [100 * p["robust_acc"] for p in mine],
+            marker=markers[index % len(markers)],
+            linestyle="-" if len(mine) > 1 else "none",
+            label=group,
+        )
+        for p in mine:
+            ax.annotate(
+                p["label"],
+                (p["latency_ms"], 100 * p["robust_acc"]),
+                textcoords="offset points",
+                xytext=(4, 4),
+                fontsize=7,
+            )
+    ax.set_xscale("log")
+    ax.set_xlabel("TF Lite latency at batch 1 (ms, log scale)")
+    ax.set_ylabel("robust accuracy (%)")
+    ax.set_title(title or "Robust accuracy against measured latency")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)

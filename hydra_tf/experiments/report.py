@@ -333,3 +333,94 @@ def deployment_markdown(rows):
                 f"{percent(m.clean_acc)} | {percent(m.robust_acc)} |"
             )
     return lines
+
+
+def deployment_points(results_list):
+    """The deployed networks of several pipeline runs, as dicts for the comparison.
+
+    Args:
+      results_list: `records.PipelineResults` of runs on one architecture and
+        dataset, e.g. an unstructured and a structured run (sharing their
+        dense network: its row is taken once).
+
+    Returns:
+      A list of dicts: "group" ("dense", "unstructured HYDRA", "structured
+      LWM", ...), "label" (the keep ratio), "row" (the `records.Row`),
+      "latency_ms" (batch 1) and "robust_acc".
+
+    Raises:
+      ValueError: runs on different architectures or datasets, or a run
+        without TF Lite rows (`--tflite_mode=none`).
+    """
+    keys = {(r.config["arch"], r.config["dataset"]) for r in results_list}
+    if len(keys) != 1:
+        raise ValueError(f"Compare runs of one architecture and dataset. Received: {sorted(keys)}")
+    points, dense_seen = [], False
+    for results in results_list:
+        structured = results.config.get("granularity", "weight") == "channel"
+        for row in results.rows:
+            if row.tflite is None or row.tflite.latency_ms is None:
+                raise ValueError(
+                    f"{row.method} keep {row.keep_ratio:g} has no measured TF Lite file: "
+                    "run the pipeline with a --tflite_mode other than none."
+                )
+            if row.method == "dense":
+                if dense_seen:
+                    continue
+                dense_seen = True
+                group, label = "dense", "dense"
+            else:
+                kind = "structured" if structured else "unstructured"
+                group = f"{kind} {row.method.upper() if row.method == 'lwm' else 'HYDRA'}"
+                label = f"{row.keep_ratio:g}"
+            points.append(
+                {
+                    "group": group,
+                    "label": label,
+                    "row": row,
+                    "latency_ms": row.tflite.latency_ms["1"],
+                    "robust_acc": row.robust_acc,
+                }
+            )
+    return points
+
+
+def deployment_comparison(points, attack):
+    """Markdown: the deployment table of `deployment_points` and the trade at equal latency."""
+    percent = lambda v: f"{100 * v:.1f}"
+    lines = [
+        (
+            "| network | keep | params (non-zero) | MMACs | TF Lite bytes | latency ms "
+            f"(batch 1 / 32) | clean % | {attack} robust % |"
+        ),
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for p in points:
+        r, t = p["row"], p["row"].tflite
+        params = "-" if r.params is None else f"{r.params:,} ({r.nonzero_params:,})"
+        macs = "-" if r.macs is None else f"{r.macs / 1e6:.2f}"
+        lines.append(
+            f"| {p['group']} | {p['label']} | {params} | {macs} | {t.bytes:,} | "
+            f"{t.latency_ms['1']:.3f} / {t.latency_ms['32']:.2f} | {percent(r.clean_acc)} | "
+            f"{percent(r.robust_acc)} |"
+        )
+    unstructured = [p for p in points if p["group"] == "unstructured HYDRA"]
+    structured = [p for p in points if p["group"] == "structured HYDRA"]
+    if unstructured and structured:
+        lines += [
+            "",
+            (
+                "At equal latency: each structured HYDRA network against the unstructured "
+                "HYDRA network closest to it in measured latency."
+            ),
+            "",
+        ]
+        for s in structured:
+            u = min(unstructured, key=lambda p: abs(p["latency_ms"] - s["latency_ms"]))
+            lines.append(
+                f"- structured keep {s['label']}: {s['latency_ms']:.3f} ms, robust "
+                f"{percent(s['robust_acc'])}%; unstructured keep {u['label']}: "
+                f"{u['latency_ms']:.3f} ms ({u['latency_ms'] / s['latency_ms']:.1f}x slower), "
+                f"robust {percent(u['robust_acc'])}%."
+            )
+    return lines
