@@ -24,14 +24,18 @@ from hydra_tf.experiments.pipeline import PipelineConfig
 from hydra_tf.experiments.presets import PRESETS
 from hydra_tf.export import layer_sparsity
 from hydra_tf.export import strip_scores
+from hydra_tf.export.channels import ChannelRemovalError
+from hydra_tf.export.costs import costs
 from hydra_tf.export.tflite import TFLiteConversionError
 from hydra_tf.export.tflite_verify import deploy
 from hydra_tf.models.architectures import ARCHITECTURES
 from hydra_tf.models.architectures import LayerFactory
 from hydra_tf.models.architectures import build
+from hydra_tf.models.layers import ChannelGate
 from hydra_tf.models.layers import FastConv2D
 from hydra_tf.models.layers import ScoredConv2D
 from hydra_tf.models.layers import ScoredDense
+from hydra_tf.models.layers import channel_gates
 from hydra_tf.models.layers import scored_layers
 from hydra_tf.models.masks import kept_count
 from hydra_tf.models.masks import sparsity
@@ -57,6 +61,8 @@ __all__ = [
     "OBJECTIVE_REGISTRY",
     "PHASES",
     "PRESETS",
+    "ChannelGate",
+    "ChannelRemovalError",
     "CheckpointMismatchError",
     "DatasetInfo",
     "DatasetUnavailableError",
@@ -74,6 +80,8 @@ __all__ = [
     "TrainConfig",
     "build",
     "certify_dataset",
+    "channel_gates",
+    "costs",
     "default_attack",
     "deploy",
     "evaluate",

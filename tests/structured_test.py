@@ -255,6 +255,8 @@ class StructuredPipelineTest(tf.test.TestCase):
         self.assertIn("50% pruned of channels", table)
         self.assertIn("L1-norm filter pruning", table)
         self.assertIn("| params (non-zero) | MMACs |", table)
+        self.assertIn("Parameters of the exported (smaller) networks:", table)
+        self.assertIn("of the channels HYDRA keeps are among the largest-L1-norm filters", table)
 
 
 def _deployed_row(method, keep_ratio, robust, latency, params):

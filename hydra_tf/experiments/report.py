@@ -245,17 +245,32 @@ def results_markdown(results):
         rows, rows[0].attack, rows[0].num_examples, config.get("verify_methods", ())
     )
     lines += stages_markdown(rows)
-    lines += ["", "Measured sparsity of the exported kernels:", ""]
-    for r in rows:
-        lines.append(f"- {r.method} keep {r.keep_ratio:g}: {100 * r.sparsity:.2f}% zeros")
+    dense = next((r for r in rows if r.method == "dense"), None)
+    if structured and dense is not None and dense.params:
+        lines += ["", "Parameters of the exported (smaller) networks:", ""]
+        for r in rows:
+            lines.append(
+                f"- {r.method} keep {r.keep_ratio:g}: {r.params:,} "
+                f"({100 * r.params / dense.params:.1f}% of dense), "
+                f"{r.macs / 1e6:.2f} M multiply-adds per image"
+            )
+    else:
+        lines += ["", "Measured sparsity of the exported kernels:", ""]
+        for r in rows:
+            lines.append(f"- {r.method} keep {r.keep_ratio:g}: {100 * r.sparsity:.2f}% zeros")
     if results.kept_overlap is not None:
         smallest = min(ratios)
+        what = (
+            ("channels", "largest-L1-norm filters", "filters")
+            if structured
+            else ("weights", "largest-magnitude weights", "weights")
+        )
         lines += [
             "",
             (
-                f"At keep {smallest:g}, {100 * results.kept_overlap:.1f}% of the weights HYDRA "
-                "keeps are among the largest-magnitude weights LWM keeps; the rest are smaller "
-                "weights that LWM prunes."
+                f"At keep {smallest:g}, {100 * results.kept_overlap:.1f}% of the {what[0]} HYDRA "
+                f"keeps are among the {what[1]} LWM keeps; the rest are smaller {what[2]} that "
+                "LWM prunes."
             ),
         ]
     for name, path in (results.figures or {}).items():
