@@ -5,14 +5,19 @@ For each architecture it builds the dense network, an unstructured-pruned one
 the weight magnitude) and channel-pruned ones (each of --keep_ratios of every
 layer's channels kept, chosen by filter L1 norm), exports each as the plain
 Keras model (`export.strip_scores`: dropped channels physically removed),
-converts it to a float32 TF Lite file and runs it with LiteRT (2 threads,
-XNNPACK) in a process of its own. Weights are random: latency does not
+converts it to a float32 TF Lite file and runs it with LiteRT (--threads, 2
+by default; XNNPACK) in processes of its own. Weights are random: latency does not
 depend on their values, only on the shapes (and, for sparse files, on the
 zeros, which TF Lite densifies at load).
 
 Prints, per network: parameters (and non-zero ones), multiply-adds per image,
 file size, median latency at batch 1 and 32 (the median over --probes
-processes of each process' median), and the speed-up over dense.
+processes of each process' median), and the speed-up over dense. At 2
+threads a sub-0.1 ms network's per-process median is bimodal (measured: the
+half-channel cnn_large ran 0.044-0.055 ms in some processes and 0.114-0.128
+ms in others, slower than its steady 0.10 ms on one thread): the thread
+pool's wake-ups dominate such short runs, so more probes give a steadier
+median, and --threads=1 a steady figure.
 
 Usage:
   python -m benchmarks.structured                        # cnn_large, vgg16_bn at keep 0.5
@@ -37,9 +42,10 @@ _KEEP = flags.DEFINE_list("keep_ratios", ["0.5"], "Fractions of each layer's cha
 _UNSTRUCTURED = flags.DEFINE_float(
     "unstructured_keep", 0.01, "Fraction of each kernel the unstructured network keeps."
 )
+_THREADS = flags.DEFINE_integer("threads", 2, "LiteRT threads.", lower_bound=1)
 _PROBES = flags.DEFINE_integer(
     "probes",
-    3,
+    5,
     "Times each file is measured, each in a fresh process; the median is reported "
     "(sub-millisecond latencies vary by tens of percent from one process to the next).",
     lower_bound=1,
@@ -111,7 +117,7 @@ def _measure(plain, directory, name):
         f.write(content)
     probes = []
     for _ in range(_PROBES.value):
-        probed = tflite_verify.probe(path)
+        probed = tflite_verify.probe(path, threads=_THREADS.value)
         if "crashed" in probed:
             raise RuntimeError(f"{name}: {probed['crashed']}")
         probes.append(probed)
@@ -147,7 +153,10 @@ def main(argv):
         for row in rows:
             print(json.dumps(row))
         return
-    print("TF Lite float32, LiteRT 2 threads, XNNPACK; latency: median ms")
+    print(
+        f"TF Lite float32, LiteRT {_THREADS.value} thread(s), XNNPACK; latency: median ms "
+        f"over {_PROBES.value} processes"
+    )
     header = (
         f"{'arch':<10} {'network':<18} {'params':>10} {'nonzero':>10} {'MMACs':>8} "
         f"{'MB':>6} {'batch 1':>8} {'x':>5} {'batch 32':>9} {'x':>5}"

@@ -44,14 +44,14 @@ VERIFY_EXAMPLES = 1000
 STABILITY_RUNS = 2
 
 
-def probe(path, inputs=(), output_dir=None):
-    """Runs `tflite_probe.py` on the file at `path` in a fresh process.
+def probe(path, inputs=(), output_dir=None, threads=2):
+    """Runs `tflite_probe.py` on the file at `path` in a fresh process (LiteRT with `threads`).
 
     Returns:
       The probe's JSON dict (see `tflite_probe`), or, if LiteRT crashed the
       process, {"crashed": "<signal or exit code and stderr tail>"}.
     """
-    command = [sys.executable, os.path.abspath(tflite_probe.__file__), path]
+    command = [sys.executable, os.path.abspath(tflite_probe.__file__), path, f"--threads={threads}"]
     if inputs:
         command += ["--inputs=" + ",".join(inputs), f"--output_dir={output_dir}"]
     done = subprocess.run(command, check=False, capture_output=True, text=True, timeout=1800)
