@@ -175,6 +175,30 @@ class VerifiedStudyTest(tf.test.TestCase):
         self.assertIn("| network | clean | IBP | CROWN (10 ex.) | PGD-50 |", table)
         self.assertIn("| lwm 99% | 80.0 | 20.0 ± 0.0 | 30.0 ± 0.0 | 50.0 ± 14.1 |", table)
 
+    def test_mixtrain_caption(self):
+        base = pipeline.PipelineConfig(
+            workdir="unused",
+            keep_ratios=(0.01,),
+            arch="cnn_verifiable",
+            objective=objectives.config("mixtrain", eps=0.1, ramp_epochs=4, every=2),
+            verify_methods=("ibp", "crown"),
+            granularity="channel",
+        )
+        runs = self._runs()
+        table = reproduce.markdown(
+            _study(base, "cnn_verifiable", runs[0][2].rows[0].attack, 100, runs)
+        )
+        self.assertIn(
+            "Objective mixtrain (L-inf eps 0.1, ramped linearly per epoch over 4 pretraining "
+            "epochs",
+            table,
+        )
+        self.assertIn("weighted 0.1 x2.5 every 2 epochs after the ramp, at most 50", table)
+        self.assertIn("IBP-verified accuracy at L-inf eps 0.1", table)
+        # A structured study says so, in its caption and its column names.
+        self.assertIn("LWM is L1-norm filter pruning", table)
+        self.assertIn("99% of channels", table)
+
 
 class ScheduleTest(tf.test.TestCase):
     def test_parses_per_arch_epochs(self):

@@ -157,6 +157,19 @@ def _caption(study):
             f"alpha {attack['alpha']:g}) on {study.num_test_examples} test images. "
             "Cells: certified % (clean % of the base network), mean ± std."
         )
+    if study.rows[0].verified_accuracy is not None and objective["name"] == "mixtrain":
+        return (
+            f"Objective mixtrain (L-inf eps {objective['eps']:g}, ramped linearly per epoch over "
+            f"{objective['ramp_epochs']:g} pretraining epochs, prune and finetune at full eps; "
+            f"with probability {objective['probability']:g} a batch adds the symbolic-interval "
+            f"loss of {objective['samples']} sampled examples, weighted {objective['weight']:g} "
+            f"x{objective['growth']:g} every {objective['every']:g} epochs after the ramp, at "
+            f"most {objective['cap']:g}, each phase restarting the schedule; "
+            f"{base['optimizer']}, lr pretrain {base['pretrain_lr']:g} / finetune "
+            f"{base['finetune_lr']:g}, batch {base['batch_size']}). {schedule} "
+            f"{report.verified_caption(objective, report.table_method(base), study.num_test_examples)}. "
+            "Cells: verified % ± std (clean %), mean over seeds."
+        )
     if study.rows[0].verified_accuracy is not None:
         ramp = (
             f"eps ramped linearly from 0 over {objective['ramp_epochs']:g} pretraining epochs "
@@ -206,10 +219,17 @@ def markdown(study):
     """A `records.Study` as Markdown: one Table-1-shaped table per architecture."""
     config = study.config
     base = config["pipeline"]
+    structured = base.get("granularity", "weight") == "channel"
+    caption = _caption(study)
+    if structured:
+        caption += (
+            " Structured pruning: each ratio is the share of every layer's channels removed "
+            "(filters, dense units; the logits stay), and LWM is L1-norm filter pruning."
+        )
     lines = [
         f"# HYDRA vs LWM on {base['dataset']}: mean ± std over seeds {config['seeds']}",
         "",
-        _caption(study),
+        caption,
     ]
     for arch in config["archs"]:
         rows = [r for r in study.rows if r.arch == arch]
@@ -223,7 +243,7 @@ def markdown(study):
             cell=lambda r: (
                 f"{100 * r.robust_acc:.1f} ± {100 * r.robust_std:.1f} ({100 * r.clean_acc:.1f})"
             ),
-            ratio_label=lambda k: f"{(1 - k) * 100:g}%",
+            ratio_label=lambda k: f"{(1 - k) * 100:g}%" + (" of channels" if structured else ""),
             delta_label="HYDRA - LWM",
         )
         if all(r.certified_accuracy is not None for r in rows):
@@ -245,8 +265,13 @@ def markdown(study):
                 "",
                 f"At keep {min(ratios):g}, "
                 + ", ".join(f"{100 * o:.1f}%" for o in overlaps)
-                + " (per seed) of the weights HYDRA keeps are also kept by LWM "
-                "(the largest magnitudes); HYDRA trades the rest for smaller weights.",
+                + (
+                    " (per seed) of the channels HYDRA keeps are also kept by LWM (the largest "
+                    "filter L1 norms); HYDRA trades the rest for filters of smaller norm."
+                    if structured
+                    else " (per seed) of the weights HYDRA keeps are also kept by LWM "
+                    "(the largest magnitudes); HYDRA trades the rest for smaller weights."
+                ),
             ]
         for name, path in study.figures.get(arch, {}).items():
             lines += ["", f"![{arch} {name}]({path})"]
