@@ -30,7 +30,9 @@ _SOURCE = flags.DEFINE_string(
     "source_checkpoint", None, "model.keras of the previous phase (prune, finetune)."
 )
 _KEEP_RATIO = flags.DEFINE_float(
-    "keep_ratio", 1.0, "Fraction of each layer's weights kept, in (0, 1]."
+    "keep_ratio",
+    1.0,
+    "Fraction of each layer's weights (with --granularity=channel: channels) kept, in (0, 1].",
 )
 _SCORE_INIT = flags.DEFINE_enum(
     "score_init", "scaled", phases.SCORE_INITS, "Initialisation of the scores."

@@ -161,6 +161,21 @@ class RemovalTest(parameterized.TestCase, tf.test.TestCase):
         loaded = keras.saving.load_model(path, safe_mode=True)
         self.assertAllClose(loaded(x).numpy(), expected, atol=1e-5, rtol=1e-5)
 
+    def test_mixed_precision_network_exports_in_float32(self):
+        keras.mixed_precision.set_global_policy("mixed_float16")
+        try:
+            network, shape = _channel_network("cnn_small", 0.5)
+            plain = export.strip_scores(network)
+        finally:
+            keras.mixed_precision.set_global_policy("float32")
+        computing = [
+            layer for layer in plain.layers if not isinstance(layer, keras.layers.InputLayer)
+        ]
+        self.assertEqual({layer.compute_dtype for layer in computing}, {"float32"})
+        self.assertEqual(plain.inputs[0].dtype, "float32")
+        x = np.random.RandomState(4).rand(3, *shape).astype("float32")
+        self.assertAllClose(plain(x).numpy(), network(x).numpy(), atol=2e-2, rtol=2e-2)
+
     def test_interval_bounds_match_the_smaller_network(self):
         network, shape = _channel_network("cnn_large", 0.5)
         plain = export.strip_scores(network)

@@ -22,7 +22,7 @@ def _plain_layer(layer, layer_plan=None):
     # The deployed model computes in float32 whatever policy it was trained
     # with (TF Lite makes its own float16 / int8 files from it).
     if kinds.kind(layer) == "channel_gate":
-        return keras.layers.Identity(name=layer.name)
+        return keras.layers.Identity(name=layer.name, dtype="float32")
     config = {**layer.get_config(), "dtype": "float32"}
     for key in score_layers.PRUNING_CONFIG_KEYS:
         config.pop(key, None)
