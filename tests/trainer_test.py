@@ -40,14 +40,17 @@ def _objective(name):
     return trades
 
 
-def _train(strategy, objective_name, phase):
+def _train(strategy, objective_name, phase, granularity="weight"):
     with strategy.scope():
         keras.utils.set_random_seed(7)
         source = architectures.build("cnn_small", (28, 28, 1), 10)
         if phase == "pretrain":
             network = source
         else:
-            network = architectures.build("cnn_small", (28, 28, 1), 10, keep_ratio=0.1)
+            keep = 0.1 if granularity == "weight" else 0.5
+            network = architectures.build(
+                "cnn_small", (28, 28, 1), 10, keep_ratio=keep, granularity=granularity
+            )
             phases.prepare(network, phase, source)
         model = trainer.RobustTrainer(network, _objective(objective_name))
         model.compile(keras.optimizers.SGD(0.1, momentum=0.9, weight_decay=1e-3))
@@ -79,6 +82,26 @@ class DistributedTest(tf.test.TestCase, parameterized.TestCase):
         keras.utils.set_random_seed(7)
         initial = architectures.build("cnn_small", (28, 28, 1), 10)
         self.assertNotAllClose(initial.get_layer("fc2").bias, single[-1])
+
+    @parameterized.parameters("pgd_at", "ibp")
+    def test_channel_pruning_on_two_replicas_matches_one_device(self, objective_name):
+        single, single_loss = _train(
+            tf.distribute.get_strategy(), objective_name, "prune", "channel"
+        )
+        mirrored, mirrored_loss = _train(
+            helpers.mirrored_cpus(), objective_name, "prune", "channel"
+        )
+        self.assertLen(single, 3)  # the gates' scores, nothing else
+        for a, b in zip(single, mirrored):
+            self.assertAllClose(a, b, atol=2e-5, rtol=1e-4)
+        self.assertAllClose(single_loss, mirrored_loss, rtol=1e-4)
+        keras.utils.set_random_seed(7)
+        source = architectures.build("cnn_small", (28, 28, 1), 10)
+        start = architectures.build(
+            "cnn_small", (28, 28, 1), 10, keep_ratio=0.5, granularity="channel"
+        )
+        phases.prepare(start, "prune", source)
+        self.assertNotAllClose(start.get_layer("conv1_channels").score, single[0])
 
 
 class TrainStepTest(tf.test.TestCase):
