@@ -101,11 +101,7 @@ class PipelineConfig:
             raise ValueError("keep_ratios must name at least one ratio.")
         for ratio in self.keep_ratios:
             masks.validate_keep_ratio(ratio)
-        if self.granularity not in architectures.GRANULARITIES:
-            raise ValueError(
-                f"Unknown granularity {self.granularity!r}. "
-                f"Supported: {', '.join(architectures.GRANULARITIES)}."
-            )
+        architectures.validate_granularity(self.granularity)
         data.info(self.dataset)
         if self.eval_attack not in attacks.REGISTRY:
             raise ValueError(

@@ -199,6 +199,25 @@ def check_comparable(rows):
                 )
 
 
+# Appended to the caption of a structured run's (or study's) table.
+STRUCTURED_CAPTION = (
+    " Structured pruning: each ratio is the share of every layer's channels removed "
+    "(filters, dense units; the logits stay), and LWM is L1-norm filter pruning."
+)
+
+
+def is_structured(config):
+    """Whether a pipeline config (its JSON dict) prunes whole channels."""
+    return config.get("granularity", "weight") == "channel"
+
+
+def _cost_cells(row):
+    """The "params (non-zero)" and "MMACs" cells of a row ("-" when not recorded)."""
+    params = "-" if row.params is None else f"{row.params:,} ({row.nonzero_params:,})"
+    macs = "-" if row.macs is None else f"{row.macs / 1e6:.2f}"
+    return params, macs
+
+
 def results_markdown(results):
     """A pipeline run's `records.PipelineResults` as Markdown, shaped like the paper's Table 1."""
     config = results.config
@@ -227,12 +246,9 @@ def results_markdown(results):
             f"robust accuracy under {describe_attack(attack)}, on {rows[0].num_examples} test "
             "examples. Cells: robust % (clean %)."
         )
-    structured = config.get("granularity", "weight") == "channel"
+    structured = is_structured(config)
     if structured:
-        caption += (
-            " Structured pruning: each ratio is the share of every layer's channels removed "
-            "(filters, dense units; the logits stay), and LWM is L1-norm filter pruning."
-        )
+        caption += STRUCTURED_CAPTION
     unit = " of channels" if structured else ""
     lines = [f"# HYDRA vs LWM: {config['arch']} on {config['dataset']}", "", caption, ""]
     lines += method_table(
@@ -314,8 +330,7 @@ def deployment_markdown(rows):
         latency = t.latency_ms
         timing = "-" if latency is None else f"{latency['1']:.3f} / {latency['32']:.2f}"
         name = "dense" if r.method == "dense" else f"{r.method} {r.keep_ratio:g}"
-        params = "-" if r.params is None else f"{r.params:,} ({r.nonzero_params:,})"
-        macs = "-" if r.macs is None else f"{r.macs / 1e6:.2f}"
+        params, macs = _cost_cells(r)
         lines.append(
             f"| {name} | {t.mode} | {params} | {macs} | {t.bytes} | {t.gzip_bytes} | "
             f"{ratio} (gzip {gz_ratio}) | {timing} | {percent(t.clean_acc)} "
@@ -372,7 +387,7 @@ def deployment_points(results_list):
         raise ValueError(f"Compare runs of one architecture and dataset. Received: {sorted(keys)}")
     points, dense_seen = [], False
     for results in results_list:
-        structured = results.config.get("granularity", "weight") == "channel"
+        structured = is_structured(results.config)
         for row in results.rows:
             if row.tflite is None or row.tflite.latency_ms is None:
                 raise ValueError(
@@ -412,8 +427,7 @@ def deployment_comparison(points, attack):
     ]
     for p in points:
         r, t = p["row"], p["row"].tflite
-        params = "-" if r.params is None else f"{r.params:,} ({r.nonzero_params:,})"
-        macs = "-" if r.macs is None else f"{r.macs / 1e6:.2f}"
+        params, macs = _cost_cells(r)
         lines.append(
             f"| {p['group']} | {p['label']} | {params} | {macs} | {t.bytes:,} | "
             f"{t.latency_ms['1']:.3f} / {t.latency_ms['32']:.2f} | {percent(r.clean_acc)} | "

@@ -219,13 +219,8 @@ def markdown(study):
     """A `records.Study` as Markdown: one Table-1-shaped table per architecture."""
     config = study.config
     base = config["pipeline"]
-    structured = base.get("granularity", "weight") == "channel"
-    caption = _caption(study)
-    if structured:
-        caption += (
-            " Structured pruning: each ratio is the share of every layer's channels removed "
-            "(filters, dense units; the logits stay), and LWM is L1-norm filter pruning."
-        )
+    structured = report.is_structured(base)
+    caption = _caption(study) + (report.STRUCTURED_CAPTION if structured else "")
     lines = [
         f"# HYDRA vs LWM on {base['dataset']}: mean ± std over seeds {config['seeds']}",
         "",

@@ -109,9 +109,7 @@ def _forward(gate, kept, plans):
             index = (np.arange(positions)[:, None] * channels + index[None, :]).reshape(-1)
         elif kind == "batch_norm":
             plans.setdefault(layer.name, LayerPlan()).outputs = index
-        elif not (
-            kind == "global_avg_pool" or (kind != "channel_gate" and _passes_channels(layer))
-        ):
+        elif kind != "global_avg_pool" and not _passes_channels(layer):
             raise _refuse(gate, f"its channels reach {layer.name!r} ({type(layer).__name__})")
         consumers = _consumers(layer)
         if not consumers:

@@ -17,6 +17,15 @@ from hydra_tf.models import masks
 GRANULARITIES = ("weight", "channel")
 
 
+def validate_granularity(granularity):
+    """Returns `granularity`, or raises if it is not one of `GRANULARITIES`."""
+    if granularity not in GRANULARITIES:
+        raise ValueError(
+            f"Unknown granularity {granularity!r}. Supported: {', '.join(GRANULARITIES)}."
+        )
+    return granularity
+
+
 class LayerFactory:
     """Makes the prunable layers of an architecture.
 
@@ -34,11 +43,7 @@ class LayerFactory:
     def __init__(self, keep_ratio=None, score_initializer="he_uniform", granularity="weight"):
         self.keep_ratio = None if keep_ratio is None else masks.validate_keep_ratio(keep_ratio)
         self.score_initializer = score_initializer
-        if granularity not in GRANULARITIES:
-            raise ValueError(
-                f"Unknown granularity {granularity!r}. Supported: {', '.join(GRANULARITIES)}."
-            )
-        self.granularity = granularity
+        self.granularity = validate_granularity(granularity)
 
     @property
     def scored(self):

@@ -102,9 +102,7 @@ class _Scored(keras.layers.Layer):
         """
         if not self.prunes:
             return ops.convert_to_tensor(self.kernel)
-        mask = masks.reused_mask(self)
-        if mask is None:
-            mask = self.mask()
+        mask = masks.current_mask(self)
         kernel = ops.convert_to_tensor(self.kernel)  # the compute dtype inside `call`
         return kernel * ops.cast(mask, kernel.dtype)
 
@@ -301,15 +299,10 @@ class ChannelGate(keras.layers.Layer):
         """The 0/1 mask of the channels, without a gradient."""
         return masks.hard_topk(self.score, self.keep_ratio)
 
-    def current_mask(self):
-        """The mask a `masks.reusing` block gives this gate, else its own (see `_Scored`)."""
-        mask = masks.reused_mask(self)
-        return self.mask() if mask is None else mask
-
     def call(self, inputs):
         if not self.prunes:
             return inputs
-        return inputs * ops.cast(self.current_mask(), inputs.dtype)
+        return inputs * ops.cast(masks.current_mask(self), inputs.dtype)
 
     def compute_output_shape(self, input_shape):
         return input_shape

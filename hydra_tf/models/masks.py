@@ -179,6 +179,12 @@ def reused_mask(layer):
     return getattr(_REUSED, "masks", {}).get(id(layer))
 
 
+def current_mask(layer):
+    """The mask `layer` computes with: the one a `reusing` block gives it, else `layer.mask()`."""
+    mask = reused_mask(layer)
+    return layer.mask() if mask is None else mask
+
+
 def sparsity(tensors):
     """Fraction of exactly-zero entries over a list of tensors or arrays."""
     zeros = 0

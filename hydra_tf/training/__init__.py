@@ -124,11 +124,7 @@ class TrainConfig:
             )
         if not 0.0 < self.keep_ratio <= 1.0:
             raise ValueError(f"keep_ratio must be in (0, 1]. Received: {self.keep_ratio}")
-        if self.granularity not in architectures.GRANULARITIES:
-            raise ValueError(
-                f"Unknown granularity {self.granularity!r}. "
-                f"Supported: {', '.join(architectures.GRANULARITIES)}."
-            )
+        architectures.validate_granularity(self.granularity)
         if self.epochs < 1:
             raise ValueError(f"epochs must be >= 1. Received: epochs={self.epochs}")
         if self.batch_size < 1:

@@ -35,6 +35,7 @@ import keras
 import tensorflow as tf
 
 from hydra_tf.models import kinds
+from hydra_tf.models import masks
 
 
 class UnsupportedLayerError(ValueError):
@@ -106,7 +107,7 @@ class Bounds:
             return self.apply_batch_norm(layer, *batch_norm_affine(layer))
         if kind == "channel_gate":
             # A 0/1 scale per channel (straight-through to the gate's scores).
-            mask = tf.cast(layer.current_mask(), tf.float32)
+            mask = tf.cast(masks.current_mask(layer), tf.float32)
             return self.apply_batch_norm(layer, mask, tf.zeros_like(mask))
         if kind == "add":
             return self.apply_add(layer, (self,) + others)
