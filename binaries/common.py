@@ -115,6 +115,14 @@ MIXTRAIN_EVERY = flags.DEFINE_float(
 flags.register_validator(
     "mixtrain_every", lambda value: value > 0, message="--mixtrain_every must be > 0."
 )
+FREE_REPLAYS = flags.DEFINE_integer(
+    "free_replays",
+    4,
+    "free_at: times each minibatch is replayed (m); each replay is one optimizer update and "
+    "one eps-sized step of the carried perturbation. --epochs count updates, so a phase "
+    "makes ceil(epochs / m) passes over the data.",
+    lower_bound=1,
+)
 OPTIMIZER = flags.DEFINE_enum("optimizer", "sgd", training.OPTIMIZERS, "Optimizer.")
 WEIGHT_DECAY = flags.DEFINE_float(
     "weight_decay", 1e-4, "Weight decay (see --weight_decay_mode).", lower_bound=0.0
@@ -264,6 +272,7 @@ def objective_config():
         probability=MIXTRAIN_PROBABILITY.value,
         weight=MIXTRAIN_WEIGHT.value,
         every=MIXTRAIN_EVERY.value,
+        replays=FREE_REPLAYS.value,
     )
 
 

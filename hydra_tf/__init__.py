@@ -33,8 +33,10 @@ from hydra_tf.models.architectures import LayerFactory
 from hydra_tf.models.architectures import build
 from hydra_tf.models.layers import ChannelGate
 from hydra_tf.models.layers import FastConv2D
+from hydra_tf.models.layers import ScoredConv1D
 from hydra_tf.models.layers import ScoredConv2D
 from hydra_tf.models.layers import ScoredDense
+from hydra_tf.models.layers import ScoredDepthwiseConv2D
 from hydra_tf.models.layers import channel_gates
 from hydra_tf.models.layers import scored_layers
 from hydra_tf.models.masks import kept_count
@@ -50,6 +52,10 @@ from hydra_tf.pruning.phases import PHASES
 from hydra_tf.pruning.phases import CheckpointMismatchError
 from hydra_tf.pruning.phases import prepare
 from hydra_tf.pruning.phases import transfer_weights
+from hydra_tf.pruning.wrapping import UnwrappableModelError
+from hydra_tf.pruning.wrapping import prune
+from hydra_tf.pruning.wrapping import set_phase
+from hydra_tf.pruning.wrapping import strip
 from hydra_tf.training import NonFiniteLossError
 from hydra_tf.training import TrainConfig
 from hydra_tf.training import train
@@ -73,11 +79,14 @@ __all__ = [
     "PGDConfig",
     "PipelineConfig",
     "RobustTrainer",
+    "ScoredConv1D",
     "ScoredConv2D",
     "ScoredDense",
+    "ScoredDepthwiseConv2D",
     "SmoothingConfig",
     "TFLiteConversionError",
     "TrainConfig",
+    "UnwrappableModelError",
     "build",
     "certify_dataset",
     "channel_gates",
@@ -92,10 +101,13 @@ __all__ = [
     "make_strategy",
     "pgd",
     "prepare",
+    "prune",
     "robust_correct",
     "scaled_init",
     "scored_layers",
+    "set_phase",
     "sparsity",
+    "strip",
     "strip_scores",
     "topk_mask",
     "train",

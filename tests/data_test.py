@@ -6,6 +6,7 @@ from absl.testing import parameterized
 from hydra_tf import data
 from hydra_tf.data import datasets
 from hydra_tf.data import idx
+from hydra_tf.data import imagenet
 from hydra_tf.data import input_pipeline
 from hydra_tf.data import sources
 
@@ -41,7 +42,7 @@ class ValidationTest(tf.test.TestCase, parameterized.TestCase):
             cifar.num_train = 1
         self.assertCountEqual(
             data.SUPPORTED_DATASETS,
-            ["cifar10", "svhn_cropped", "mnist", "fashion_mnist"],
+            ["cifar10", "svhn_cropped", "mnist", "fashion_mnist", "imagenet2012"],
         )
 
     def test_default_augment(self):
@@ -53,6 +54,8 @@ class ValidationTest(tf.test.TestCase, parameterized.TestCase):
         self.assertIs(data.DATASETS, datasets.DATASETS)
         self.assertEqual(data.SUPPORTED_DATASETS, tuple(datasets.DATASETS))
         self.assertIs(data.load, sources.load)
+        self.assertIs(data.load_pipeline, sources.load_pipeline)
+        self.assertIs(data.imagenet_normalization, imagenet.normalization)
         self.assertIs(data.make_pipeline, input_pipeline.make_pipeline)
         self.assertIs(data.read_idx, idx.read_idx)
         self.assertIs(data.DatasetUnavailableError, datasets.DatasetUnavailableError)

@@ -165,6 +165,7 @@ class ObjectiveTest(tf.test.TestCase, parameterized.TestCase):
             "trades": {"name": "trades", "eps": 0.1, "steps": 7, "step_size": 0.02, "beta": 3.0},
             "smoothing": {"name": "smoothing", "sigma": 0.5, "beta": 3.0},
             "gaussian": {"name": "gaussian", "sigma": 0.5},
+            "free_at": {"name": "free_at", "eps": 0.1, "replays": 4},
             "ibp": {"name": "ibp", **ramp},
             "crown_ibp": {"name": "crown_ibp", **ramp, "final_beta": 0.1},
             "mixtrain": {

@@ -2,8 +2,9 @@
 
 `DATASETS` is the table the binaries take their `--dataset` choices from
 (`SUPPORTED_DATASETS`, its keys in order). Every example of every dataset is
-an `(image, label)` pair: a float32 (H, W, C) image in [0, 1] (`to_float`)
-and an int32 class index.
+an `(image, label)` pair: a float32 (H, W, C) image in [0, 1] (`to_float`;
+for ImageNet, after its preprocessing to `image_shape`) and an int32 class
+index.
 """
 
 import dataclasses
@@ -47,6 +48,8 @@ DATASETS = {
     "svhn_cropped": DatasetInfo("svhn_cropped", (32, 32, 3), 10, 73257, 26032),
     "mnist": DatasetInfo("mnist", (28, 28, 1), 10, 60000, 10000),
     "fashion_mnist": DatasetInfo("fashion_mnist", (28, 28, 1), 10, 60000, 10000),
+    # "test" is ImageNet's validation split; image_shape is after preprocessing.
+    "imagenet2012": DatasetInfo("imagenet2012", (224, 224, 3), 1000, 1281167, 50000),
 }
 
 SUPPORTED_DATASETS = tuple(DATASETS)
@@ -99,20 +102,21 @@ def info(name):
 def default_augment(name):
     """Whether training on `name` uses crop + flip augmentation by default.
 
-    Only CIFAR-10 does: flipping digits (MNIST, SVHN) changes their meaning,
-    and the small grayscale datasets are trained without augmentation.
+    CIFAR-10 (padded crop) and ImageNet (random-resized crop) do: flipping
+    digits (MNIST, SVHN) changes their meaning, and the small grayscale
+    datasets are trained without augmentation.
 
     Args:
         name: One of `SUPPORTED_DATASETS`.
 
     Returns:
-        True for `cifar10`, False otherwise.
+        True for `cifar10` and `imagenet2012`, False otherwise.
 
     Raises:
         ValueError: If `name` is not a supported dataset.
     """
     validate_name(name)
-    return name == "cifar10"
+    return name in ("cifar10", "imagenet2012")
 
 
 def to_float(image, label):

@@ -26,8 +26,10 @@ def _plain_layer(layer, layer_plan=None):
     config = {**layer.get_config(), "dtype": "float32"}
     for key in score_layers.PRUNING_CONFIG_KEYS:
         config.pop(key, None)
-    if layer_plan is not None and layer_plan.outputs is not None and kinds.is_prunable(layer):
-        config["filters" if "filters" in config else "units"] = len(layer_plan.outputs)
+    if layer_plan is not None and layer_plan.outputs is not None:
+        for key in ("filters", "units"):
+            if key in config:
+                config[key] = len(layer_plan.outputs)
     return kinds.plain_class(layer).from_config(config)
 
 
@@ -51,10 +53,15 @@ def strip_scores(network):
     """
     plans = channels.plan(network)
     plain = keras.models.clone_model(
-        network, clone_function=lambda layer: _plain_layer(layer, plans.get(layer.name))
+        network,
+        clone_function=lambda layer: _plain_layer(layer, plans.get(layer.name)),
+        recursive=True,
     )
-    for layer in network.layers:
-        target = plain.get_layer(layer.name)
+    targets = {layer.name: layer for layer in score_layers.walk(plain)}
+    for layer in score_layers.walk(network):
+        if isinstance(layer, keras.Model):
+            continue  # Its layers are walked one by one.
+        target = targets[layer.name]
         if kinds.is_scored(layer):
             values = [np.asarray(kinds.kernel(layer))]
             if layer.use_bias:
@@ -68,15 +75,15 @@ def strip_scores(network):
 
 
 def kernels(model):
-    """The conv and dense kernels of a plain model (the prunable weights)."""
-    return [layer.kernel for layer in model.layers if kinds.is_prunable(layer)]
+    """The conv and dense kernels of a plain model (the prunable weights), nested models included."""
+    return [layer.kernel for layer in score_layers.walk(model) if kinds.is_prunable(layer)]
 
 
 def layer_sparsity(model):
     """{layer name: fraction of zero kernel entries} for a plain model."""
     return {
         layer.name: masks.sparsity([layer.kernel])
-        for layer in model.layers
+        for layer in score_layers.walk(model)
         if kinds.is_prunable(layer)
     }
 

@@ -7,7 +7,10 @@ gate loses their entries, and each layer reading the gated tensor loses the
 matching inputs: a convolution its kernel's input channels, a dense layer
 after `Flatten` the rows p * C + c of every spatial position p (Keras'
 row, column, channel order), after global average pooling or directly the
-rows c. Activations, pooling and dropout pass channels through.
+rows c. Activations, padding, pooling, dropout and depthwise convolutions
+with one channel per input channel pass channels through; between a gate and
+the layers that read it, only those that keep a zero channel at zero (not a
+BatchNorm, not a biased depthwise convolution).
 
 `plan(network)` says what each layer keeps; `hydra_tf.export.strip_scores`
 applies it. A gate whose channels also reach a layer that combines tensors
@@ -22,10 +25,23 @@ import numpy as np
 from hydra_tf.models import kinds
 from hydra_tf.models import layers as score_layers
 
-# Kinds that map each channel to itself (no weights or per-channel weights).
-_PASS_THROUGH = ("relu", "max_pool", "avg_pool", "identity", "batch_norm")
-# Layers without a kind of ours that also pass channels through.
-_PASS_THROUGH_CLASSES = ("Dropout", "Activation", "SpatialDropout2D")
+# Layers that map each channel to itself, by class name (their kinds, where
+# they have one, may be refused by other stages: a ReLU6 has no bounds).
+_CHANNELWISE_CLASSES = (
+    "ReLU",
+    "Activation",
+    "Dropout",
+    "SpatialDropout1D",
+    "SpatialDropout2D",
+    "ZeroPadding1D",
+    "ZeroPadding2D",
+    "MaxPooling1D",
+    "MaxPooling2D",
+    "AveragePooling1D",
+    "AveragePooling2D",
+    "Identity",
+    "InputLayer",
+)
 
 
 class ChannelRemovalError(ValueError):
@@ -38,7 +54,7 @@ class LayerPlan:
 
     Attributes:
       outputs: indices of the output channels kept (a source layer's filters
-        or units, a BatchNorm's entries).
+        or units, a BatchNorm's entries, a depthwise convolution's channels).
       inputs: indices of the kernel's input rows kept (the input channels of
         a convolution, the rows of a dense kernel).
     """
@@ -47,8 +63,33 @@ class LayerPlan:
     inputs: np.ndarray | None = None
 
 
-def _passes_channels(layer):
-    return kinds.kind(layer) in _PASS_THROUGH or type(layer).__name__ in _PASS_THROUGH_CLASSES
+def _depthwise_channelwise(layer):
+    return kinds.kind(layer) == "depthwise_conv2d" and layer.depth_multiplier == 1
+
+
+def _channelwise(layer):
+    """Whether output channel c of `layer` depends on input channel c only."""
+    return (
+        type(layer).__name__ in _CHANNELWISE_CLASSES
+        or kinds.kind(layer) in ("batch_norm", "channel_gate")
+        or _depthwise_channelwise(layer)
+    )
+
+
+def _keeps_zero(layer):
+    """Whether `layer` is channelwise and maps an all-zero channel to zeros.
+
+    Only such layers may lie between a gate and the layers whose inputs are
+    removed: a BatchNorm or a biased depthwise convolution would turn a gated
+    channel into a constant that the consumers still read.
+    """
+    if kinds.kind(layer) == "batch_norm":
+        return False
+    if _depthwise_channelwise(layer):
+        return not layer.use_bias
+    if type(layer).__name__ == "Activation":
+        return float(layer.activation(np.zeros((1,), np.float32))[0]) == 0.0
+    return _channelwise(layer)
 
 
 def _consumers(layer):
@@ -74,47 +115,95 @@ def _only_consumer(gate, layer, expected):
 
 
 def _backward(gate, kept, plans):
-    """Marks the source and the BatchNorms between it and the gate."""
+    """Marks the source and the channelwise layers with weights between it and the gate."""
     layer, below = _producer(gate), gate
     while layer is not None and layer.name != gate.source:
-        if not _passes_channels(layer):
+        if not _channelwise(layer):
             raise _refuse(gate, f"{layer.name!r} lies between it and its source {gate.source!r}")
         _only_consumer(gate, layer, below)
-        if kinds.kind(layer) == "batch_norm":
+        if layer.weights:
             plans.setdefault(layer.name, LayerPlan()).outputs = kept
         layer, below = _producer(layer), layer
-    if layer is None or not kinds.is_prunable(layer):
+    if layer is None or not kinds.is_prunable(layer) or _depthwise_channelwise(layer):
         raise _refuse(gate, f"its source {gate.source!r} does not feed it")
     _only_consumer(gate, layer, below)
     plans.setdefault(layer.name, LayerPlan()).outputs = kept
 
 
-def _forward(gate, kept, plans):
-    """Marks the input rows of every layer that reads the gated channels.
+def _forward(name, consumers, kept, plans):
+    """Marks the input rows of every layer that reads the channels `kept` of a gated tensor.
 
     Walks the consumers with the indices the kept channels have in each
     tensor: the channels themselves until a `Flatten` spreads them over the
     spatial positions.
+
+    Raises:
+      ChannelRemovalError: the channels reach a layer that cannot drop them
+        (or the network's output); the message names the gate `name`.
     """
-    pending = [(layer, kept) for layer in _consumers(gate)]
+    pending = [(layer, kept) for layer in consumers]
     while pending:
         layer, index = pending.pop()
         kind = kinds.kind(layer)
-        if kind in ("conv2d", "dense"):
+        if kind in kinds.PRUNABLE_KINDS and not _depthwise_channelwise(layer):
             plans.setdefault(layer.name, LayerPlan()).inputs = index
             continue
         if kind == "flatten":
             channels = int(layer.input.shape[-1])
             positions = int(np.prod(layer.input.shape[1:-1]))
             index = (np.arange(positions)[:, None] * channels + index[None, :]).reshape(-1)
-        elif kind == "batch_norm":
+        elif _depthwise_channelwise(layer) and _keeps_zero(layer):
             plans.setdefault(layer.name, LayerPlan()).outputs = index
-        elif kind != "global_avg_pool" and not _passes_channels(layer):
-            raise _refuse(gate, f"its channels reach {layer.name!r} ({type(layer).__name__})")
+        elif kind != "global_avg_pool" and not _keeps_zero(layer):
+            raise ChannelRemovalError(
+                f"Cannot remove the channels of gate {name!r}: its channels reach "
+                f"{layer.name!r} ({type(layer).__name__})."
+            )
         consumers = _consumers(layer)
         if not consumers:
-            raise _refuse(gate, f"its channels reach the network's output at {layer.name!r}")
+            raise ChannelRemovalError(
+                f"Cannot remove the channels of gate {name!r}: its channels reach the "
+                f"network's output at {layer.name!r}."
+            )
         pending.extend((consumer, index) for consumer in consumers)
+
+
+def gate_position(source):
+    """Where a gate of `source`'s output channels can go, in a built functional graph.
+
+    Follows `source`'s output through the channelwise layers that use it
+    alone (BatchNorm, activations, padding, pooling, depthwise convolutions
+    with one channel per input channel), and checks that the channels from
+    there reach only layers that can drop them (`plan` would remove them).
+
+    Args:
+      source: a conv / dense layer of a functional model (not a depthwise
+        convolution: its channels are its input's).
+
+    Returns:
+      The layer after whose output the gate goes (`source` itself or a
+      layer of its chain).
+
+    Raises:
+      ChannelRemovalError: the channels cannot be removed from anywhere in
+        the chain (they reach an addition, a concatenation, the output...).
+    """
+    if not kinds.is_prunable(source) or _depthwise_channelwise(source):
+        raise ChannelRemovalError(f"{source.name!r} has no output channels of its own to prune.")
+    end = source
+    while True:
+        consumers = _consumers(end)
+        if len(consumers) != 1 or not _channelwise(consumers[0]) or _producer(consumers[0]) is None:
+            break
+        end = consumers[0]
+    if not _consumers(end):
+        raise ChannelRemovalError(
+            f"Cannot prune the channels of {source.name!r}: they are the network's output "
+            f"at {end.name!r}."
+        )
+    width = int(end.output.shape[-1])
+    _forward(f"{source.name}_channels", _consumers(end), np.arange(width), {})
+    return end
 
 
 def plan(network):
@@ -129,7 +218,7 @@ def plan(network):
             continue
         kept = np.flatnonzero(np.asarray(gate.hard_mask()) > 0)
         _backward(gate, kept, plans)
-        _forward(gate, kept, plans)
+        _forward(gate.name, _consumers(gate), kept, plans)
     return plans
 
 
@@ -139,7 +228,11 @@ def slice_weights(layer, values, layer_plan):
         return values
     values = list(values)
     kind = kinds.kind(layer)
-    if kind in ("conv2d", "dense"):
+    if kind == "depthwise_conv2d" and layer_plan.outputs is not None:
+        # One channel per input channel: the kernel's input axis and the bias.
+        values[0] = np.take(values[0], layer_plan.outputs, axis=2)
+        values[1:] = [np.take(bias, layer_plan.outputs) for bias in values[1:]]
+    elif kind in kinds.PRUNABLE_KINDS:
         kernel = values[0]
         if layer_plan.inputs is not None:
             kernel = np.take(kernel, layer_plan.inputs, axis=kernel.ndim - 2)

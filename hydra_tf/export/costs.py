@@ -9,9 +9,11 @@ a network whose channels were removed is smaller in both.
 import dataclasses
 import math
 
+import keras
 import numpy as np
 
 from hydra_tf.models import kinds
+from hydra_tf.models import layers as score_layers
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,14 +30,14 @@ class Costs:
 
 
 def _layer_macs(layer):
-    kernel = layer.kernel
-    if kinds.kind(layer) == "conv2d":
-        height, width = (int(d) for d in layer.output.shape[1:3])
-        return height * width * math.prod(int(d) for d in kernel.shape)
-    if kinds.kind(layer) == "dense":
-        positions = math.prod(int(d) for d in layer.output.shape[1:-1])
-        return max(positions, 1) * math.prod(int(d) for d in kernel.shape)
-    return 0
+    """Multiply-adds of one conv / dense layer: output positions x kernel entries.
+
+    Each output position of a convolution (1-D, 2-D or depthwise) multiplies
+    every kernel entry once; a dense layer's "positions" are its leading
+    axes (1 for a flat input).
+    """
+    positions = math.prod(int(d) for d in layer.output.shape[1:-1])
+    return max(positions, 1) * math.prod(int(d) for d in layer.kernel.shape)
 
 
 def costs(model):
@@ -43,7 +45,9 @@ def costs(model):
     params = 0
     nonzero = 0
     macs = 0
-    for layer in model.layers:
+    for layer in score_layers.walk(model):
+        if isinstance(layer, keras.Model):
+            continue  # Its layers are counted one by one.
         for weight in layer.weights:
             value = np.asarray(weight)
             params += value.size

@@ -4,7 +4,8 @@ Every stage that walks a network layer by layer (export, TF Lite, bound
 propagation) asks this module what a layer is, instead of keeping its own
 `isinstance` lists:
 
-- `kind(layer)`: the kind name ("conv2d", "dense", "batch_norm", "relu",
+- `kind(layer)`: the kind name ("conv2d", "conv1d", "depthwise_conv2d",
+  "dense", "batch_norm", "relu",
   "flatten", "add", "max_pool", "avg_pool", "global_avg_pool", "identity",
   "channel_gate"), or None for a layer no stage knows;
 - `plain_class(layer)`: the built-in Keras layer a score layer (or our
@@ -22,6 +23,8 @@ from hydra_tf.models import layers as score_layers
 PLAIN_CLASSES = {
     score_layers.ScoredConv2D: keras.layers.Conv2D,
     score_layers.ScoredDense: keras.layers.Dense,
+    score_layers.ScoredConv1D: keras.layers.Conv1D,
+    score_layers.ScoredDepthwiseConv2D: keras.layers.DepthwiseConv2D,
     score_layers.FastConv2D: keras.layers.Conv2D,
 }
 
@@ -30,6 +33,9 @@ PLAIN_CLASSES = {
 KINDS = {
     "conv2d": (keras.layers.Conv2D, score_layers.ScoredConv2D),
     "dense": (keras.layers.Dense, score_layers.ScoredDense),
+    "conv1d": (keras.layers.Conv1D, score_layers.ScoredConv1D),
+    # Before "conv2d" would matter: DepthwiseConv2D is not a Conv2D subclass.
+    "depthwise_conv2d": (keras.layers.DepthwiseConv2D, score_layers.ScoredDepthwiseConv2D),
     "batch_norm": (keras.layers.BatchNormalization,),
     "relu": (keras.layers.ReLU,),
     "flatten": (keras.layers.Flatten,),
@@ -41,7 +47,7 @@ KINDS = {
     "channel_gate": (score_layers.ChannelGate,),
 }
 
-PRUNABLE_KINDS = ("conv2d", "dense")
+PRUNABLE_KINDS = ("conv2d", "dense", "conv1d", "depthwise_conv2d")
 
 
 def kind(layer):
@@ -51,10 +57,20 @@ def kind(layer):
         # float32 "linear" cast that ends a mixed-precision network.
         name = keras.activations.serialize(layer.activation)
         return {"relu": "relu", "linear": "identity"}.get(name) if isinstance(name, str) else None
+    if isinstance(layer, keras.layers.ReLU) and not _plain_relu(layer):
+        return None  # ReLU6, leaky or thresholded: another function than max(x, 0).
     for name, classes in KINDS.items():
         if isinstance(layer, classes):
             return name
     return None
+
+
+def _plain_relu(layer):
+    return (
+        layer.max_value is None
+        and float(layer.negative_slope) == 0.0
+        and float(layer.threshold) == 0.0
+    )
 
 
 def is_prunable(layer):

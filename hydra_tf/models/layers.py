@@ -164,46 +164,29 @@ class ScoredDense(_Scored):
         return config
 
 
-@keras.saving.register_keras_serializable(package="hydra_tf")
-class ScoredConv2D(_Scored):
-    """A 2-D convolution (channels last) whose kernel is pruned by scores.
+class _ScoredConv(_Scored):
+    """Shared part of the score convolutions of one rank (channels last)."""
 
-    Args:
-      filters, kernel_size, strides, padding: as in `keras.layers.Conv2D`.
-      **kwargs: `keep_ratio`, `score_initializer` and the arguments of
-        `ScoredDense` other than `units`.
-    """
+    rank = None  # Spatial axes: 1 or 2.
 
-    def __init__(self, filters, kernel_size, strides=(1, 1), padding="valid", **kwargs):
+    def __init__(self, filters, kernel_size, strides=1, padding="valid", **kwargs):
         super().__init__(**kwargs)
         if not isinstance(filters, int) or filters <= 0:
             raise ValueError(f"filters must be a positive integer. Received: filters={filters!r}")
         self.filters = filters
-        self.kernel_size = _pair(kernel_size, "kernel_size")
-        self.strides = _pair(strides, "strides")
-        padding = str(padding).lower()
-        if padding not in ("valid", "same"):
-            raise ValueError(f"padding must be 'valid' or 'same'. Received: padding={padding!r}")
-        self.padding = padding
-        self.input_spec = keras.layers.InputSpec(ndim=4)
+        self.kernel_size = _sizes(kernel_size, "kernel_size", self.rank)
+        self.strides = _sizes(strides, "strides", self.rank)
+        self.padding = _padding(padding)
+        self.input_spec = keras.layers.InputSpec(ndim=self.rank + 2)
 
     def build(self, input_shape):
         channels = self._last_dim(input_shape)
         self._add_variables(self.kernel_size + (channels, self.filters), self.filters)
 
-    def call(self, inputs):
-        outputs = convolution.conv2d(inputs, self.masked_kernel(), self.strides, self.padding)
-        return self._finish(outputs)
-
     def compute_output_shape(self, input_shape):
-        spatial = []
-        for size, k, s in zip(input_shape[1:3], self.kernel_size, self.strides):
-            if size is None:
-                spatial.append(None)
-            elif self.padding == "same":
-                spatial.append((size + s - 1) // s)
-            else:
-                spatial.append((size - k) // s + 1)
+        spatial = _output_sizes(
+            input_shape[1 : 1 + self.rank], self.kernel_size, self.strides, self.padding
+        )
         return (input_shape[0], *spatial, self.filters)
 
     def get_config(self):
@@ -214,6 +197,116 @@ class ScoredConv2D(_Scored):
                 "kernel_size": self.kernel_size,
                 "strides": self.strides,
                 "padding": self.padding,
+            }
+        )
+        return config
+
+
+@keras.saving.register_keras_serializable(package="hydra_tf")
+class ScoredConv2D(_ScoredConv):
+    """A 2-D convolution (channels last) whose kernel is pruned by scores.
+
+    Args:
+      filters, kernel_size, strides, padding: as in `keras.layers.Conv2D`.
+      **kwargs: `keep_ratio`, `score_initializer` and the arguments of
+        `ScoredDense` other than `units`.
+    """
+
+    rank = 2
+
+    def call(self, inputs):
+        outputs = convolution.conv2d(inputs, self.masked_kernel(), self.strides, self.padding)
+        return self._finish(outputs)
+
+
+@keras.saving.register_keras_serializable(package="hydra_tf")
+class ScoredConv1D(_ScoredConv):
+    """A 1-D convolution (channels last) whose kernel is pruned by scores.
+
+    For `hydra_tf.prune` on models with `keras.layers.Conv1D` (audio, text,
+    sensor networks).
+
+    Args:
+      filters, kernel_size, strides, padding: as in `keras.layers.Conv1D`
+        ("valid" or "same" padding).
+      **kwargs: `keep_ratio`, `score_initializer` and the arguments of
+        `ScoredDense` other than `units`.
+    """
+
+    rank = 1
+
+    def call(self, inputs):
+        outputs = ops.conv(inputs, self.masked_kernel(), self.strides, self.padding)
+        return self._finish(outputs)
+
+
+@keras.saving.register_keras_serializable(package="hydra_tf")
+class ScoredDepthwiseConv2D(_Scored):
+    """A depthwise 2-D convolution (channels last) whose kernel is pruned by scores.
+
+    The kernel has shape (kh, kw, in_channels, depth_multiplier), like
+    `keras.layers.DepthwiseConv2D`'s, and the config names its initializer
+    `depthwise_initializer` as that layer does, so that export turns it into
+    the built-in layer by dropping the pruning arguments.
+
+    Args:
+      kernel_size, strides, padding, depth_multiplier: as in
+        `keras.layers.DepthwiseConv2D`.
+      depthwise_initializer: initializer of the kernel.
+      **kwargs: `keep_ratio`, `score_initializer`, `activation`, `use_bias`,
+        `bias_initializer`.
+    """
+
+    def __init__(
+        self,
+        kernel_size,
+        strides=(1, 1),
+        padding="valid",
+        depth_multiplier=1,
+        depthwise_initializer="glorot_uniform",
+        **kwargs,
+    ):
+        super().__init__(kernel_initializer=depthwise_initializer, **kwargs)
+        if not isinstance(depth_multiplier, int) or depth_multiplier <= 0:
+            raise ValueError(
+                "depth_multiplier must be a positive integer. "
+                f"Received: depth_multiplier={depth_multiplier!r}"
+            )
+        self.depth_multiplier = depth_multiplier
+        self.kernel_size = _sizes(kernel_size, "kernel_size", 2)
+        self.strides = _sizes(strides, "strides", 2)
+        self.padding = _padding(padding)
+        self.input_spec = keras.layers.InputSpec(ndim=4)
+
+    def build(self, input_shape):
+        channels = self._last_dim(input_shape)
+        self._add_variables(
+            self.kernel_size + (channels, self.depth_multiplier), channels * self.depth_multiplier
+        )
+
+    @property
+    def fan_in(self):
+        """Inputs to one output unit: one input channel's window (kh * kw)."""
+        return self.kernel_size[0] * self.kernel_size[1]
+
+    def call(self, inputs):
+        outputs = ops.depthwise_conv(inputs, self.masked_kernel(), self.strides, self.padding)
+        return self._finish(outputs)
+
+    def compute_output_shape(self, input_shape):
+        spatial = _output_sizes(input_shape[1:3], self.kernel_size, self.strides, self.padding)
+        channels = None if input_shape[-1] is None else input_shape[-1] * self.depth_multiplier
+        return (input_shape[0], *spatial, channels)
+
+    def get_config(self):
+        config = super().get_config()
+        config["depthwise_initializer"] = config.pop("kernel_initializer")
+        config.update(
+            {
+                "kernel_size": self.kernel_size,
+                "strides": self.strides,
+                "padding": self.padding,
+                "depth_multiplier": self.depth_multiplier,
             }
         )
         return config
@@ -319,13 +412,34 @@ class ChannelGate(keras.layers.Layer):
         return config
 
 
-def _pair(value, name):
+def _output_sizes(sizes, kernel_size, strides, padding):
+    """The spatial output sizes of a convolution (None where the input's is unknown)."""
+    result = []
+    for size, k, s in zip(sizes, kernel_size, strides):
+        if size is None:
+            result.append(None)
+        elif padding == "same":
+            result.append((size + s - 1) // s)
+        else:
+            result.append((size - k) // s + 1)
+    return tuple(result)
+
+
+def _padding(padding):
+    padding = str(padding).lower()
+    if padding not in ("valid", "same"):
+        raise ValueError(f"padding must be 'valid' or 'same'. Received: padding={padding!r}")
+    return padding
+
+
+def _sizes(value, name, rank):
+    """`value` (an int, or `rank` ints) as a tuple of `rank` positive ints."""
     if isinstance(value, int):
-        value = (value, value)
+        value = (value,) * rank
     value = tuple(value)
-    if len(value) != 2 or not all(isinstance(v, int) and v > 0 for v in value):
+    if len(value) != rank or not all(isinstance(v, int) and v > 0 for v in value):
         raise ValueError(
-            f"{name} must be a positive int or a pair of them. Received: {name}={value!r}"
+            f"{name} must be a positive int or {rank} of them. Received: {name}={value!r}"
         )
     return value
 
@@ -342,17 +456,17 @@ def is_gate(layer):
 
 def scored_layers(model):
     """All score layers of `model`, in order (nested models included)."""
-    return [layer for layer in _walk(model) if is_scored(layer)]
+    return [layer for layer in walk(model) if is_scored(layer)]
 
 
 def channel_gates(model):
     """All channel gates of `model`, in order (nested models included)."""
-    return [layer for layer in _walk(model) if is_gate(layer)]
+    return [layer for layer in walk(model) if is_gate(layer)]
 
 
 def mask_layers(model):
     """Every layer of `model` that owns scores and a mask: score layers and gates."""
-    return [layer for layer in _walk(model) if is_scored(layer) or is_gate(layer)]
+    return [layer for layer in walk(model) if is_scored(layer) or is_gate(layer)]
 
 
 def pruned_layers(model):
@@ -369,6 +483,15 @@ def masks_fixed(model):
     """
     with masks.reusing({layer: layer.hard_mask() for layer in pruned_layers(model)}):
         yield
+
+
+def walk(model):
+    """Every layer of `model`, nested models and their layers included, each once."""
+    seen = set()
+    for layer in _walk(model):
+        if id(layer) not in seen:
+            seen.add(id(layer))
+            yield layer
 
 
 def _walk(layer):

@@ -77,10 +77,8 @@ def scaled_init(model):
 
 def gate_source(model, gate):
     """The conv / dense layer of `model` whose channels `gate` scores."""
-    try:
-        source = model.get_layer(gate.source)
-    except ValueError:
-        source = None
+    found = [layer for layer in score_layers.walk(model) if layer.name == gate.source]
+    source = found[0] if found else None
     if source is None or getattr(source, "kernel", None) is None:
         raise ValueError(
             f"Channel gate {gate.name!r} scores layer {gate.source!r}, which is not a conv / "

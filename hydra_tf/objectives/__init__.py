@@ -7,13 +7,21 @@ networks are certified (`certified`) rather than attacked. See
 `hydra_tf.objectives.base` for the interface.
 
 Adding an objective: a module with the class and its config (copy
-`adversarial.py` or `noise.py`), one entry in `REGISTRY`, and its tests.
+`adversarial.py` or `noise.py`), one entry in `REGISTRY`, and its tests. An
+objective that needs a training step of its own (copy `free_at.py`) defines
+`train_step`; see `hydra_tf.training.trainer`.
+
+Epochs: a run's `epochs` count gradient computations. Every objective makes
+one pass over the data per epoch except `free_at`, which replays each batch
+`replays` times and so makes ceil(epochs / replays) passes (`data_epochs`).
 """
 
 import dataclasses
+import math
 
 from hydra_tf.objectives import adversarial
 from hydra_tf.objectives import base
+from hydra_tf.objectives import free_at
 from hydra_tf.objectives import mixtrain
 from hydra_tf.objectives import noise
 from hydra_tf.objectives import verifiable
@@ -24,6 +32,8 @@ from hydra_tf.objectives.adversarial import TradesConfig
 from hydra_tf.objectives.base import LogitKLDivergence
 from hydra_tf.objectives.base import Natural
 from hydra_tf.objectives.base import NaturalConfig
+from hydra_tf.objectives.free_at import FreeAT
+from hydra_tf.objectives.free_at import FreeATConfig
 from hydra_tf.objectives.mixtrain import MixTrain
 from hydra_tf.objectives.mixtrain import MixTrainConfig
 from hydra_tf.objectives.noise import GaussianConfig
@@ -41,6 +51,7 @@ REGISTRY = {
         base.Natural,
         adversarial.PGDAdversarial,
         adversarial.Trades,
+        free_at.FreeAT,
         noise.Smoothing,
         noise.GaussianNoise,
         verifiable.IBP,
@@ -61,7 +72,7 @@ def config(name, **values):
     """The config of objective `name` from `values`, ignoring settings it does not have.
 
     The binaries pass every objective setting they have flags for (eps,
-    steps, step_size, beta, sigma, the eps ramp); each objective keeps its own.
+    steps, step_size, beta, sigma, the eps ramp, replays); each objective keeps its own.
     """
     config_class = _objective_class(name).Config
     fields = {f.name for f in dataclasses.fields(config_class) if f.init}
@@ -90,6 +101,24 @@ def make(objective_config, steps_per_epoch=1):
     return cls.from_config(objective_config)
 
 
+def replays(objective_config):
+    """Optimizer updates per batch: free_at's `replays`, 1 for every other objective."""
+    return getattr(objective_config, "replays", 1)
+
+
+def data_epochs(objective_config, epochs):
+    """The passes over the training data that `epochs` epochs of this objective make.
+
+    `epochs` count gradient computations (one per optimizer update and
+    batch), so that objectives compare at equal cost. Free adversarial
+    training makes `replays` updates per batch and so fewer passes, as its
+    paper does (90 ImageNet epochs with m = 4 are 23 passes): ceil(epochs /
+    replays), rounded up so that no run makes fewer updates than asked. Every
+    other objective makes `epochs` passes.
+    """
+    return math.ceil(epochs / replays(objective_config))
+
+
 def certified(objective_config):
     """Whether networks trained on this objective are certified rather than attacked."""
     return _objective_class(objective_config.name).certified
@@ -106,6 +135,8 @@ __all__ = [
     "REGISTRY",
     "CrownIBP",
     "CrownIBPConfig",
+    "FreeAT",
+    "FreeATConfig",
     "GaussianConfig",
     "GaussianNoise",
     "IBPConfig",
@@ -122,7 +153,9 @@ __all__ = [
     "TradesConfig",
     "certified",
     "config",
+    "data_epochs",
     "from_json",
     "make",
+    "replays",
     "verified",
 ]

@@ -34,6 +34,12 @@ def validate_phase(phase):
     return phase
 
 
+def validate_prune_bn(prune_bn):
+    if prune_bn not in PRUNE_BN_MODES:
+        raise ValueError(f"Unknown prune_bn {prune_bn!r}. Supported: {', '.join(PRUNE_BN_MODES)}.")
+    return prune_bn
+
+
 def build_network(
     phase,
     arch,
@@ -153,8 +159,7 @@ def prepare(network, phase, source=None, score_init="scaled", prune_bn="train"):
       A short description of where the scores came from, for the logs.
     """
     validate_phase(phase)
-    if prune_bn not in PRUNE_BN_MODES:
-        raise ValueError(f"Unknown prune_bn {prune_bn!r}. Supported: {', '.join(PRUNE_BN_MODES)}.")
+    validate_prune_bn(prune_bn)
     if phase != "pretrain" and source is None:
         raise ValueError(
             f"The {phase} phase needs a source checkpoint (the model of the previous "
@@ -171,6 +176,18 @@ def prepare(network, phase, source=None, score_init="scaled", prune_bn="train"):
                 origin = "scaled weight magnitude"
             else:
                 origin = f"random ({score_init})"
+    set_trainable(network, phase, prune_bn)
+    return origin
+
+
+def set_trainable(network, phase, prune_bn="train"):
+    """Sets which variables of `network` train in `phase` (its weights are in place).
+
+    prune: the scores (and BatchNorm as `prune_bn` says); finetune: the
+    surviving weights, with the pruned ones set to zero; pretrain: all.
+    """
+    validate_phase(phase)
+    validate_prune_bn(prune_bn)
     for layer in _weighted_layers(network).values():
         if isinstance(layer, keras.layers.BatchNormalization):
             # Layer-level trainable=False also puts Keras BatchNorm in
@@ -200,4 +217,3 @@ def prepare(network, phase, source=None, score_init="scaled", prune_bn="train"):
     if phase == "pretrain":
         for layer in _weighted_layers(network).values():
             layer.trainable = True
-    return origin

@@ -12,6 +12,12 @@ its work directory:
 
 Running the same config again resumes a killed run from its last finished
 epoch, and returns at once if the run already finished.
+
+`config.epochs` count gradient computations. An objective that replays each
+batch (`free_at`, m times) makes ceil(epochs / m) passes over the data
+(`objectives.data_epochs`); the fit's epochs, the history, the backups and
+the progress lines count those passes, and the learning-rate schedule spans
+the optimizer's updates (m per batch).
 """
 
 import dataclasses
@@ -183,7 +189,10 @@ def make_optimizer(config, steps_per_epoch):
     """
     lr = config.learning_rate
     if config.schedule == "cosine":
-        lr = keras.optimizers.schedules.CosineDecay(lr, decay_steps=config.epochs * steps_per_epoch)
+        # Over the run's optimizer updates: `replays` per batch for free_at.
+        passes = objectives.data_epochs(config.objective, config.epochs)
+        updates = passes * steps_per_epoch * objectives.replays(config.objective)
+        lr = keras.optimizers.schedules.CosineDecay(lr, decay_steps=updates)
     decay = (config.weight_decay if config.weight_decay_mode == "decoupled" else 0.0) or None
     if config.optimizer == "sgd":
         return keras.optimizers.SGD(lr, momentum=config.momentum, weight_decay=decay)
@@ -383,20 +392,26 @@ def train(config, verbose=None, strategy=None, jit_compile=False):
 
     keras.utils.set_random_seed(config.seed)
     meta = data.info(config.dataset)
-    train_ds, num_train = data.load(config.dataset, "train", config.data_dir, config.train_limit)
-    test_ds, _ = data.load(config.dataset, "test", config.data_dir, config.test_limit)
-    train_ds = data.make_pipeline(
-        train_ds,
+    # ImageNet is streamed and preprocessed per example; the small datasets
+    # are shuffled and augmented in memory (`data.load_pipeline`).
+    train_ds, num_train = data.load_pipeline(
+        config.dataset,
+        "train",
         config.batch_size,
         training=True,
-        augment=data.default_augment(config.dataset),
+        data_dir=config.data_dir,
+        limit=config.train_limit,
         seed=config.seed,
         # A resumed run continues with the data order of the next epoch.
         skip_epochs=_backup_epoch(backup_dir) if resumed else 0,
-    ).repeat()
+    )
+    train_ds = train_ds.repeat()
+    test_ds, _ = data.load(config.dataset, "test", config.data_dir, config.test_limit)
     check_images, check_labels = next(iter(test_ds.batch(_CHECK_IMAGES)))
     test_ds = data.make_pipeline(test_ds, config.batch_size, training=False)
     steps_per_epoch = math.ceil(num_train / config.batch_size)
+    # Passes over the data (fewer than config.epochs for free_at; module doc).
+    passes = objectives.data_epochs(config.objective, config.epochs)
 
     source = files.load_network(config.source_checkpoint) if config.source_checkpoint else None
     with strategy.scope():
@@ -436,7 +451,7 @@ def train(config, verbose=None, strategy=None, jit_compile=False):
         keras.callbacks.BackupAndRestore(backup_dir),
         keras.callbacks.CSVLogger(history_path, append=True),
         keras.callbacks.TensorBoard(os.path.join(own_dir, "tensorboard")),
-        _LogProgress(name, config.epochs),
+        _LogProgress(name, passes),
     ]
     if verbose is None:
         verbose = 1 if sys.stdout.isatty() else 2
@@ -445,7 +460,7 @@ def train(config, verbose=None, strategy=None, jit_compile=False):
         # One iterator over the repeated data for the whole run: each epoch
         # is the next pass, so a resumed run can skip the passes it made.
         train_ds,
-        epochs=config.epochs,
+        epochs=passes,
         steps_per_epoch=steps_per_epoch,
         validation_data=test_ds,
         shuffle=False,  # the tf.data pipeline shuffles

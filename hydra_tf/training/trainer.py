@@ -15,6 +15,16 @@ mask work in the step at all: its mask is cached in a variable, refreshed before
 the first step of every `fit` / `evaluate` call (after callbacks such as
 BackupAndRestore have loaded the weights). The results are those of computing
 the mask in every forward pass (`reuse_masks=False`, kept as the reference).
+
+Objectives with a step of their own: an objective may define
+`train_step(trainer, x, y)`, which the trainer runs instead of its default
+step (free adversarial training replays each batch several times); it
+updates through `optimizer_step`, which applies the masks, weight decay,
+loss scaling and metrics as the default step does. Such an objective may also
+define `build(network)` (called in the strategy scope, to create its state),
+`save_state(store)` / `load_state(store)` (its state in the BackupAndRestore
+backups) and `supports_jit = False`. Every other objective runs the default
+step.
 """
 
 import keras
@@ -94,6 +104,11 @@ class RobustTrainer(keras.Model):
             if not self._trains(layer.score, network.trainable_variables)
         ]
         self._frozen = _FrozenMasks(frozen if self.reuse_masks else [])
+        if hasattr(objective, "build"):
+            objective.build(network)
+        if not getattr(objective, "supports_jit", True):
+            # Keras then compiles without XLA (and warns if XLA was asked for).
+            self.supports_jit = False
         # The network is a built functional model; the wrapper owns no
         # variables of its own, so it is built too (BackupAndRestore needs it).
         self.built = network.built
@@ -175,6 +190,10 @@ class RobustTrainer(keras.Model):
 
     def train_step(self, data):
         with distribute.step_randomness(self.seed, self.optimizer.iterations):
+            if hasattr(self.objective, "train_step"):
+                x, y = data
+                self.objective.train_step(self, x, y)
+                return self._results()
             return self._train_step(data)
 
     def _train_step(self, data):
@@ -182,8 +201,29 @@ class RobustTrainer(keras.Model):
         hard = self.step_masks()
         with masks.reusing(hard):
             perturbed = self.objective.perturb(self.network, x, y)
+        self.optimizer_step(hard, y, lambda: self.objective.loss(self.network, x, y, perturbed))
+        return self._results()
+
+    def optimizer_step(self, hard, y, loss_fn, wrt=()):
+        """One optimizer update on the loss `loss_fn` computes; tracks loss and accuracy.
+
+        Args:
+          hard: the step's masks (`step_masks()`); trained scores get their
+            straight-through gradient attached to these.
+          y: the labels, for the accuracy.
+          loss_fn: `() -> (loss, logits)`, run on the tape (an objective's
+            `loss`, with the network in training mode).
+          wrt: tensors (e.g. an input perturbation) whose gradients the same
+            backward pass returns.
+
+        Returns:
+          The gradients with respect to `wrt` of the loss as the optimizer
+          saw it: divided by the number of replicas and multiplied by the
+          mixed precision loss scale.
+        """
         variables = self.trainable_variables
         with tf.GradientTape() as tape:
+            tape.watch(wrt)
             # The loss passes need the gradient to trained scores: attach it to
             # the mask already selected, rather than selecting it again.
             graded = {
@@ -192,13 +232,26 @@ class RobustTrainer(keras.Model):
                 if self._trains(layer.score, variables)
             }
             with masks.reusing({**hard, **graded}):
-                loss, logits = self.objective.loss(self.network, x, y, perturbed)
+                loss, logits = loss_fn()
             total = tf.cast(loss, tf.float32) + self._l2_penalty(variables)
             scaled = self.optimizer.scale_loss(total)
-        grads = tape.gradient(scaled, variables)
-        self.optimizer.apply(grads, variables)
+        grads = tape.gradient(scaled, [*variables, *wrt])
+        self.optimizer.apply(grads[: len(variables)], variables)
         self._track(loss, y, logits)
-        return self._results()
+        return grads[len(variables) :]
+
+    def save_own_variables(self, store):
+        # The wrapper owns no variables; an objective's state (free_at's
+        # perturbation) goes into the backups so that a resume continues it.
+        super().save_own_variables(store)
+        if hasattr(self.objective, "save_state"):
+            self.objective.save_state(store)
+
+    def load_own_variables(self, store):
+        if hasattr(self.objective, "load_state"):
+            self.objective.load_state(store)
+        else:
+            super().load_own_variables(store)
 
     def _l2_penalty(self, variables):
         """0.5 * l2 * sum ||v||^2, whose gradient is l2 * v (coupled weight decay).

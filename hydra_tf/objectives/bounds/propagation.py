@@ -114,6 +114,17 @@ class Bounds:
         return getattr(self, f"apply_{kind}")(layer)
 
     def _check_linear(self, layer):
+        # The apply_* methods bound a channels-last convolution without
+        # dilation or groups (every layer our builders make); a layer of a
+        # user's model may be otherwise.
+        for name, plain in (("dilation_rate", 1), ("groups", 1), ("data_format", "channels_last")):
+            value = getattr(layer, name, plain)
+            values = tuple(value) if isinstance(value, (list, tuple)) else (value,)
+            if any(v != plain for v in values):
+                raise UnsupportedLayerError(
+                    f"{type(self).__name__} cannot bound layer {layer.name!r} "
+                    f"({type(layer).__name__}): {name}={value!r} is not supported."
+                )
         # A conv / dense layer with a fused activation is not the affine map
         # the apply_* methods bound; our builders use separate ReLU layers.
         activation = getattr(layer, "activation", None)
@@ -141,6 +152,14 @@ class Bounds:
 
     def apply_conv2d(self, layer, kernel, bias):
         """A 2-D convolution with this kernel (masked for score layers) and bias (or None)."""
+        raise self._unsupported(layer)
+
+    def apply_conv1d(self, layer, kernel, bias):
+        """A 1-D convolution (no bound type has one yet)."""
+        raise self._unsupported(layer)
+
+    def apply_depthwise_conv2d(self, layer, kernel, bias):
+        """A depthwise 2-D convolution (no bound type has one yet)."""
         raise self._unsupported(layer)
 
     def apply_dense(self, layer, kernel, bias):
