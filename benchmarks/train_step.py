@@ -19,6 +19,11 @@ Usage:
   python -m benchmarks.train_step --arch=cnn_small --jit_compile   # XLA
   python -m benchmarks.train_step --per_forward_masks   # the pre-issue-4 path
   python -m benchmarks.train_step --quick --cpu_replicas=2   # mirrored, 2 CPU devices
+  python -m benchmarks.train_step --arch=resnet50 --objective=free_at --batch=32 \
+      --skip_eval --keep_ratio=1 --keep_ratio=0.1     # ImageNet ResNet-50, free AT
+
+With --objective=free_at a step replays its batch 4 times (4 optimizer
+updates); images_per_sec counts the batch once, as a pass over the data does.
 """
 
 import json
@@ -32,7 +37,7 @@ from absl import logging
 
 import benchmarks
 
-ARCHS = ("cnn_small", "cnn_large", "vgg16_bn")
+ARCHS = ("cnn_small", "cnn_large", "vgg16_bn", "resnet50")
 DEFAULT_ARCHS = ("cnn_small", "vgg16_bn")
 # (phase, keep ratio): pretrain is dense; a prune at keep 1 would train nothing,
 # so keep 1 of a score network is measured in finetune.
@@ -50,9 +55,11 @@ SETTINGS = {
     "cnn_small": ((28, 28, 1), 10, 0.1, 0.025),
     "cnn_large": ((28, 28, 1), 10, 0.1, 0.025),
     "vgg16_bn": ((32, 32, 3), 10, 8 / 255, 2 / 255),
+    # ImageNet (HYDRA's free-AT setting: eps = step = 4/255; PGD-10 1/255).
+    "resnet50": ((224, 224, 3), 1000, 4 / 255, 1 / 255),
 }
 # Repetitions of the timed step and of the timed evaluation batch.
-REPEATS = {"cnn_small": (10, 3), "cnn_large": (5, 2), "vgg16_bn": (3, 1)}
+REPEATS = {"cnn_small": (10, 3), "cnn_large": (5, 2), "vgg16_bn": (3, 1), "resnet50": (3, 1)}
 
 _ARCH = flags.DEFINE_multi_enum(
     "arch", list(DEFAULT_ARCHS), ARCHS, "Architectures to measure (repeat the flag)."
@@ -67,6 +74,13 @@ _KEEP = flags.DEFINE_multi_float(
     "keep_ratio", None, "Only these keep ratios (repeat the flag; default: all cases)."
 )
 _BATCH = flags.DEFINE_integer("batch", 128, "Training batch size.", lower_bound=1)
+_OBJECTIVE = flags.DEFINE_enum(
+    "objective",
+    "trades",
+    ["trades", "free_at"],
+    "The step's objective: TRADES with PGD-10, or free adversarial training (4 replays of "
+    "each batch, so one step is 4 optimizer updates).",
+)
 _EVAL_BATCH = flags.DEFINE_integer(
     "eval_batch", None, "PGD-50 evaluation batch (default: 128, 32 for vgg16_bn).", lower_bound=1
 )
@@ -135,7 +149,7 @@ def run_case(arch, phase, keep_ratio):
         if source is not None:
             phases.prepare(network, phase, source)
         objective = objectives.make(
-            objectives.config("trades", eps=eps, steps=10, step_size=step_size)
+            objectives.config(_OBJECTIVE.value, eps=eps, steps=10, step_size=step_size, replays=4)
         )
         # Coupled weight decay 1e-4, the training default.
         model = trainer_lib.RobustTrainer(
@@ -195,6 +209,7 @@ def run_case(arch, phase, keep_ratio):
         "phase": phase,
         "keep_ratio": keep_ratio,
         "batch": batch,
+        "objective": _OBJECTIVE.value,
         "images_per_sec": batch / step_seconds,
         "step_seconds": step_seconds,
         "mask_share": mask_seconds / step_seconds,
@@ -238,6 +253,7 @@ def _subprocess_case(arch, phase, keep_ratio):
     passed = [
         f"--case={arch}:{phase}:{keep_ratio}",
         f"--batch={_BATCH.value}",
+        f"--objective={_OBJECTIVE.value}",
         f"--warmup={_WARMUP.value}",
         f"--jit_compile={_JIT.value}",
         f"--per_forward_masks={_PER_FORWARD.value}",

@@ -4,6 +4,7 @@ Importing this module defines the flags; `objective_config()` and friends turn
 them into the library's frozen config objects. The library never reads flags.
 """
 
+import dataclasses
 import sys
 
 import keras
@@ -250,30 +251,49 @@ CERTIFY_LIMIT = flags.DEFINE_integer(
 )
 
 
-def objective_config():
-    """The config of the objective the flags describe (it keeps the settings it has)."""
+# Objective config field -> the flag that sets it (`--attack_step_size`
+# defaults to eps / 4 and is handled apart).
+_OBJECTIVE_FLAGS = {
+    "eps": EPS,
+    "steps": ATTACK_STEPS,
+    "beta": BETA,
+    "sigma": SIGMA,
+    "warmup_epochs": EPS_WARMUP_EPOCHS,
+    "ramp_epochs": EPS_RAMP_EPOCHS,
+    "ramp": EPS_RAMP,
+    "kappa_start": KAPPA_START,
+    "kappa_end": KAPPA_END,
+    "final_beta": FINAL_BETA,
+    "samples": MIXTRAIN_SAMPLES,
+    "probability": MIXTRAIN_PROBABILITY,
+    "weight": MIXTRAIN_WEIGHT,
+    "every": MIXTRAIN_EVERY,
+    "replays": FREE_REPLAYS,
+}
+
+
+def objective_config(preset=None):
+    """The config of the objective the flags describe (it keeps the settings it has).
+
+    Args:
+      preset: None, or an objective config (a preset's) that holds unless
+        --objective is given; the other objective flags given on the
+        command line still override its settings.
+    """
+    if preset is not None and not flags.FLAGS["objective"].present:
+        values = dataclasses.asdict(preset)
+        name = values.pop("name")
+        values.update(
+            {field: flag.value for field, flag in _OBJECTIVE_FLAGS.items() if flag.present}
+        )
+        if ATTACK_STEP_SIZE.present:
+            values["step_size"] = ATTACK_STEP_SIZE.value
+        return objectives.config(name, **values)
     step = ATTACK_STEP_SIZE.value
     if step is None:
         step = EPS.value / 4 if EPS.value > 0 else None
-    return objectives.config(
-        OBJECTIVE.value,
-        eps=EPS.value,
-        steps=ATTACK_STEPS.value,
-        step_size=step,
-        beta=BETA.value,
-        sigma=SIGMA.value,
-        warmup_epochs=EPS_WARMUP_EPOCHS.value,
-        ramp_epochs=EPS_RAMP_EPOCHS.value,
-        ramp=EPS_RAMP.value,
-        kappa_start=KAPPA_START.value,
-        kappa_end=KAPPA_END.value,
-        final_beta=FINAL_BETA.value,
-        samples=MIXTRAIN_SAMPLES.value,
-        probability=MIXTRAIN_PROBABILITY.value,
-        weight=MIXTRAIN_WEIGHT.value,
-        every=MIXTRAIN_EVERY.value,
-        replays=FREE_REPLAYS.value,
-    )
+    values = {field: flag.value for field, flag in _OBJECTIVE_FLAGS.items()}
+    return objectives.config(OBJECTIVE.value, step_size=step, **values)
 
 
 def attack_eps(objective):

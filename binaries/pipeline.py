@@ -18,12 +18,18 @@ results go to <workdir>/channels/, so one workdir can hold both runs
 With no flags it runs the `small` preset with TRADES at eps 0.1 on the real
 Fashion-MNIST from Debian's dataset-fashion-mnist (offline), in under 15
 minutes on a 2-core CPU. --preset=tiny takes seconds; --preset=paper uses the
-paper's epochs and the full data (use a GPU). Rerunning resumes a killed run.
+paper's epochs and the full data (use a GPU); --preset=imagenet is HYDRA's
+ImageNet setting (ResNet-50, free adversarial training at 4/255, see
+`presets`). Flags given on the command line override a preset's values.
+Rerunning resumes a killed run.
 
 Example:
   python -m binaries.pipeline --workdir=runs/pipeline
   python -m binaries.pipeline --preset=paper --dataset=cifar10 --arch=vgg16_bn \
       --eps=0.031 --attack_step_size=0.0078 --workdir=runs/cifar_vgg
+  # ImageNet on 8 GPUs (ILSVRC2012_img_{train,val}.tar in /data/tfds/downloads/manual):
+  python -m binaries.pipeline --preset=imagenet --data_dir=/data/tfds \
+      --strategy=mirrored --workdir=runs/imagenet
 """
 
 import dataclasses
@@ -76,16 +82,34 @@ flags.register_validator(
 )
 
 
-def _pipeline():
-    strategy = common.strategy()
+# Settings a preset may hold that are also flags (a given flag wins).
+_PRESET_FLAGS = (
+    "dataset",
+    "batch_size",
+    "optimizer",
+    "weight_decay",
+    "pretrain_lr",
+    "finetune_lr",
+)
+
+
+def config_from_flags():
+    """The `PipelineConfig` the flags and the preset describe."""
     settings = dict(presets.PRESETS[_PRESET.value])
     shared = common.pipeline_settings()
-    # The preset's sizes hold unless a flag sets them.
+    # The preset's values hold unless a flag sets them.
     for name in ("train_limit", "test_limit"):
         if shared[name] is None:
             del shared[name]
-    if not flags.FLAGS["batch_size"].present:
-        del shared["batch_size"]
+    for name in _PRESET_FLAGS:
+        if name in settings and name in shared and not flags.FLAGS[name].present:
+            del shared[name]
+    if "objective" in settings:
+        shared["objective"] = common.objective_config(preset=settings["objective"])
+        shared["eval_eps"] = common.attack_eps(shared["objective"])
+    arch = settings.pop("arch", None)
+    if arch is None or flags.FLAGS["arch"].present:
+        arch = common.ARCH.value
     overrides = {
         "pretrain_epochs": _PRETRAIN_EPOCHS.value,
         "prune_epochs": _PRUNE_EPOCHS.value,
@@ -97,12 +121,17 @@ def _pipeline():
     }
     settings.update({k: v for k, v in overrides.items() if v is not None})
     settings.update(shared)
-    config = pipeline.PipelineConfig(
+    return pipeline.PipelineConfig(
         workdir=_WORKDIR.value,
-        arch=common.ARCH.value,
+        arch=arch,
         keep_ratios=tuple(float(k) for k in _KEEP_RATIOS.value),
         **settings,
     )
+
+
+def _pipeline():
+    strategy = common.strategy()
+    config = config_from_flags()
     logging.info("Pipeline config: %s", dataclasses.asdict(config))
     results = pipeline.run(
         config,

@@ -11,6 +11,7 @@ import contextvars
 
 import keras
 
+from hydra_tf import data
 from hydra_tf.models import layers as score_layers
 from hydra_tf.models import masks
 
@@ -254,6 +255,31 @@ def resnet18(inputs, num_classes, factory):
     return factory.dense(num_classes, "fc")(x)
 
 
+def resnet50(inputs, num_classes, factory):
+    """ResNet-50 (keras.applications' graph), with ImageNet's mean / std inside.
+
+    The network takes images in [0, 1] like every other one here, so attacks
+    and bounds work in pixel space; its first layer normalises them with
+    ImageNet's channel statistics (`data.imagenet_normalization`). Built
+    plain: `build` prunes it with `hydra_tf.prune` (the factory's layers are
+    not used), so its pruned forms keep keras.applications' layer names.
+    """
+    del factory
+    x = data.imagenet_normalization()(inputs)
+    base = keras.applications.ResNet50(
+        include_top=True,
+        weights=None,
+        input_tensor=x,
+        classes=num_classes,
+        classifier_activation=None,
+    )
+    return base.output
+
+
+# Architectures built from a whole graph and pruned afterwards by
+# `hydra_tf.prune` (the others build their score layers or gates directly).
+WRAPPED = ("resnet50",)
+
 ARCHITECTURES = {
     "cnn_small": cnn_small,
     "cnn_large": cnn_large,
@@ -262,6 +288,7 @@ ARCHITECTURES = {
     "wrn_28_4": lambda inputs, n, f: wide_resnet(inputs, n, f, depth=28, width=4),
     "wrn_28_10": lambda inputs, n, f: wide_resnet(inputs, n, f, depth=28, width=10),
     "resnet18": resnet18,
+    "resnet50": resnet50,
 }
 
 
@@ -299,6 +326,14 @@ def build(
         )
     if int(num_classes) < 2:
         raise ValueError(f"num_classes must be >= 2. Received: num_classes={num_classes}")
+    if arch in WRAPPED and keep_ratio is not None:
+        # Imported here: `wrapping` builds on this module.
+        from hydra_tf.pruning import wrapping
+
+        plain = build(arch, input_shape, num_classes, sync_batch_norm=sync_batch_norm)
+        # Random scores from the initializer; the prune phase sets them from
+        # the source's weights (`phases.prepare`), as for the other networks.
+        return wrapping.prune(plain, keep_ratio, granularity, score_init=score_initializer)
     factory = LayerFactory(keep_ratio, score_initializer, granularity)
     inputs = keras.Input(shape=tuple(input_shape), name="image")
     token = _SYNC_BATCH_NORM.set(bool(sync_batch_norm))
@@ -309,4 +344,19 @@ def build(
     if keras.mixed_precision.global_policy().compute_dtype != "float32":
         # Losses and attacks need float32 logits.
         outputs = keras.layers.Activation("linear", dtype="float32", name="logits")(outputs)
-    return keras.Model(inputs, outputs, name=arch)
+    model = keras.Model(inputs, outputs, name=arch)
+    if arch in WRAPPED and sync_batch_norm:
+        model = _synchronized(model)
+    return model
+
+
+def _synchronized(model):
+    """`model` with every BatchNorm synchronized across replicas (a graph we did not build)."""
+
+    def clone(layer):
+        config = layer.get_config()
+        if isinstance(layer, keras.layers.BatchNormalization):
+            config["synchronized"] = True
+        return layer.__class__.from_config(config)
+
+    return keras.models.clone_model(model, clone_function=clone)
