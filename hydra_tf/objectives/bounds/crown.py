@@ -333,6 +333,9 @@ def _walk_back(network, layer, bounds, box):
         for tensor, result in zip(propagation.layer_inputs(current), results):
             name = propagation.producer(tensor).name
             pending[name] = pending[name] + result if name in pending else result
+    if input_name in pending:
+        # A Sequential model does not list its input layer among its layers.
+        return pending.pop(input_name).concretize(box)
     raise propagation.UnsupportedLayerError(
         f"Layer {layer.name!r} does not depend on the input of {network.name!r}."
     )
