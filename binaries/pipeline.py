@@ -30,8 +30,14 @@ Example:
   # ImageNet on 8 GPUs (ILSVRC2012_img_{train,val}.tar in /data/tfds/downloads/manual):
   python -m binaries.pipeline --preset=imagenet --data_dir=/data/tfds \
       --strategy=mirrored --workdir=runs/imagenet
+  # A dry run of that setting on random TFDS mock data (a few steps, on a CPU):
+  python -m binaries.pipeline --preset=imagenet --mock_data=8 --train_limit=8 \
+      --test_limit=4 --batch_size=4 --pretrain_epochs=4 --prune_epochs=4 \
+      --finetune_epochs=4 --keep_ratios=0.1 --attack=pgd --eval_steps=2 \
+      --tflite_mode=none --workdir=/tmp/imagenet_dry
 """
 
+import contextlib
 import dataclasses
 
 from absl import app
@@ -80,6 +86,26 @@ flags.register_validator(
     _ratios,
     message="--keep_ratios must be numbers in (0, 1], comma-separated.",
 )
+
+
+_MOCK_DATA = flags.DEFINE_integer(
+    "mock_data",
+    None,
+    "A dry run: TFDS datasets (ImageNet, CIFAR-10, SVHN) are replaced by this many random "
+    "examples per split (tfds.testing.mock_data), to check a command before the data is there.",
+    lower_bound=1,
+)
+
+
+def _mock_data():
+    if _MOCK_DATA.value is None:
+        return contextlib.nullcontext()
+    import tensorflow_datasets as tfds  # slow to import; only for a dry run
+
+    logging.warning("--mock_data: TFDS datasets are random mock data; the results mean nothing.")
+    return tfds.testing.mock_data(
+        num_examples=_MOCK_DATA.value, policy=tfds.testing.MockPolicy.USE_CODE
+    )
 
 
 # Settings a preset may hold that are also flags (a given flag wins).
@@ -133,12 +159,13 @@ def _pipeline():
     strategy = common.strategy()
     config = config_from_flags()
     logging.info("Pipeline config: %s", dataclasses.asdict(config))
-    results = pipeline.run(
-        config,
-        strategy=strategy,
-        jit_compile=common.JIT_COMPILE.value,
-        train_only=common.TRAIN_ONLY.value,
-    )
+    with _mock_data():
+        results = pipeline.run(
+            config,
+            strategy=strategy,
+            jit_compile=common.JIT_COMPILE.value,
+            train_only=common.TRAIN_ONLY.value,
+        )
     if results.rows:
         logging.info("\n%s", report.results_markdown(results))
 

@@ -7,6 +7,7 @@ from absl import flags
 from absl.testing import flagsaver
 
 from binaries import pipeline as pipeline_binary
+from hydra_tf import data
 from hydra_tf import objectives
 from hydra_tf.models import architectures
 from hydra_tf.models import layers as score_layers
@@ -57,6 +58,21 @@ class PresetTest(tf.test.TestCase):
         config = _config("--preset=tiny")
         self.assertEqual((config.dataset, config.arch), ("fashion_mnist", "cnn_small"))
         self.assertEqual(config.objective.name, "trades")
+
+
+class MockDataTest(tf.test.TestCase):
+    def test_mock_data_replaces_tfds_datasets(self):
+        with flagsaver.flagsaver():
+            flags.FLAGS.unparse_flags()
+            flags.FLAGS(["pipeline", "--mock_data=3"])
+            try:
+                with pipeline_binary._mock_data():
+                    dataset, count = data.load("imagenet2012", "test", None, 3)
+                    images = [image for image, _ in dataset]
+            finally:
+                flags.FLAGS.unparse_flags()
+        self.assertEqual(count, 3)
+        self.assertEqual([tuple(image.shape) for image in images], [(224, 224, 3)] * 3)
 
 
 class ResNet50Test(tf.test.TestCase):
