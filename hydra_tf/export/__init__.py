@@ -58,9 +58,7 @@ def strip_scores(network):
         recursive=True,
     )
     targets = {layer.name: layer for layer in score_layers.walk(plain)}
-    for layer in score_layers.walk(network):
-        if isinstance(layer, keras.Model):
-            continue  # Its layers are walked one by one.
+    for layer in score_layers.leaf_layers(network):
         target = targets[layer.name]
         if kinds.is_scored(layer):
             values = [np.asarray(kinds.kernel(layer))]

@@ -9,7 +9,6 @@ a network whose channels were removed is smaller in both.
 import dataclasses
 import math
 
-import keras
 import numpy as np
 
 from hydra_tf.models import kinds
@@ -45,9 +44,7 @@ def costs(model):
     params = 0
     nonzero = 0
     macs = 0
-    for layer in score_layers.walk(model):
-        if isinstance(layer, keras.Model):
-            continue  # Its layers are counted one by one.
+    for layer in score_layers.leaf_layers(model):
         for weight in layer.weights:
             value = np.asarray(weight)
             params += value.size

@@ -494,6 +494,11 @@ def walk(model):
             yield layer
 
 
+def leaf_layers(model):
+    """The layers of `model` that are not models themselves (nested models' layers included)."""
+    return [layer for layer in walk(model) if not isinstance(layer, keras.Model)]
+
+
 def _walk(layer):
     for sub in getattr(layer, "layers", []) or []:
         yield sub

@@ -70,15 +70,7 @@ def build_network(
 
 def _weighted_layers(model):
     """Layers that own variables, by name (nested models flattened)."""
-    found = {}
-    stack = list(model.layers)
-    while stack:
-        layer = stack.pop(0)
-        if isinstance(layer, keras.Model):
-            stack[:0] = list(layer.layers)
-        elif layer.weights:
-            found[layer.name] = layer
-    return found
+    return {layer.name: layer for layer in score_layers.leaf_layers(model) if layer.weights}
 
 
 def _variables(layer):

@@ -200,31 +200,16 @@ def _gate_positions(model, selected):
     return positions
 
 
-def _copy_weights(model, pruned):
-    """Copies every weight of `model` into the layer of the same name in `pruned`."""
-    originals = {}
-    for layer in score_layers.walk(model):
-        if isinstance(layer, keras.Model) or not layer.weights:
-            continue
-        if layer.name in originals:
+def _check_unique_names(model):
+    """Weights move between a model and its pruned copy by layer name: names must be unique."""
+    seen = set()
+    for layer in score_layers.leaf_layers(model):
+        if layer.weights and layer.name in seen:
             raise UnwrappableModelError(
                 f"Two layers of {model.name!r} are named {layer.name!r} (in different nested "
                 "models): their weights cannot be told apart. Give them unique names."
             )
-        originals[layer.name] = layer
-    for copy in score_layers.walk(pruned):
-        if isinstance(copy, keras.Model) or score_layers.is_gate(copy) or not copy.weights:
-            continue
-        values = {_variable_name(weight): weight for weight in originals[copy.name].weights}
-        for weight in copy.weights:
-            name = _variable_name(weight)
-            if name == "score" and score_layers.is_scored(copy):
-                continue
-            weight.assign(values[name])
-
-
-def _variable_name(weight):
-    return weight.path.split("/")[-1]
+        seen.add(layer.name)
 
 
 def prune(model, keep_ratio, granularity="weight", layers=None, score_init="scaled"):
@@ -256,6 +241,7 @@ def prune(model, keep_ratio, granularity="weight", layers=None, score_init="scal
             f"Unknown score init {score_init!r}. Supported: {', '.join(phases.SCORE_INITS)}."
         )
     _check_model(model)
+    _check_unique_names(model)
     selected = _selected(model, layers)
     initializer = "he_uniform" if score_init == "scaled" else score_init
     if granularity == "weight":
@@ -294,7 +280,7 @@ def prune(model, keep_ratio, granularity="weight", layers=None, score_init="scal
         pruned = keras.models.clone_model(model, call_function=call, recursive=True)
     if not score_layers.mask_layers(pruned):
         raise ValueError(f"Nothing of {model.name!r} can be pruned at granularity {granularity!r}.")
-    _copy_weights(model, pruned)
+    phases.transfer_weights(model, pruned)
     if score_init == "scaled":
         scores.scaled_init(pruned)
     logging.info(
