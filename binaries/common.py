@@ -219,6 +219,20 @@ def run_settings():
     }
 
 
+LWM_EQUAL_BUDGET = flags.DEFINE_boolean(
+    "lwm_equal_budget",
+    False,
+    "Pipeline / study: LWM finetunes for --prune_epochs + --finetune_epochs (HYDRA's whole "
+    "budget after pretraining) instead of --finetune_epochs.",
+)
+ALSO_PGD = flags.DEFINE_boolean(
+    "also_pgd",
+    False,
+    "Pipeline / study: also attack every network with PGD (--eval_steps, --eval_restarts) "
+    "beside AutoAttack, reported next to it.",
+)
+
+
 def pipeline_settings():
     """`run_settings()` plus what the pipeline and the study evaluate with."""
     settings = run_settings()
@@ -233,6 +247,8 @@ def pipeline_settings():
         },
         **({"verify_methods": tuple(VERIFY_METHODS.value)} if VERIFY_METHODS.value else {}),
         "tflite_mode": TFLITE_MODE.value,
+        "lwm_equal_budget": LWM_EQUAL_BUDGET.value,
+        "also_pgd": ALSO_PGD.value,
         **certify_settings(),
     }
 

@@ -50,6 +50,17 @@ def make_dir(path, flag="--workdir"):
     return path
 
 
+def read_json(path):
+    """The JSON value in `path`, with a one-line error for a missing or corrupt file."""
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except FileNotFoundError as error:
+        raise FileNotFoundError(f"{path} is missing.") from error
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path} is not valid JSON ({error}).") from error
+
+
 def write_json(path, value):
     """Writes JSON atomically (a killed run never leaves half a file)."""
     tmp = f"{path}.tmp"

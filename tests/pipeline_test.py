@@ -10,6 +10,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from hydra_tf import files
 from hydra_tf import objectives
 from hydra_tf.experiments import pipeline
 from hydra_tf.experiments import presets
@@ -120,17 +121,26 @@ class PipelineTest(tf.test.TestCase):
         # A cascade attack (here APGD-CE alone, to stay quick; AutoAttack takes the
         # same path): each row has its stages, the examples it found are kept and
         # the TF Lite check transfers exactly them, so Keras' accuracy on them is
-        # the row's robust accuracy.
+        # the row's robust accuracy. The same run also checks PGD beside the
+        # cascade (also_pgd) and the equal-budget LWM.
         workdir = tempfile.mkdtemp()
-        config = dataclasses.replace(_tiny(workdir), keep_ratios=(0.1,), eval_attack="apgd-ce")
+        config = dataclasses.replace(
+            _tiny(workdir),
+            keep_ratios=(0.1,),
+            eval_attack="apgd-ce",
+            also_pgd=True,
+            lwm_equal_budget=True,
+        )
         results = pipeline.run(config)
+        self.assertEqual([row.method for row in results.rows], ["dense", "hydra", "lwm"])
         for row in results.rows:
             self.assertEqual(row.attack["name"], "apgd-ce")
+            self.assertBetween(row.pgd_acc, 0.0, row.clean_acc)
             self.assertEqual([s["attack"] for s in row.stages], ["apgd-ce"])
             self.assertEqual(row.stages[-1]["robust_acc"], row.robust_acc)
             self.assertAlmostEqual(row.tflite.keras_robust_acc, row.robust_acc)
             self.assertLessEqual(row.robust_acc, row.clean_acc)
-            name = "dense" if row.method == "dense" else f"{row.method}_{row.keep_ratio:g}"
+            name = {"dense": "dense", "hydra": "hydra_0.1", "lwm": "lwm_equal_0.1"}[row.method]
             out = os.path.join(workdir, name)
             self.assertEqual(np.load(os.path.join(out, "adversarial.npy")).shape, (64, 28, 28, 1))
             self.assertFalse(os.path.exists(os.path.join(out, "attack_state.npz")))
@@ -138,6 +148,21 @@ class PipelineTest(tf.test.TestCase):
             table = f.read()
         self.assertIn("robust accuracy under L-inf APGD-CE at eps 0.1", table)
         self.assertIn("Robust % after each attack", table)
+        self.assertIn("PGD (separately)", table)
+        # LWM finetunes for HYDRA's prune + finetune epochs; HYDRA for its finetune epochs.
+        epochs = {
+            name: len(
+                files.read_history(os.path.join(workdir, name, "finetune", "history.csv"))["epoch"]
+            )
+            for name in ("hydra_0.1", "lwm_equal_0.1")
+        }
+        self.assertEqual(
+            epochs,
+            {
+                "hydra_0.1": config.finetune_epochs,
+                "lwm_equal_0.1": config.prune_epochs + config.finetune_epochs,
+            },
+        )
         # The examples are part of the cache: without them the network is evaluated again.
         os.remove(os.path.join(workdir, "dense", "adversarial.npy"))
         again = pipeline.run(config)

@@ -1,5 +1,6 @@
 """Tests for hydra_tf.experiments.reproduce: aggregation over seeds and the study end to end."""
 
+import dataclasses
 import json
 import os
 import tempfile
@@ -28,6 +29,9 @@ def _row(method, keep, clean, robust, certified_accuracy=None):
         eval_seconds=1.0,
         certified_accuracy=certified_accuracy,
     )
+
+
+_AUTOATTACK = {"name": "autoattack", "attacks": [{"name": "apgd-ce", "eps": 0.1}]}
 
 
 def _results(*rows):
@@ -69,6 +73,41 @@ def _study(base, arch, attack, num_test_examples, runs):
         runs=[],
         seconds=60.0,
     )
+
+
+class PgdBesideStudyTest(tf.test.TestCase):
+    def test_pgd_beside_the_cascade_is_averaged_and_tabled(self):
+        def row(method, keep, robust, pgd):
+            return records.Row.of(
+                dataclasses.replace(
+                    _row(method, keep, 0.8, robust), attack=_AUTOATTACK, pgd_acc=pgd
+                ),
+                method,
+                keep,
+            )
+
+        runs = [
+            ("cnn_small", 0, _results(row("dense", 1.0, 0.5, 0.6), row("hydra", 0.01, 0.3, 0.4))),
+            ("cnn_small", 1, _results(row("dense", 1.0, 0.3, 0.4), row("hydra", 0.01, 0.1, 0.2))),
+        ]
+        rows = reproduce.aggregate(runs)
+        dense = next(r for r in rows if r.method == "dense")
+        self.assertAlmostEqual(dense.pgd_acc, 0.5)
+        self.assertAlmostEqual(dense.pgd_std, 0.1414213, places=5)
+        base = pipeline.PipelineConfig(workdir="/tmp/x", also_pgd=True)
+        text = reproduce.markdown(_study(base, "cnn_small", _AUTOATTACK, 100, runs))
+        self.assertIn("| model | clean | AutoAttack | PGD-50 (2 restarts) |", text)
+        self.assertIn("| hydra 99% | 80.0 | 20.0 ± 14.1 | 30.0 ± 14.1 |", text)
+        equal = pipeline.PipelineConfig(workdir="/tmp/x", lwm_equal_budget=True)
+        self.assertIn(
+            "finetune 5 (LWM: 10, HYDRA's prune + finetune budget)",
+            reproduce.markdown(_study(equal, "cnn_small", _AUTOATTACK, 100, runs)),
+        )
+        # Runs without PGD beside the attack have no such table.
+        plain = [(a, s, _results(_row("dense", 1.0, 0.8, 0.5))) for a, s in (("cnn_small", 0),)]
+        self.assertNotIn(
+            "PGD-50 (2", reproduce.markdown(_study(base, "cnn_small", _AUTOATTACK, 100, plain))
+        )
 
 
 class CertifiedStudyTest(tf.test.TestCase):

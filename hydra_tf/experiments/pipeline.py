@@ -63,6 +63,9 @@ class PipelineConfig:
     pretrain_epochs: int = 10
     prune_epochs: int = 5
     finetune_epochs: int = 5
+    # LWM's finetuning gets HYDRA's whole training budget after pretraining
+    # (prune_epochs + finetune_epochs), in stages named lwm_equal_<ratio>.
+    lwm_equal_budget: bool = False
     optimizer: str = "sgd"
     pretrain_lr: float = 0.1
     prune_lr: float = 0.1
@@ -76,6 +79,9 @@ class PipelineConfig:
     eval_steps: int = evaluation.DEFAULT_STEPS
     eval_restarts: int = evaluation.DEFAULT_RESTARTS
     eval_eps: float | None = None
+    # Also PGD (eval_steps, eval_restarts) beside a cascade such as AutoAttack:
+    # each row's pgd_acc.
+    also_pgd: bool = False
     # Smoothing objectives are evaluated by certification (Cohen et al.):
     # the table's robust accuracy is the certified accuracy at this L2 radius.
     certify_radius: float = 0.5
@@ -197,9 +203,12 @@ def stage_name(config, method, keep_ratio):
     """The directory of one pruned network of the pipeline: hydra_0.1, lwm_channels_0.5, ...
 
     Structured runs have their own names, so that both granularities can
-    share one workdir (and its dense pretraining).
+    share one workdir (and its dense pretraining); so have equal-budget LWM
+    runs (lwm_equal_0.1).
     """
     unit = "" if config.granularity == "weight" else f"{config.granularity}s_"
+    if method == "lwm" and config.lwm_equal_budget:
+        method = "lwm_equal"
     return f"{method}_{unit}{keep_ratio:g}"
 
 
@@ -232,6 +241,21 @@ def _train_config(config, phase, workdir, keep_ratio=1.0, source=None, epochs=1,
     )
 
 
+def _pgd(config):
+    return attacks.PGDConfig(
+        eps=config.attack.eps, steps=config.eval_steps, restarts=config.eval_restarts
+    )
+
+
+def _runs_pgd_beside(config):
+    """Whether each network is also attacked by PGD (`also_pgd`, beside another attack)."""
+    return (
+        config.also_pgd
+        and not config.certifies
+        and not isinstance(config.attack, attacks.PGDConfig)
+    )
+
+
 def evaluation_key(config):
     """What a row's numbers depend on besides the network: the cache key of `eval.json`.
 
@@ -248,6 +272,8 @@ def evaluation_key(config):
         }
     else:
         key["attack"] = config.attack.to_json()
+        if _runs_pgd_beside(config):
+            key["pgd"] = _pgd(config).to_json()
     if config.verifies:
         key["verify"] = {
             "methods": list(config.verify_methods),
@@ -402,6 +428,10 @@ def _evaluate(config, model_path, out_dir, name):
             measured["stages"] = [stage.to_json() for stage in result.stages]
         if result.adversarial is not None:
             np.save(os.path.join(out_dir, ADVERSARIAL_FILE), result.adversarial)
+        if _runs_pgd_beside(config):
+            measured["pgd_acc"] = evaluation.evaluate(
+                plain, data.make_pipeline(test_ds, config.batch_size, training=False), _pgd(config)
+            ).robust_acc
         if config.verifies:
             measured.update(_verify(config, plain, test_ds, result))
     cost = costs.costs(plain)
@@ -547,6 +577,9 @@ def run(config, strategy=None, jit_compile=False, train_only=False):
             )
         )
         for method, source in (("hydra", pruned.model_path), ("lwm", dense.model_path)):
+            epochs = config.finetune_epochs
+            if method == "lwm" and config.lwm_equal_budget:
+                epochs += config.prune_epochs
             tuned = train(
                 _train_config(
                     config,
@@ -554,7 +587,7 @@ def run(config, strategy=None, jit_compile=False, train_only=False):
                     stage(stage_name(config, method, ratio), "finetune"),
                     ratio,
                     source,
-                    config.finetune_epochs,
+                    epochs,
                     config.finetune_lr,
                 )
             )

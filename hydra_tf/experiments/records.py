@@ -84,6 +84,7 @@ class Evaluation:
     verified_accuracy: dict | None = dataclasses.field(default=None, metadata=_OPTIONAL)
     verified_examples: dict | None = dataclasses.field(default=None, metadata=_OPTIONAL)
     attack_acc: float | None = dataclasses.field(default=None, metadata=_OPTIONAL)
+    pgd_acc: float | None = dataclasses.field(default=None, metadata=_OPTIONAL)
     params: int | None = dataclasses.field(default=None, metadata=_OPTIONAL)
     nonzero_params: int | None = dataclasses.field(default=None, metadata=_OPTIONAL)
     macs: int | None = dataclasses.field(default=None, metadata=_OPTIONAL)
@@ -280,6 +281,8 @@ class StudyRow:
       verified_examples: {method: test examples it was measured on}.
       attack_acc, attack_std: (verifiable objectives) the attack's robust
         accuracy, mean and std.
+      pgd_acc, pgd_std: (`PipelineConfig.also_pgd`) robust accuracy under
+        PGD beside the main attack, mean and std.
     """
 
     arch: str
@@ -298,6 +301,8 @@ class StudyRow:
     verified_examples: dict | None = dataclasses.field(default=None, metadata=_OPTIONAL)
     attack_acc: float | None = dataclasses.field(default=None, metadata=_OPTIONAL)
     attack_std: float | None = dataclasses.field(default=None, metadata=_OPTIONAL)
+    pgd_acc: float | None = dataclasses.field(default=None, metadata=_OPTIONAL)
+    pgd_std: float | None = dataclasses.field(default=None, metadata=_OPTIONAL)
 
     def to_json(self):
         return {**_json_fields(self, StudyRow), "per_seed": [s.to_json() for s in self.per_seed]}

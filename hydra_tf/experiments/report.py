@@ -48,6 +48,9 @@ def stages_markdown(rows):
     if not staged:
         return []
     names = [_ATTACK_NAMES.get(s["attack"], s["attack"]) for s in staged[0].stages]
+    pgd = all(getattr(r, "pgd_acc", None) is not None for r in staged)
+    if pgd:
+        names.append("PGD (separately)")
     lines = [
         "",
         "Robust % after each attack (each runs on the points the earlier ones left robust):",
@@ -58,6 +61,8 @@ def stages_markdown(rows):
     for r in staged:
         cells = [f"{r.method} keep {r.keep_ratio:g}", f"{100 * r.clean_acc:.1f}"]
         cells += [f"{100 * s['robust_acc']:.1f}" for s in r.stages]
+        if pgd:
+            cells.append(f"{100 * r.pgd_acc:.1f}")
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 

@@ -101,6 +101,9 @@ def aggregate(runs):
                 for method in members[0][1].verified_accuracy
             }
             attack = _mean_std([r.attack_acc for _, r in members])
+        pgd = (None, None)
+        if all(r.pgd_acc is not None for _, r in members):
+            pgd = _mean_std([r.pgd_acc for _, r in members])
         certified = None
         if all(r.certified_accuracy is not None for _, r in members):
             certified = {
@@ -128,6 +131,8 @@ def aggregate(runs):
                 verified_examples=members[0][1].verified_examples if verified else None,
                 attack_acc=attack[0],
                 attack_std=attack[1],
+                pgd_acc=pgd[0],
+                pgd_std=pgd[1],
             )
         )
     return rows
@@ -145,8 +150,14 @@ def _caption(study):
     which = "" if not schedules else " (unless an architecture says otherwise)"
     schedule = (
         f"Epochs{which}: pretrain {base['pretrain_epochs']}, prune {base['prune_epochs']} "
-        f"(lr {base['prune_lr']:g}), finetune {base['finetune_epochs']}; training examples: "
-        f"{base['train_limit'] or 'all'}."
+        f"(lr {base['prune_lr']:g}), finetune {base['finetune_epochs']}"
+        + (
+            f" (LWM: {base['prune_epochs'] + base['finetune_epochs']}, HYDRA's prune + finetune "
+            "budget)"
+            if base.get("lwm_equal_budget")
+            else ""
+        )
+        + f"; training examples: {base['train_limit'] or 'all'}."
     )
     if attack.get("name") == "certify_l2":
         return (
@@ -215,6 +226,31 @@ def _radius_table(rows, ratios):
     return lines
 
 
+def _pgd_table(rows, ratios, attack, base):
+    """The main attack beside PGD (`also_pgd`), one line per model (else empty)."""
+    if not all(r.pgd_acc is not None for r in rows):
+        return []
+    main = report.attack_name(attack)
+    pgd = f"PGD-{base['eval_steps']} ({base['eval_restarts']} restarts)"
+    lines = [
+        "",
+        f"Robust accuracy (%) under {main} and under {pgd}, mean ± std over seeds:",
+        "",
+        f"| model | clean | {main} | {pgd} |",
+        "|---|---|---|---|",
+    ]
+    ordered = [r for r in rows if r.method == "dense"]
+    for k in ratios:
+        ordered += [r for r in rows if r.keep_ratio == k and r.method != "dense"]
+    for r in ordered:
+        name = "dense" if r.method == "dense" else f"{r.method} {(1 - r.keep_ratio) * 100:g}%"
+        lines.append(
+            f"| {name} | {100 * r.clean_acc:.1f} | {100 * r.robust_acc:.1f} ± "
+            f"{100 * r.robust_std:.1f} | {100 * r.pgd_acc:.1f} ± {100 * r.pgd_std:.1f} |"
+        )
+    return lines
+
+
 def markdown(study):
     """A `records.Study` as Markdown: one Table-1-shaped table per architecture."""
     config = study.config
@@ -254,6 +290,7 @@ def markdown(study):
                 else f"{100 * r.verified_accuracy[m][0]:.1f} ± {100 * r.verified_accuracy[m][1]:.1f}"
             ),
         )
+        lines += _pgd_table(rows, ratios, study.attack, base)
         overlaps = study.kept_overlap.get(arch)
         if overlaps:
             lines += [

@@ -1,0 +1,594 @@
+"""The model zoo: published HYDRA networks, each with its model card.
+
+A zoo is a directory with one sub-directory per network:
+
+  <name>/model.keras   the plain Keras network (masks folded into the
+                       kernels), its zip deflated so that pruned kernels
+                       take little room; `keras.saving.load_model` reads it
+  <name>/model.tflite  its TF Lite file, in the format the run's `deploy`
+                       chose and checked with LiteRT
+  <name>/card.json     the model card (`ModelCard`)
+  <name>/README.md     the same card, for people
+  README.md            the index of every network (`write_index`)
+
+`publish` adds a network of a pipeline or study run; `list_models`, `card`,
+`load`, `tflite_path` and `evaluate` read the zoo back. The repository's
+zoo is `DEFAULT_ROOT`.
+
+A card holds two sets of figures. `evaluation` is what the study measured
+(its attack or bounds, on its test examples). `check` is the clean accuracy
+of the published file on the first `CHECK_EXAMPLES` test images, measured
+when it was published; `evaluate` and the tests compare a loaded network
+against it.
+"""
+
+import dataclasses
+import os
+import re
+import shutil
+import tempfile
+import zipfile
+
+import numpy as np
+from absl import logging
+
+from hydra_tf import data
+from hydra_tf import files
+from hydra_tf.experiments import records
+from hydra_tf.export import costs
+from hydra_tf.export import tflite_verify
+
+DEFAULT_ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "zoo")
+CARD_FILE = "card.json"
+KERAS_FILE = "model.keras"
+TFLITE_FILE = "model.tflite"
+CHECK_EXAMPLES = 500
+# A published file may disagree with its study on this many examples of
+# `CHECK_EXAMPLES` (float rounding between a network in memory and on disk).
+CHECK_TOLERANCE = 1
+FAMILIES = ("adversarial", "certified", "verified", "structured")
+_VERIFY_ORDER = ("symbolic", "ibp", "crown_ibp", "crown")
+_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
+
+
+class ZooError(ValueError):
+    """A zoo request that cannot be served: unknown name, missing or broken file."""
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ModelCard:
+    """What a published network is, how it was made and what it measured.
+
+    Attributes:
+      name: the network's directory name in the zoo.
+      family: one of `FAMILIES` (which table of the README it belongs to).
+      dataset, arch: the data and the architecture it was trained on.
+      input_shape: one image's shape; pixels are in [0, 1].
+      num_classes: logits per image.
+      objective: the robust objective's settings (as the run wrote them).
+      method, granularity, keep_ratio: "hydra" (or "lwm"), "weight" or
+        "channel", and the fraction of weights or channels kept per layer.
+      sparsity: fraction of zero kernel entries in the published file.
+      params, nonzero_params, macs: its costs (`export.costs`).
+      seed: the run's seed.
+      train_examples: training images used (None: the whole split).
+      training: one dict per phase that made it, first to last (phase,
+        epochs, learning_rate, optimizer, objective name).
+      evaluation: the study's figures: num_examples, clean_acc, robust_acc
+        (and robust_kind: "autoattack", "pgd", "verified" or "certified"),
+        attack_acc, verified_accuracy, certified_accuracy, eps or radius.
+      check: {"num_examples", "clean_acc"} of the published file (see the
+        module docstring).
+      tflite: the TF Lite file's mode and its accuracy under LiteRT.
+      files: bytes of each published file.
+      study: where the study's results are, relative to the repository.
+      command: the command that made the network.
+    """
+
+    name: str
+    family: str
+    dataset: str
+    arch: str
+    input_shape: tuple
+    num_classes: int
+    objective: dict
+    method: str
+    granularity: str
+    keep_ratio: float
+    sparsity: float
+    params: int
+    nonzero_params: int
+    macs: int
+    seed: int
+    train_examples: int | None
+    training: tuple
+    evaluation: dict
+    check: dict
+    tflite: dict
+    files: dict
+    study: str
+    command: str
+
+    def to_json(self):
+        values = dataclasses.asdict(self)
+        values["input_shape"] = list(self.input_shape)
+        values["training"] = list(self.training)
+        return values
+
+    @classmethod
+    def from_json(cls, values):
+        names = {field.name for field in dataclasses.fields(cls)}
+        missing = sorted(names - set(values))
+        if missing:
+            raise ZooError(f"The model card lacks {', '.join(missing)}.")
+        values = {key: values[key] for key in names}
+        values["input_shape"] = tuple(values["input_shape"])
+        values["training"] = tuple(values["training"])
+        return cls(**values)
+
+
+def _root(root):
+    return DEFAULT_ROOT if root is None else root
+
+
+def _check_name(name):
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise ZooError(
+            f"Invalid zoo name {name!r}: use lower-case letters, digits, '_', '.' and '-'."
+        )
+
+
+def list_models(root=None):
+    """The cards of every network in the zoo at `root`, sorted by name."""
+    root = _root(root)
+    if not os.path.isdir(root):
+        return []
+    cards = []
+    for entry in sorted(os.listdir(root)):
+        if os.path.exists(os.path.join(root, entry, CARD_FILE)):
+            cards.append(card(entry, root))
+    return cards
+
+
+def names(root=None):
+    """The names of the networks in the zoo at `root`."""
+    return [c.name for c in list_models(root)]
+
+
+def _directory(name, root):
+    _check_name(name)
+    directory = os.path.join(_root(root), name)
+    if not os.path.exists(os.path.join(directory, CARD_FILE)):
+        available = ", ".join(names(root)) or "none"
+        raise ZooError(
+            f"No network named {name!r} in the zoo at {_root(root)} (it has: {available})."
+        )
+    return directory
+
+
+def card(name, root=None):
+    """The `ModelCard` of network `name`."""
+    path = os.path.join(_directory(name, root), CARD_FILE)
+    try:
+        return ModelCard.from_json(files.read_json(path))
+    except (ValueError, TypeError) as error:
+        raise ZooError(f"Cannot read the model card {path}: {error}") from error
+
+
+def load(name, root=None):
+    """The published Keras network `name` (plain layers, logits out, inputs in [0, 1])."""
+    path = os.path.join(_directory(name, root), KERAS_FILE)
+    try:
+        return files.load_network(path)
+    except (FileNotFoundError, ValueError) as error:
+        raise ZooError(str(error)) from error
+
+
+def tflite_path(name, root=None):
+    """The path of the published TF Lite file of network `name`."""
+    path = os.path.join(_directory(name, root), TFLITE_FILE)
+    if not os.path.exists(path):
+        raise ZooError(f"{name} has no TF Lite file ({path} is missing).")
+    return path
+
+
+def test_arrays(dataset, limit, data_dir=None):
+    """(images, labels) of the first `limit` test examples of `dataset`."""
+    test_ds, _ = data.load(dataset, "test", data_dir, limit)
+    return data.arrays(test_ds)
+
+
+def clean_accuracy(network, images, labels, batch_size=250):
+    """Clean accuracy of a Keras `network` (inference mode) on numpy arrays."""
+    logits = network.predict(images, batch_size=batch_size, verbose=0)
+    return float(np.mean(np.argmax(logits, axis=-1) == labels))
+
+
+def tflite_clean_accuracy(path, images, labels):
+    """Clean accuracy of the TF Lite file at `path` under LiteRT (in a process of its own)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        inputs = os.path.join(tmp, "images.npy")
+        np.save(inputs, images.astype(np.float32))
+        measured = tflite_verify.probe(path, (inputs,), tmp)
+        if "crashed" in measured:
+            raise ZooError(f"{path}: {measured['crashed']}")
+        logits = np.load(os.path.join(tmp, "images.logits.npy"))
+    return tflite_verify.accuracy(logits, labels)
+
+
+def evaluate(
+    name, root=None, limit=CHECK_EXAMPLES, attack=None, verify=(), data_dir=None, eps=None
+):
+    """Measures network `name` again, beside its card.
+
+    Args:
+      name: a network of the zoo.
+      root: the zoo (default `DEFAULT_ROOT`).
+      limit: how many of the first test images to use.
+      attack: None (clean accuracy only) or an attack for
+        `evaluation.evaluate` (`attacks.make("autoattack", eps)`, a
+        `PGDConfig`, ...).
+      verify: verification methods (`verified.METHODS`).
+      data_dir: where the dataset is (see `data.load`).
+      eps: the L-inf radius to verify at (default: the card's).
+
+    Returns:
+      A dict: name, num_examples, clean_acc, tflite_clean_acc, and with an
+      attack robust_acc and attack; with `verify`, verified_accuracy. When
+      `limit` is the card's check size, card_clean_acc is the card's figure.
+    """
+    from hydra_tf import evaluation
+    from hydra_tf.evaluation import verified
+
+    model_card = card(name, root)
+    network = load(name, root)
+    images, labels = test_arrays(model_card.dataset, limit, data_dir)
+    report = {
+        "name": name,
+        "num_examples": len(labels),
+        "clean_acc": clean_accuracy(network, images, labels),
+        "tflite_clean_acc": tflite_clean_accuracy(tflite_path(name, root), images, labels),
+    }
+    if len(labels) == model_card.check["num_examples"]:
+        report["card_clean_acc"] = model_card.check["clean_acc"]
+    adversarial = None
+    if attack is not None:
+        test_ds, _ = data.load(model_card.dataset, "test", data_dir, limit)
+        result = evaluation.evaluate(
+            network, data.make_pipeline(test_ds, 250, training=False), attack
+        )
+        report["robust_acc"] = result.robust_acc
+        report["attack"] = result.attack
+        adversarial = result.adversarial
+    if verify:
+        eps = model_card.evaluation.get("eps") if eps is None else eps
+        if eps is None:
+            raise ZooError(f"{name}'s card has no L-inf eps to verify at.")
+        accuracy, _ = verified.verified_accuracy(
+            network, images, labels, eps, methods=tuple(verify), adversarial=adversarial
+        )
+        report["verified_accuracy"] = accuracy
+    return report
+
+
+def _deflated_copy(source, destination):
+    """Copies a `.keras` zip with its members deflated (Keras stores them uncompressed)."""
+    deflated = zipfile.ZipFile(destination, "w", zipfile.ZIP_DEFLATED, compresslevel=9)
+    with zipfile.ZipFile(source) as zin, deflated as zout:
+        for info in zin.infolist():
+            zout.writestr(info.filename, zin.read(info.filename))
+
+
+def _training_chain(phase_dir):
+    """The phases that made the network of `phase_dir`, first to last, from their configs."""
+    chain = []
+    directory = phase_dir
+    while directory is not None:
+        path = os.path.join(directory, "config.json")
+        if not os.path.exists(path):
+            break
+        config = files.read_json(path)
+        chain.append(
+            {
+                "phase": config.get("phase"),
+                "epochs": config.get("epochs"),
+                "learning_rate": config.get("learning_rate"),
+                "optimizer": config.get("optimizer"),
+                "objective": (config.get("objective") or {}).get("name"),
+                "keep_ratio": config.get("keep_ratio"),
+            }
+        )
+        source = config.get("source_checkpoint")
+        directory = os.path.dirname(source) if source else None
+    return tuple(reversed(chain)), files.read_json(os.path.join(phase_dir, "config.json"))
+
+
+def _evaluation_figures(evaluated, objective):
+    """The study's figures of one network (`records.Evaluation`), for its card."""
+    attack = evaluated.attack or {}
+    figures = {
+        "num_examples": evaluated.num_examples,
+        "clean_acc": evaluated.clean_acc,
+        "robust_acc": evaluated.robust_acc,
+    }
+    if evaluated.certified_accuracy is not None:
+        figures.update(
+            robust_kind="certified",
+            radius=attack.get("radius"),
+            sigma=attack.get("sigma"),
+            certified_accuracy=evaluated.certified_accuracy,
+        )
+        return figures
+    figures["eps"] = _attack_eps(attack, objective)
+    if evaluated.verified_accuracy is not None:
+        figures.update(
+            robust_kind="verified",
+            verified_accuracy=evaluated.verified_accuracy,
+            verified_examples=evaluated.verified_examples,
+            attack_acc=evaluated.attack_acc,
+            attack=attack.get("name", "pgd"),
+        )
+    else:
+        figures.update(robust_kind=attack.get("name", "pgd"), attack=attack.get("name", "pgd"))
+    return figures
+
+
+def _attack_eps(attack, objective):
+    if "eps" in attack:
+        return attack["eps"]
+    for sub in attack.get("attacks", ()):
+        if "eps" in sub:
+            return sub["eps"]
+    return objective.get("eps")
+
+
+def publish(run_dir, variant, name, family, study, command, root=None, data_dir=None):
+    """Adds network `variant` of a pipeline run to the zoo as `name` (replacing one of that name).
+
+    Args:
+      run_dir: a pipeline run's workdir (one seed of a study), with
+        `<variant>/eval.json`, `<variant>/<variant>.keras`,
+        `<variant>/tflite/row.json` and the variant's phase directories.
+      variant: e.g. "hydra_0.01" or "hydra_channels_0.5".
+      name: the zoo name.
+      family: one of `FAMILIES`.
+      study: where the study's results are (relative to the repository).
+      command: the command that made the network.
+      root: the zoo (default `DEFAULT_ROOT`).
+      data_dir: where the dataset is (see `data.load`).
+
+    Returns:
+      The new `ModelCard`.
+
+    Raises:
+      ZooError: a missing file, or a published network whose clean accuracy
+        differs from the study's on the same test images (not the network
+        the study measured).
+    """
+    _check_name(name)
+    if family not in FAMILIES:
+        raise ZooError(f"Unknown family {family!r}; choose one of {', '.join(FAMILIES)}.")
+    variant_dir = os.path.join(run_dir, variant)
+    needed = {
+        "evaluation": os.path.join(variant_dir, "eval.json"),
+        "network": os.path.join(variant_dir, f"{variant}.keras"),
+        "TF Lite report": os.path.join(variant_dir, "tflite", "row.json"),
+    }
+    for what, path in needed.items():
+        if not os.path.exists(path):
+            raise ZooError(f"Cannot publish {variant_dir}: its {what} ({path}) is missing.")
+    evaluated = records.Evaluation.from_json(files.read_json(needed["evaluation"]))
+    deployed = records.TFLiteRow.from_json(files.read_json(needed["TF Lite report"]))
+    tflite_source = os.path.join(run_dir, deployed.path)
+    last_phase = "finetune" if os.path.isdir(os.path.join(variant_dir, "finetune")) else "pretrain"
+    training, config = _training_chain(os.path.join(variant_dir, last_phase))
+    # The study's objective (a phase's may differ: verifiable finetuning runs at full eps).
+    pipeline_config = os.path.join(run_dir, "pipeline_config.json")
+    if os.path.exists(pipeline_config):
+        objective = files.read_json(pipeline_config).get("objective", config["objective"])
+    else:
+        objective = config["objective"]
+    root = _root(root)
+    files.make_dir(root, "zoo root")
+    staging = tempfile.mkdtemp(prefix=f".{name}.", dir=root)
+    try:
+        _deflated_copy(needed["network"], os.path.join(staging, KERAS_FILE))
+        shutil.copyfile(tflite_source, os.path.join(staging, TFLITE_FILE))
+        network = files.load_network(os.path.join(staging, KERAS_FILE))
+        meta = data.info(config["dataset"])
+        study_images, study_labels = test_arrays(
+            config["dataset"], evaluated.num_examples, data_dir
+        )
+        _check_same_network(network, study_images, study_labels, evaluated, variant_dir)
+        check_count = min(CHECK_EXAMPLES, len(study_labels))
+        cost = costs.costs(network)
+        model_card = ModelCard(
+            name=name,
+            family=family,
+            dataset=config["dataset"],
+            arch=config["arch"],
+            input_shape=tuple(int(d) for d in network.input_shape[1:]),
+            num_classes=meta.num_classes,
+            objective=objective,
+            method=variant.split("_")[0],
+            granularity=config.get("granularity", "weight"),
+            keep_ratio=config["keep_ratio"],
+            sparsity=evaluated.sparsity,
+            params=cost.params,
+            nonzero_params=cost.nonzero_params,
+            macs=cost.macs,
+            seed=config["seed"],
+            train_examples=config.get("train_limit"),
+            training=training,
+            evaluation=_evaluation_figures(evaluated, objective),
+            check={
+                "num_examples": check_count,
+                "clean_acc": clean_accuracy(
+                    network, study_images[:check_count], study_labels[:check_count]
+                ),
+            },
+            tflite={
+                "mode": deployed.mode,
+                "clean_acc": deployed.clean_acc,
+                "robust_acc": deployed.robust_acc,
+                "num_examples": deployed.num_examples,
+                "latency_ms": deployed.latency_ms,
+            },
+            files={
+                KERAS_FILE: os.path.getsize(os.path.join(staging, KERAS_FILE)),
+                TFLITE_FILE: os.path.getsize(os.path.join(staging, TFLITE_FILE)),
+            },
+            study=study,
+            command=command,
+        )
+        files.write_json(os.path.join(staging, CARD_FILE), model_card.to_json())
+        with open(os.path.join(staging, "README.md"), "w") as f:
+            f.write(card_markdown(model_card))
+        os.chmod(staging, 0o755)
+        destination = os.path.join(root, name)
+        if os.path.exists(destination):
+            shutil.rmtree(destination)
+        os.replace(staging, destination)
+    finally:
+        if os.path.exists(staging):
+            shutil.rmtree(staging)
+    write_index(root)
+    logging.info("Published %s to %s", name, os.path.join(root, name))
+    return model_card
+
+
+def _check_same_network(network, images, labels, evaluated, variant_dir):
+    """Refuses a file whose clean accuracy is not the study's on the study's own test images."""
+    measured = clean_accuracy(network, images, labels)
+    differing = abs(measured - evaluated.clean_acc) * len(labels)
+    if differing > CHECK_TOLERANCE + 1e-6:
+        raise ZooError(
+            f"{variant_dir}: the network's clean accuracy on the first {len(labels)} test images "
+            f"is {measured:.4f}, the study measured {evaluated.clean_acc:.4f}; not publishing a "
+            "network that is not the one the study evaluated."
+        )
+
+
+def _verify_rank(method):
+    return (_VERIFY_ORDER.index(method) if method in _VERIFY_ORDER else len(_VERIFY_ORDER), method)
+
+
+def _percent(value):
+    return "-" if value is None else f"{100 * value:.1f}"
+
+
+def _robust_text(figures):
+    kind = figures["robust_kind"]
+    if kind == "certified":
+        return f"certified {_percent(figures['robust_acc'])}% at L2 radius {figures['radius']:g}"
+    if kind == "verified":
+        examples = figures.get("verified_examples") or {}
+        verified = ", ".join(
+            f"{method} {_percent(figures['verified_accuracy'][method])}%"
+            + (
+                f" (of {examples[method]})"
+                if examples.get(method) != figures["num_examples"]
+                else ""
+            )
+            for method in sorted(figures["verified_accuracy"], key=_verify_rank)
+        )
+        return (
+            f"verified at L-inf eps {figures['eps']:g}: {verified}; "
+            f"{figures['attack']} {_percent(figures['attack_acc'])}%"
+        )
+    return f"{kind} {_percent(figures['robust_acc'])}% at L-inf eps {figures['eps']:g}"
+
+
+def _pruned_text(model_card):
+    unit = "channels" if model_card.granularity == "channel" else "weights"
+    return f"{100 * (1 - model_card.keep_ratio):g}% of {unit} pruned"
+
+
+def card_markdown(model_card):
+    """The model card as Markdown."""
+    c = model_card
+    figures = c.evaluation
+    phases = "; ".join(
+        f"{step['phase']} {step['epochs']} epochs (lr {step['learning_rate']:g}, "
+        f"{step['optimizer']}, {step['objective']})"
+        for step in c.training
+    )
+    objective = ", ".join(f"{key} {value}" for key, value in sorted(c.objective.items()))
+    train = "all" if c.train_examples is None else str(c.train_examples)
+    lines = [
+        f"# {c.name}",
+        "",
+        (
+            f"{c.method.upper()} `{c.arch}` on {c.dataset}, {_pruned_text(c)} "
+            f"(sparsity of the kernels {100 * c.sparsity:.1f}%), {c.family} family."
+        ),
+        "",
+        "| | |",
+        "|---|---|",
+        f"| data | {c.dataset}, {train} training images, input {c.input_shape} in [0, 1] |",
+        f"| objective | {objective} |",
+        f"| training | {phases} |",
+        f"| seed | {c.seed} |",
+        (
+            f"| clean accuracy | {_percent(figures['clean_acc'])}% "
+            f"(first {figures['num_examples']} test images) |"
+        ),
+        f"| robustness | {_robust_text(figures)} |",
+        (
+            f"| TF Lite ({c.tflite['mode']}, LiteRT) | clean {_percent(c.tflite['clean_acc'])}%, "
+            f"transfer-attacked {_percent(c.tflite['robust_acc'])}% |"
+        ),
+        f"| parameters | {c.params:,} ({c.nonzero_params:,} nonzero), {c.macs:,} multiply-adds |",
+        (
+            f"| files | {KERAS_FILE} {c.files[KERAS_FILE]:,} bytes, "
+            f"{TFLITE_FILE} {c.files[TFLITE_FILE]:,} bytes |"
+        ),
+        (
+            f"| check | clean {_percent(c.check['clean_acc'])}% on the first "
+            f"{c.check['num_examples']} test images, measured on the published file |"
+        ),
+        f"| study | [{c.study}](../../{c.study}) |",
+        "",
+        "Made by:",
+        "",
+        "```bash",
+        c.command,
+        "```",
+        "",
+        "Use it:",
+        "",
+        "```python",
+        "from hydra_tf import zoo",
+        f'network = zoo.load("{c.name}")  # or zoo.tflite_path("{c.name}")',
+        "```",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write_index(root=None):
+    """Writes `<root>/README.md`: one row per network."""
+    root = _root(root)
+    cards = list_models(root)
+    lines = [
+        "# Published networks",
+        "",
+        (
+            "HYDRA networks of the studies in `results/`, as plain Keras and TF Lite files. "
+            "List, load and evaluate them with `hydra_tf.zoo` or `python -m binaries.zoo`; "
+            "each directory's README is its model card. Clean and robust accuracy are the "
+            "studies' figures, in %."
+        ),
+        "",
+        "| name | family | arch | pruned | clean | robustness | .keras | .tflite |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for c in cards:
+        lines.append(
+            f"| [{c.name}]({c.name}/README.md) | {c.family} | {c.arch} | {_pruned_text(c)} | "
+            f"{_percent(c.evaluation['clean_acc'])} | {_robust_text(c.evaluation)} | "
+            f"{c.files[KERAS_FILE] / 1024:.0f} KB | {c.files[TFLITE_FILE] / 1024:.0f} KB |"
+        )
+    lines.append("")
+    with open(os.path.join(root, "README.md"), "w") as f:
+        f.write("\n".join(lines))

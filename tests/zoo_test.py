@@ -1,0 +1,218 @@
+"""Tests for hydra_tf.zoo: publishing a run's network, reading it back, and the published zoo."""
+
+import json
+import os
+import tempfile
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from hydra_tf import files
+from hydra_tf import zoo
+from hydra_tf.experiments import records
+from hydra_tf.export import tflite
+
+VARIANT = "hydra_0.1"
+
+
+def _pruned_plain_model(seed=0):
+    """A small plain network with 90% of its kernel entries zero, as a run exports."""
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((28, 28, 1), name="image")
+    x = keras.layers.Conv2D(4, 3, strides=2, activation="relu", name="conv1")(inputs)
+    x = keras.layers.Flatten()(x)
+    outputs = keras.layers.Dense(10, name="fc")(x)
+    model = keras.Model(inputs, outputs)
+    rng = np.random.default_rng(seed)
+    for layer in (model.get_layer("conv1"), model.get_layer("fc")):
+        kernel = layer.kernel.numpy()
+        kernel[rng.random(kernel.shape) < 0.9] = 0.0
+        layer.kernel.assign(kernel)
+    return model
+
+
+def _write_run(run_dir, model, clean_acc, num_examples=500):
+    """The files of one pipeline run that `zoo.publish` reads, around `model`."""
+    variant_dir = os.path.join(run_dir, VARIANT)
+    os.makedirs(os.path.join(variant_dir, "tflite"))
+    model.save(os.path.join(variant_dir, f"{VARIANT}.keras"))
+    with open(os.path.join(variant_dir, "tflite", "float32.tflite"), "wb") as f:
+        f.write(tflite.convert(model, tflite.Mode("float32")))
+    objective = {"name": "trades", "eps": 0.1, "beta": 6.0}
+    files.write_json(os.path.join(run_dir, "pipeline_config.json"), {"objective": objective})
+    source = None
+    for phase, lr in (("pretrain", 0.1), ("prune", 0.1), ("finetune", 0.01)):
+        phase_dir = os.path.join(run_dir, "dense" if phase == "pretrain" else VARIANT, phase)
+        os.makedirs(phase_dir, exist_ok=True)
+        files.write_json(
+            os.path.join(phase_dir, "config.json"),
+            {
+                "arch": "tiny",
+                "dataset": "fashion_mnist",
+                "epochs": 2,
+                "granularity": "weight",
+                "keep_ratio": 1.0 if phase == "pretrain" else 0.1,
+                "learning_rate": lr,
+                "objective": objective,
+                "optimizer": "sgd",
+                "phase": phase,
+                "seed": 3,
+                "source_checkpoint": source,
+                "train_limit": 1000,
+            },
+        )
+        source = os.path.join(phase_dir, "model.keras")
+    evaluation = records.Evaluation(
+        clean_acc=clean_acc,
+        robust_acc=0.05,
+        num_examples=num_examples,
+        attack={"name": "autoattack", "attacks": [{"name": "apgd-ce", "eps": 0.1}]},
+        sparsity=0.9,
+        layer_sparsity={},
+        keras_path=f"{VARIANT}/{VARIANT}.keras",
+        saved_model_path="unused",
+        eval_seconds=1.0,
+    )
+    files.write_json(os.path.join(variant_dir, "eval.json"), evaluation.to_json())
+    deployed = records.TFLiteRow(
+        requested="float32",
+        path=f"{VARIANT}/tflite/float32.tflite",
+        mode="float32",
+        bytes=1,
+        gzip_bytes=1,
+        clean_acc=clean_acc,
+        robust_acc=0.06,
+        keras_clean_acc=clean_acc,
+        keras_robust_acc=0.05,
+        latency_ms=None,
+        load_mb=None,
+        xnnpack=True,
+        num_examples=num_examples,
+    )
+    files.write_json(os.path.join(variant_dir, "tflite", "row.json"), deployed.to_json())
+
+
+class PublishTest(tf.test.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        cls.tmp = tempfile.mkdtemp()
+        cls.model = _pruned_plain_model()
+        cls.images, cls.labels = zoo.test_arrays("fashion_mnist", 500)
+        cls.clean = zoo.clean_accuracy(cls.model, cls.images, cls.labels)
+        cls.run_dir = os.path.join(cls.tmp, "run")
+        _write_run(cls.run_dir, cls.model, cls.clean)
+        cls.root = os.path.join(cls.tmp, "zoo")
+        cls.card = zoo.publish(
+            cls.run_dir, VARIANT, "tiny-90", "adversarial", "results/x", "python -m x", cls.root
+        )
+
+    def test_card_holds_the_run_and_the_file(self):
+        card = self.card
+        self.assertEqual(card.arch, "tiny")
+        self.assertEqual(card.method, "hydra")
+        self.assertEqual(card.keep_ratio, 0.1)
+        self.assertEqual(card.seed, 3)
+        self.assertEqual(card.train_examples, 1000)
+        self.assertEqual(
+            [step["phase"] for step in card.training], ["pretrain", "prune", "finetune"]
+        )
+        self.assertEqual(card.evaluation["robust_kind"], "autoattack")
+        self.assertEqual(card.evaluation["eps"], 0.1)
+        self.assertEqual(card.check, {"num_examples": 500, "clean_acc": self.clean})
+        self.assertEqual(card.input_shape, (28, 28, 1))
+        kernel_entries = 3 * 3 * 4 + 13 * 13 * 4 * 10
+        self.assertLess(card.nonzero_params, 0.2 * kernel_entries)
+        self.assertEqual(zoo.card("tiny-90", self.root), card)
+
+    def test_published_network_is_the_run_network_and_smaller(self):
+        loaded = zoo.load("tiny-90", self.root)
+        self.assertAllClose(loaded(self.images[:50]), self.model(self.images[:50]), atol=1e-6)
+        source = os.path.join(self.run_dir, VARIANT, f"{VARIANT}.keras")
+        self.assertLess(self.card.files[zoo.KERAS_FILE], os.path.getsize(source) / 2)
+        with (
+            open(zoo.tflite_path("tiny-90", self.root), "rb") as f,
+            open(os.path.join(self.run_dir, VARIANT, "tflite", "float32.tflite"), "rb") as g,
+        ):
+            self.assertEqual(f.read(), g.read())
+
+    def test_list_index_and_readme(self):
+        self.assertEqual(zoo.names(self.root), ["tiny-90"])
+        with open(os.path.join(self.root, "README.md")) as f:
+            index = f.read()
+        self.assertIn("[tiny-90](tiny-90/README.md)", index)
+        with open(os.path.join(self.root, "tiny-90", "README.md")) as f:
+            self.assertIn("python -m x", f.read())
+
+    def test_evaluate_measures_keras_and_tflite(self):
+        report = zoo.evaluate("tiny-90", self.root, limit=500)
+        self.assertEqual(report["clean_acc"], self.clean)
+        self.assertEqual(report["card_clean_acc"], self.clean)
+        self.assertAlmostEqual(report["tflite_clean_acc"], self.clean, delta=0.004)
+
+    def test_refuses_a_network_the_study_did_not_measure(self):
+        run_dir = os.path.join(self.tmp, "wrong")
+        _write_run(run_dir, self.model, self.clean + 0.05)
+        with self.assertRaisesRegex(zoo.ZooError, "not the one the study evaluated"):
+            zoo.publish(run_dir, VARIANT, "wrong", "adversarial", "r", "c", self.root)
+        self.assertNotIn("wrong", zoo.names(self.root))
+        self.assertEqual([e for e in os.listdir(self.root) if e.startswith(".")], [])
+
+    def test_clear_errors(self):
+        with self.assertRaisesRegex(zoo.ZooError, "No network named 'nope'.*tiny-90"):
+            zoo.load("nope", self.root)
+        with self.assertRaisesRegex(zoo.ZooError, "Invalid zoo name"):
+            zoo.card("../etc", self.root)
+        with self.assertRaisesRegex(zoo.ZooError, "Unknown family"):
+            zoo.publish(self.run_dir, VARIANT, "x", "nope", "r", "c", self.root)
+        with self.assertRaisesRegex(zoo.ZooError, "eval.json.*missing"):
+            zoo.publish(self.tmp, VARIANT, "x", "verified", "r", "c", self.root)
+
+    def test_corrupt_card_and_model(self):
+        root = os.path.join(self.tmp, "broken")
+        os.makedirs(os.path.join(root, "bad"))
+        with open(os.path.join(root, "bad", zoo.CARD_FILE), "w") as f:
+            f.write("{not json")
+        with self.assertRaisesRegex(zoo.ZooError, "not valid JSON"):
+            zoo.card("bad", root)
+        with open(os.path.join(root, "bad", zoo.CARD_FILE), "w") as f:
+            json.dump({**self.card.to_json(), "name": "bad"}, f)
+        with open(os.path.join(root, "bad", zoo.KERAS_FILE), "wb") as f:
+            f.write(b"PK\x03\x04 truncated")
+        with self.assertRaisesRegex(zoo.ZooError, "Cannot load"):
+            zoo.load("bad", root)
+
+
+class PublishedZooTest(tf.test.TestCase):
+    """Every network of the repository's zoo loads and scores its card's clean accuracy."""
+
+    def test_each_published_network_matches_its_card(self):
+        cards = zoo.list_models()
+        self.assertNotEmpty(cards, f"The zoo at {zoo.DEFAULT_ROOT} is empty.")
+        arrays = {}
+        for card in cards:
+            with self.subTest(card.name):
+                key = (card.dataset, card.check["num_examples"])
+                if key not in arrays:
+                    arrays[key] = zoo.test_arrays(*key)
+                images, labels = arrays[key]
+                measured = zoo.clean_accuracy(zoo.load(card.name), images, labels)
+                self.assertEqual(len(labels), 500)
+                self.assertAlmostEqual(
+                    measured, card.check["clean_acc"], delta=zoo.CHECK_TOLERANCE / len(labels)
+                )
+                if card.evaluation["num_examples"] == len(labels):
+                    self.assertAlmostEqual(
+                        measured,
+                        card.evaluation["clean_acc"],
+                        delta=zoo.CHECK_TOLERANCE / len(labels),
+                    )
+                tflite_acc = zoo.tflite_clean_accuracy(zoo.tflite_path(card.name), images, labels)
+                # The TF Lite file was checked on the same first test images when it was made.
+                if card.tflite["num_examples"] == len(labels):
+                    self.assertAlmostEqual(
+                        tflite_acc,
+                        card.tflite["clean_acc"],
+                        delta=zoo.CHECK_TOLERANCE / len(labels),
+                    )
