@@ -26,12 +26,13 @@ class VerifiedTest(tf.test.TestCase):
             self.assertAllEqual(result.verified[method], result.clean)
 
     def test_verified_points_are_never_broken_by_attacks(self):
-        # At small radii the naturally trained network has verified points;
+        # At a small radius the naturally trained network has verified points;
         # AutoAttack and PGD-50 with 5 restarts break none of them, and the
-        # verified accuracy is at most the attacked one.
+        # verified accuracy is at most the attacked one. (One radius: the
+        # cascade attacks nearly every point there, which takes a minute.)
         model = helpers.natural_cnn_small()
         x, y = helpers.fashion_arrays("test", 100)
-        for eps in (0.0005, 0.001):
+        for eps in (0.001,):
             result = verified.verify(model, x, y, eps, methods=("ibp", "crown_ibp"))
             proved = result.verified["ibp"] | result.verified["crown_ibp"]
             self.assertGreater(proved.sum(), 20)
