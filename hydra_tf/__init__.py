@@ -5,9 +5,10 @@ Data flows one way through the package, one sub-package per stage:
   data -> models (score layers, masks, scores, layer kinds) + pruning (phases)
        -> objectives (losses, attacks, bounds) -> training (trainer, phase runs)
        -> evaluation (empirical, smoothing) -> export (plain, TF Lite);
-  experiments (pipeline, study, plots) run them all. `distribute`
-  (tf.distribute strategies, per-replica randomness) and `files` (shared
-  files) serve every stage.
+  experiments (pipeline, study, plots) run them all, and `zoo` publishes
+  and serves the networks they make. `distribute` (tf.distribute
+  strategies, per-replica randomness) and `files` (shared files) serve
+  every stage.
 """
 
 from hydra_tf.data import DatasetInfo

@@ -33,7 +33,9 @@ import numpy as np
 from absl import logging
 
 from hydra_tf import data
+from hydra_tf import evaluation
 from hydra_tf import files
+from hydra_tf.evaluation import verified
 from hydra_tf.experiments import records
 from hydra_tf.export import costs
 from hydra_tf.export import tflite_verify
@@ -237,9 +239,6 @@ def evaluate(
       attack robust_acc and attack; with `verify`, verified_accuracy. When
       `limit` is the card's check size, card_clean_acc is the card's figure.
     """
-    from hydra_tf import evaluation
-    from hydra_tf.evaluation import verified
-
     model_card = card(name, root)
     network = load(name, root)
     images, labels = test_arrays(model_card.dataset, limit, data_dir)

@@ -12,6 +12,7 @@ from hydra_tf import files
 from hydra_tf import zoo
 from hydra_tf.experiments import records
 from hydra_tf.export import tflite
+from tests import helpers
 
 VARIANT = "hydra_0.1"
 
@@ -182,6 +183,56 @@ class PublishTest(tf.test.TestCase):
             f.write(b"PK\x03\x04 truncated")
         with self.assertRaisesRegex(zoo.ZooError, "Cannot load"):
             zoo.load("bad", root)
+
+
+class BinaryTest(tf.test.TestCase):
+    def test_list_evaluate_and_bad_input(self):
+        root = tempfile.mkdtemp()
+        run_dir = os.path.join(root, "run")
+        model = _pruned_plain_model(seed=1)
+        images, labels = zoo.test_arrays("fashion_mnist", 500)
+        _write_run(run_dir, model, zoo.clean_accuracy(model, images, labels))
+        zoo_dir = os.path.join(root, "zoo")
+        published = helpers.run_module(
+            "binaries.zoo",
+            "publish",
+            "tiny",
+            f"--zoo={zoo_dir}",
+            f"--run_dir={run_dir}",
+            f"--variant={VARIANT}",
+            "--family=adversarial",
+            "--study=r",
+            "--command=c",
+        )
+        self.assertEqual(published.returncode, 0, published.stderr[-2000:])
+        listed = helpers.run_module("binaries.zoo", "list", f"--zoo={zoo_dir}")
+        self.assertIn(
+            "tiny: tiny on fashion_mnist, adversarial, keep 0.1 of weights", listed.stderr
+        )
+        output = os.path.join(root, "eval.json")
+        evaluated = helpers.run_module(
+            "binaries.zoo",
+            "evaluate",
+            "tiny",
+            f"--zoo={zoo_dir}",
+            "--limit=500",
+            "--attack=apgd-ce",
+            "--eval_eps=0.05",
+            f"--output={output}",
+        )
+        self.assertEqual(evaluated.returncode, 0, evaluated.stderr[-2000:])
+        report = files.read_json(output)
+        self.assertEqual(report["clean_acc"], report["card_clean_acc"])
+        self.assertBetween(report["robust_acc"], 0.0, report["clean_acc"])
+        for args, message in (
+            (["evaluate", "nope"], "No network named 'nope'"),
+            (["frob"], "Give an action"),
+            (["publish", "x"], "publish needs --run_dir"),
+        ):
+            result = helpers.run_module("binaries.zoo", *args, f"--zoo={zoo_dir}")
+            self.assertNotEqual(result.returncode, 0)
+            self.assertIn(message, result.stderr)
+            self.assertNotIn("Traceback", result.stderr)
 
 
 class PublishedZooTest(tf.test.TestCase):
