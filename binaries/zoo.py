@@ -10,7 +10,8 @@
 the network again on the first --limit test images: clean accuracy of the
 Keras file and of the TF Lite file (LiteRT), with --attack its robust
 accuracy (at the card's eps unless --eval_eps is given), with --verify its
-verified accuracy; it logs the card's figures beside them (and writes them to --output) and ends with an
+verified accuracy, with --certify_n (smoothed networks) its certified
+accuracy at the card's radius; it logs the card's figures beside them (and writes them to --output) and ends with an
 error if the clean accuracy on the card's check images is not the card's.
 `publish` adds network --variant of a pipeline run (one seed's workdir of a
 study) to the zoo. --zoo picks another zoo directory than the repository's.
@@ -41,6 +42,12 @@ _EVAL_EPS = flags.DEFINE_float(
 )
 _VERIFY = flags.DEFINE_multi_enum(
     "verify", [], verified.METHODS, "evaluate: verified accuracy by these bounds (repeat)."
+)
+_CERTIFY_N = flags.DEFINE_integer(
+    "certify_n",
+    None,
+    "evaluate (smoothed networks): certify with this many noise samples per image.",
+    lower_bound=1,
 )
 _OUTPUT = flags.DEFINE_string("output", None, "evaluate: also write the JSON here.")
 _RUN_DIR = flags.DEFINE_string("run_dir", None, "publish: the pipeline run's workdir.")
@@ -82,6 +89,7 @@ def _evaluate(name):
         verify=tuple(dict.fromkeys(_VERIFY.value)),
         data_dir=common.DATA_DIR.value,
         eps=eps,
+        certify_n=_CERTIFY_N.value,
     )
     report["card"] = {"evaluation": model_card.evaluation, "check": model_card.check}
     if _OUTPUT.value:

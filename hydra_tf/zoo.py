@@ -35,6 +35,7 @@ from absl import logging
 from hydra_tf import data
 from hydra_tf import evaluation
 from hydra_tf import files
+from hydra_tf.evaluation import smoothing
 from hydra_tf.evaluation import verified
 from hydra_tf.experiments import records
 from hydra_tf.export import costs
@@ -219,7 +220,14 @@ def tflite_clean_accuracy(path, images, labels):
 
 
 def evaluate(
-    name, root=None, limit=CHECK_EXAMPLES, attack=None, verify=(), data_dir=None, eps=None
+    name,
+    root=None,
+    limit=CHECK_EXAMPLES,
+    attack=None,
+    verify=(),
+    data_dir=None,
+    eps=None,
+    certify_n=None,
 ):
     """Measures network `name` again, beside its card.
 
@@ -233,11 +241,15 @@ def evaluate(
       verify: verification methods (`verified.METHODS`).
       data_dir: where the dataset is (see `data.load`).
       eps: the L-inf radius to verify at (default: the card's).
+      certify_n: (certified networks) certify the smoothed classifier with
+        this many noise samples per image, at the card's sigma, n0, alpha
+        and radius.
 
     Returns:
       A dict: name, num_examples, clean_acc, tflite_clean_acc, and with an
-      attack robust_acc and attack; with `verify`, verified_accuracy. When
-      `limit` is the card's check size, card_clean_acc is the card's figure.
+      attack robust_acc and attack; with `verify`, verified_accuracy; with
+      `certify_n`, certified_accuracy ({radius: accuracy}). When `limit` is
+      the card's check size, card_clean_acc is the card's figure.
     """
     model_card = card(name, root)
     network = load(name, root)
@@ -267,7 +279,26 @@ def evaluate(
             network, images, labels, eps, methods=tuple(verify), adversarial=adversarial
         )
         report["verified_accuracy"] = accuracy
+    if certify_n is not None:
+        report["certified_accuracy"] = _certify(model_card, network, limit, data_dir, certify_n)
     return report
+
+
+def _certify(model_card, network, limit, data_dir, n):
+    """{radius: certified accuracy} of the smoothed `network` at the card's settings."""
+    figures = model_card.evaluation
+    if figures["robust_kind"] != "certified":
+        raise ZooError(f"{model_card.name} is not a smoothed (certified) network.")
+    config = smoothing.SmoothingConfig(
+        sigma=figures["sigma"],
+        n0=figures.get("n0") or 100,
+        n=n,
+        alpha=figures.get("alpha") or 0.001,
+    )
+    test_ds, _ = data.load(model_card.dataset, "test", data_dir, limit)
+    examples = smoothing.certify_dataset(network, test_ds, model_card.num_classes, config)
+    accuracy = smoothing.certified_accuracy(examples, (figures["radius"],))
+    return {f"{radius:g}": value for radius, value in accuracy.items()}
 
 
 def _deflated_copy(source, destination):
@@ -315,6 +346,9 @@ def _evaluation_figures(evaluated, objective):
             robust_kind="certified",
             radius=attack.get("radius"),
             sigma=attack.get("sigma"),
+            n0=attack.get("n0"),
+            n=attack.get("n"),
+            alpha=attack.get("alpha"),
             certified_accuracy=evaluated.certified_accuracy,
         )
         return figures

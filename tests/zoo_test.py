@@ -33,7 +33,7 @@ def _pruned_plain_model(seed=0):
     return model
 
 
-def _write_run(run_dir, model, clean_acc, num_examples=500):
+def _write_run(run_dir, model, clean_acc, num_examples=500, certified=False):
     """The files of one pipeline run that `zoo.publish` reads, around `model`."""
     variant_dir = os.path.join(run_dir, VARIANT)
     os.makedirs(os.path.join(variant_dir, "tflite"))
@@ -64,11 +64,16 @@ def _write_run(run_dir, model, clean_acc, num_examples=500):
             },
         )
         source = os.path.join(phase_dir, "model.keras")
+    attack = {"name": "autoattack", "attacks": [{"name": "apgd-ce", "eps": 0.1}]}
+    if certified:
+        attack = {"name": "certify_l2", "radius": 0.5, "sigma": 0.25, "n0": 100, "n": 10_000}
+        attack["alpha"] = 0.001
     evaluation = records.Evaluation(
         clean_acc=clean_acc,
         robust_acc=0.05,
         num_examples=num_examples,
-        attack={"name": "autoattack", "attacks": [{"name": "apgd-ce", "eps": 0.1}]},
+        attack=attack,
+        certified_accuracy={"0": clean_acc, "0.5": 0.05} if certified else None,
         sparsity=0.9,
         layer_sparsity={},
         keras_path=f"{VARIANT}/{VARIANT}.keras",
@@ -139,7 +144,7 @@ class PublishTest(tf.test.TestCase):
             self.assertEqual(f.read(), g.read())
 
     def test_list_index_and_readme(self):
-        self.assertEqual(zoo.names(self.root), ["tiny-90"])
+        self.assertIn("tiny-90", zoo.names(self.root))
         with open(os.path.join(self.root, "README.md")) as f:
             index = f.read()
         self.assertIn("[tiny-90](tiny-90/README.md)", index)
@@ -151,6 +156,19 @@ class PublishTest(tf.test.TestCase):
         self.assertEqual(report["clean_acc"], self.clean)
         self.assertEqual(report["card_clean_acc"], self.clean)
         self.assertAlmostEqual(report["tflite_clean_acc"], self.clean, delta=0.004)
+
+    def test_certified_card_and_certification(self):
+        run_dir = os.path.join(self.tmp, "smoothed")
+        _write_run(run_dir, self.model, self.clean, certified=True)
+        card = zoo.publish(run_dir, VARIANT, "smoothed", "certified", "r", "c", self.root)
+        self.assertEqual(card.evaluation["robust_kind"], "certified")
+        self.assertEqual((card.evaluation["sigma"], card.evaluation["radius"]), (0.25, 0.5))
+        with open(os.path.join(self.root, "smoothed", "README.md")) as f:
+            self.assertIn("certified 5.0% at L2 radius 0.5", f.read())
+        report = zoo.evaluate("smoothed", self.root, limit=20, certify_n=200)
+        self.assertBetween(report["certified_accuracy"]["0.5"], 0.0, 1.0)
+        with self.assertRaisesRegex(zoo.ZooError, "not a smoothed"):
+            zoo.evaluate("tiny-90", self.root, limit=20, certify_n=200)
 
     def test_refuses_a_network_the_study_did_not_measure(self):
         run_dir = os.path.join(self.tmp, "wrong")
