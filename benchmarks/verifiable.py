@@ -48,7 +48,8 @@ _VERIFY_IMAGES = flags.DEFINE_integer(
     "Images per verified-accuracy timing (crown, symbolic: a quarter).",
     lower_bound=1,
 )
-_KNOWN_OBJECTIVES = ("natural", "ibp", "crown_ibp", "mixtrain")
+# crown_ibp_fused: crown_ibp with loss fusion (one CROWN row per example).
+_KNOWN_OBJECTIVES = ("natural", "ibp", "crown_ibp", "crown_ibp_fused", "mixtrain")
 _KNOWN_METHODS = ("ibp", "crown_ibp", "crown", "symbolic")
 flags.register_validator(
     "objectives",
@@ -83,7 +84,14 @@ def _train_step_rate(arch, name, batch):
     # A long ramp: every timed step is early in it (beta near 1, so the CROWN
     # pass of crown_ibp runs). mixtrain adds its symbolic term to every batch
     # (5 examples), the most a step of it costs.
-    config = objectives.config(name, eps=EPS, ramp_epochs=1.0, probability=1.0)
+    fused = name == "crown_ibp_fused"
+    config = objectives.config(
+        "crown_ibp" if fused else name,
+        eps=EPS,
+        ramp_epochs=1.0,
+        probability=1.0,
+        loss_fusion=fused,
+    )
     model = trainer_lib.RobustTrainer(
         network, objectives.make(config, steps_per_epoch=1_000_000), seed=0
     )

@@ -69,14 +69,20 @@ class VerifiableBenchmarkTest(tf.test.TestCase):
             "--batch=8",
             "--repeats=1",
             "--verify_images=8",
-            "--objectives=ibp,crown_ibp",
+            "--objectives=ibp,crown_ibp,crown_ibp_fused",
             "--verify_methods=ibp,crown",
         )
         self.assertEqual(result.returncode, 0, result.stderr[-3000:])
         figures = [json.loads(line) for line in result.stdout.splitlines()]
         self.assertEqual(
             [f["what"] for f in figures],
-            ["train_step/ibp", "train_step/crown_ibp", "verify/ibp", "verify/crown"],
+            [
+                "train_step/ibp",
+                "train_step/crown_ibp",
+                "train_step/crown_ibp_fused",
+                "verify/ibp",
+                "verify/crown",
+            ],
         )
         for row in figures:
             self.assertEqual((row["arch"], row["batch"]), ("cnn_verifiable", 8))
@@ -87,7 +93,8 @@ class VerifiableBenchmarkTest(tf.test.TestCase):
         result = _run("verifiable", "--objectives=trades")
         self.assertNotEqual(result.returncode, 0)
         self.assertIn(
-            "--objectives must be some of natural, ibp, crown_ibp, mixtrain", result.stderr
+            "--objectives must be some of natural, ibp, crown_ibp, crown_ibp_fused, mixtrain",
+            result.stderr,
         )
 
 

@@ -146,6 +146,7 @@ class ObjectiveTest(tf.test.TestCase, parameterized.TestCase):
             "kappa_start": 0.9,
             "kappa_end": 0.2,
             "final_beta": 0.1,
+            "loss_fusion": True,
             "samples": 3,
             "probability": 0.7,
             "weight": 0.2,
@@ -167,7 +168,7 @@ class ObjectiveTest(tf.test.TestCase, parameterized.TestCase):
             "gaussian": {"name": "gaussian", "sigma": 0.5},
             "free_at": {"name": "free_at", "eps": 0.1, "replays": 4},
             "ibp": {"name": "ibp", **ramp},
-            "crown_ibp": {"name": "crown_ibp", **ramp, "final_beta": 0.1},
+            "crown_ibp": {"name": "crown_ibp", **ramp, "final_beta": 0.1, "loss_fusion": True},
             "mixtrain": {
                 "name": "mixtrain",
                 "eps": 0.1,

@@ -191,7 +191,9 @@ def _caption(study):
         )
         return (
             f"Objective {objective['name']} (L-inf eps {objective['eps']:g}, {ramp}"
-            f"clean-loss weight kappa {objective['kappa_start']:g} -> {objective['kappa_end']:g}; "
+            f"clean-loss weight kappa {objective['kappa_start']:g} -> {objective['kappa_end']:g}"
+            + ("; the CROWN term by loss fusion" if objective.get("loss_fusion") else "")
+            + "; "
             f"{base['optimizer']}, lr pretrain {base['pretrain_lr']:g} / finetune "
             f"{base['finetune_lr']:g}, batch {base['batch_size']}). {schedule} "
             f"{report.verified_caption(objective, report.table_method(base), study.num_test_examples)}. "

@@ -11,6 +11,9 @@ network layer by layer. The bound types:
 - `symbolic.SymbolicIntervalBounds`: symbolic intervals (ReluVal / Neurify,
   MixTrain's bounds), forward, linear equations in the input per neuron.
 
+`fusion.cross_entropy_upper_bound` bounds the cross-entropy itself with one
+CROWN row per example (loss fusion, for CROWN-IBP training).
+
 `specification` builds the margin specification C (true class minus each
 other class), folds it into the last dense layer and tells verified inputs.
 """
@@ -19,6 +22,7 @@ from hydra_tf.objectives.bounds.crown import MODES
 from hydra_tf.objectives.bounds.crown import BackwardBounds
 from hydra_tf.objectives.bounds.crown import LinearFunction
 from hydra_tf.objectives.bounds.crown import backward_bounds
+from hydra_tf.objectives.bounds.fusion import cross_entropy_upper_bound
 from hydra_tf.objectives.bounds.interval import IntervalBounds
 from hydra_tf.objectives.bounds.interval import specification_bounds
 from hydra_tf.objectives.bounds.propagation import Bounds
@@ -47,6 +51,7 @@ __all__ = [
     "backward_bounds",
     "batch_norm_affine",
     "conv2d_arguments",
+    "cross_entropy_upper_bound",
     "final_dense",
     "fold",
     "margin_specification",
