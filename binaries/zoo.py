@@ -43,12 +43,6 @@ _EVAL_EPS = flags.DEFINE_float(
 _VERIFY = flags.DEFINE_multi_enum(
     "verify", [], verified.METHODS, "evaluate: verified accuracy by these bounds (repeat)."
 )
-_CERTIFY_N = flags.DEFINE_integer(
-    "certify_n",
-    None,
-    "evaluate (smoothed networks): certify with this many noise samples per image.",
-    lower_bound=1,
-)
 _OUTPUT = flags.DEFINE_string("output", None, "evaluate: also write the JSON here.")
 _RUN_DIR = flags.DEFINE_string("run_dir", None, "publish: the pipeline run's workdir.")
 _VARIANT = flags.DEFINE_string("variant", None, "publish: the network, e.g. hydra_0.01.")
@@ -89,7 +83,8 @@ def _evaluate(name):
         verify=tuple(dict.fromkeys(_VERIFY.value)),
         data_dir=common.DATA_DIR.value,
         eps=eps,
-        certify_n=_CERTIFY_N.value,
+        # --certify_n (binaries.common): noise samples per image, smoothed networks only.
+        certify_n=common.CERTIFY_N.value,
     )
     report["card"] = {"evaluation": model_card.evaluation, "check": model_card.check}
     if _OUTPUT.value:
