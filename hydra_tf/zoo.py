@@ -302,11 +302,17 @@ def _certify(model_card, network, limit, data_dir, n):
 
 
 def _deflated_copy(source, destination):
-    """Copies a `.keras` zip with its members deflated (Keras stores them uncompressed)."""
+    """Copies a `.keras` zip with its members deflated (Keras stores them uncompressed).
+
+    The members get a fixed date, so publishing the same network twice
+    writes the same bytes.
+    """
     deflated = zipfile.ZipFile(destination, "w", zipfile.ZIP_DEFLATED, compresslevel=9)
     with zipfile.ZipFile(source) as zin, deflated as zout:
         for info in zin.infolist():
-            zout.writestr(info.filename, zin.read(info.filename))
+            member = zipfile.ZipInfo(info.filename, date_time=(1980, 1, 1, 0, 0, 0))
+            member.compress_type = zipfile.ZIP_DEFLATED
+            zout.writestr(member, zin.read(info.filename), compresslevel=9)
 
 
 def _training_chain(phase_dir):
@@ -553,7 +559,12 @@ def card_markdown(model_card):
         "",
         (
             f"{c.method.upper()} `{c.arch}` on {c.dataset}, {_pruned_text(c)} "
-            f"(sparsity of the kernels {100 * c.sparsity:.1f}%), {c.family} family."
+            + (
+                f"(the channels are removed: {c.params:,} parameters left), "
+                if c.granularity == "channel"
+                else f"(sparsity of the kernels {100 * c.sparsity:.1f}%), "
+            )
+            + f"{c.family} family."
         ),
         "",
         "| | |",

@@ -3,6 +3,7 @@
 import json
 import os
 import tempfile
+import zipfile
 
 import keras
 import numpy as np
@@ -142,6 +143,13 @@ class PublishTest(tf.test.TestCase):
             open(os.path.join(self.run_dir, VARIANT, "tflite", "float32.tflite"), "rb") as g,
         ):
             self.assertEqual(f.read(), g.read())
+
+    def test_published_file_has_fixed_dates_and_deflated_members(self):
+        # Fixed dates: publishing the same network again writes the same bytes.
+        with zipfile.ZipFile(os.path.join(self.root, "tiny-90", zoo.KERAS_FILE)) as archive:
+            for info in archive.infolist():
+                self.assertEqual(info.date_time, (1980, 1, 1, 0, 0, 0), info.filename)
+                self.assertEqual(info.compress_type, zipfile.ZIP_DEFLATED, info.filename)
 
     def test_list_index_and_readme(self):
         self.assertIn("tiny-90", zoo.names(self.root))
