@@ -92,13 +92,13 @@ def _evaluate(name):
         logging.info("Wrote %s", _OUTPUT.value)
     logging.info("Evaluation:\n%s", json.dumps(report, indent=2, sort_keys=True))
     expected = report.get("card_clean_acc")
-    if expected is not None:
-        differing = round(abs(report["clean_acc"] - expected) * report["num_examples"])
-        if differing > zoo.CHECK_TOLERANCE:
-            raise ValueError(
-                f"{name}: clean accuracy {report['clean_acc']:.4f} on the card's "
-                f"{report['num_examples']} check images, the card says {expected:.4f}."
-            )
+    if expected is not None and not zoo.same_accuracy(
+        report["clean_acc"], expected, report["num_examples"]
+    ):
+        raise ValueError(
+            f"{name}: clean accuracy {report['clean_acc']:.4f} on the card's "
+            f"{report['num_examples']} check images, the card says {expected:.4f}."
+        )
 
 
 def _publish(name):

@@ -38,6 +38,7 @@ from hydra_tf import files
 from hydra_tf.evaluation import smoothing
 from hydra_tf.evaluation import verified
 from hydra_tf.experiments import records
+from hydra_tf.experiments import report
 from hydra_tf.export import costs
 from hydra_tf.export import tflite_verify
 
@@ -203,8 +204,12 @@ def test_arrays(dataset, limit, data_dir=None):
 
 def clean_accuracy(network, images, labels, batch_size=250):
     """Clean accuracy of a Keras `network` (inference mode) on numpy arrays."""
-    logits = network.predict(images, batch_size=batch_size, verbose=0)
-    return float(np.mean(np.argmax(logits, axis=-1) == labels))
+    return tflite_verify.accuracy(network.predict(images, batch_size=batch_size, verbose=0), labels)
+
+
+def same_accuracy(measured, expected, num_examples):
+    """Whether two accuracies on `num_examples` differ by at most `CHECK_TOLERANCE` examples."""
+    return abs(measured - expected) * num_examples <= CHECK_TOLERANCE + 1e-6
 
 
 def tflite_clean_accuracy(path, images, labels):
@@ -253,23 +258,23 @@ def evaluate(
     """
     model_card = card(name, root)
     network = load(name, root)
-    images, labels = test_arrays(model_card.dataset, limit, data_dir)
-    report = {
+    test_ds, _ = data.load(model_card.dataset, "test", data_dir, limit)
+    images, labels = data.arrays(test_ds)
+    measured = {
         "name": name,
         "num_examples": len(labels),
         "clean_acc": clean_accuracy(network, images, labels),
         "tflite_clean_acc": tflite_clean_accuracy(tflite_path(name, root), images, labels),
     }
     if len(labels) == model_card.check["num_examples"]:
-        report["card_clean_acc"] = model_card.check["clean_acc"]
+        measured["card_clean_acc"] = model_card.check["clean_acc"]
     adversarial = None
     if attack is not None:
-        test_ds, _ = data.load(model_card.dataset, "test", data_dir, limit)
         result = evaluation.evaluate(
             network, data.make_pipeline(test_ds, 250, training=False), attack
         )
-        report["robust_acc"] = result.robust_acc
-        report["attack"] = result.attack
+        measured["robust_acc"] = result.robust_acc
+        measured["attack"] = result.attack
         adversarial = result.adversarial
     if verify:
         eps = model_card.evaluation.get("eps") if eps is None else eps
@@ -278,13 +283,13 @@ def evaluate(
         accuracy, _ = verified.verified_accuracy(
             network, images, labels, eps, methods=tuple(verify), adversarial=adversarial
         )
-        report["verified_accuracy"] = accuracy
+        measured["verified_accuracy"] = accuracy
     if certify_n is not None:
-        report["certified_accuracy"] = _certify(model_card, network, limit, data_dir, certify_n)
-    return report
+        measured["certified_accuracy"] = _certify(model_card, network, test_ds, certify_n)
+    return measured
 
 
-def _certify(model_card, network, limit, data_dir, n):
+def _certify(model_card, network, test_ds, n):
     """{radius: certified accuracy} of the smoothed `network` at the card's settings."""
     figures = model_card.evaluation
     if figures["robust_kind"] != "certified":
@@ -295,7 +300,6 @@ def _certify(model_card, network, limit, data_dir, n):
         n=n,
         alpha=figures.get("alpha") or 0.001,
     )
-    test_ds, _ = data.load(model_card.dataset, "test", data_dir, limit)
     examples = smoothing.certify_dataset(network, test_ds, model_card.num_classes, config)
     accuracy = smoothing.certified_accuracy(examples, (figures["radius"],))
     return {f"{radius:g}": value for radius, value in accuracy.items()}
@@ -317,13 +321,14 @@ def _deflated_copy(source, destination):
 
 def _training_chain(phase_dir):
     """The phases that made the network of `phase_dir`, first to last, from their configs."""
-    chain = []
+    chain, configs = [], []
     directory = phase_dir
     while directory is not None:
         path = os.path.join(directory, "config.json")
         if not os.path.exists(path):
             break
         config = files.read_json(path)
+        configs.append(config)
         chain.append(
             {
                 "phase": config.get("phase"),
@@ -336,10 +341,10 @@ def _training_chain(phase_dir):
         )
         source = config.get("source_checkpoint")
         directory = os.path.dirname(source) if source else None
-    return tuple(reversed(chain)), files.read_json(os.path.join(phase_dir, "config.json"))
+    return tuple(reversed(chain)), configs[0]
 
 
-def _evaluation_figures(evaluated, objective):
+def _evaluation_figures(evaluated):
     """The study's figures of one network (`records.Evaluation`), for its card."""
     attack = evaluated.attack or {}
     figures = {
@@ -358,7 +363,7 @@ def _evaluation_figures(evaluated, objective):
             certified_accuracy=evaluated.certified_accuracy,
         )
         return figures
-    figures["eps"] = _attack_eps(attack, objective)
+    figures["eps"] = report.attack_eps(attack)
     if evaluated.verified_accuracy is not None:
         figures.update(
             robust_kind="verified",
@@ -370,15 +375,6 @@ def _evaluation_figures(evaluated, objective):
     else:
         figures.update(robust_kind=attack.get("name", "pgd"), attack=attack.get("name", "pgd"))
     return figures
-
-
-def _attack_eps(attack, objective):
-    if "eps" in attack:
-        return attack["eps"]
-    for sub in attack.get("attacks", ()):
-        if "eps" in sub:
-            return sub["eps"]
-    return objective.get("eps")
 
 
 def publish(run_dir, variant, name, family, study, command, root=None, data_dir=None):
@@ -438,7 +434,7 @@ def publish(run_dir, variant, name, family, study, command, root=None, data_dir=
         study_images, study_labels = test_arrays(
             config["dataset"], evaluated.num_examples, data_dir
         )
-        _check_same_network(network, study_images, study_labels, evaluated, variant_dir)
+        correct = _check_same_network(network, study_images, study_labels, evaluated, variant_dir)
         check_count = min(CHECK_EXAMPLES, len(study_labels))
         cost = costs.costs(network)
         model_card = ModelCard(
@@ -459,13 +455,8 @@ def publish(run_dir, variant, name, family, study, command, root=None, data_dir=
             seed=config["seed"],
             train_examples=config.get("train_limit"),
             training=training,
-            evaluation=_evaluation_figures(evaluated, objective),
-            check={
-                "num_examples": check_count,
-                "clean_acc": clean_accuracy(
-                    network, study_images[:check_count], study_labels[:check_count]
-                ),
-            },
+            evaluation=_evaluation_figures(evaluated),
+            check={"num_examples": check_count, "clean_acc": float(np.mean(correct[:check_count]))},
             tflite={
                 "mode": deployed.mode,
                 "clean_acc": deployed.clean_acc,
@@ -497,15 +488,21 @@ def publish(run_dir, variant, name, family, study, command, root=None, data_dir=
 
 
 def _check_same_network(network, images, labels, evaluated, variant_dir):
-    """Refuses a file whose clean accuracy is not the study's on the study's own test images."""
-    measured = clean_accuracy(network, images, labels)
-    differing = abs(measured - evaluated.clean_acc) * len(labels)
-    if differing > CHECK_TOLERANCE + 1e-6:
+    """Refuses a file whose clean accuracy is not the study's on the study's own test images.
+
+    Returns:
+      Whether the network classifies each image right (boolean array).
+    """
+    logits = network.predict(images, batch_size=250, verbose=0)
+    correct = np.argmax(logits, axis=-1) == labels
+    measured = float(np.mean(correct))
+    if not same_accuracy(measured, evaluated.clean_acc, len(labels)):
         raise ZooError(
             f"{variant_dir}: the network's clean accuracy on the first {len(labels)} test images "
             f"is {measured:.4f}, the study measured {evaluated.clean_acc:.4f}; not publishing a "
             "network that is not the one the study evaluated."
         )
+    return correct
 
 
 def _verify_rank(method):

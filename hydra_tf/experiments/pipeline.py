@@ -126,16 +126,33 @@ class PipelineConfig:
 
     @property
     def attack(self):
+        if self.eval_attack == "pgd" or self.certifies:
+            # Certified objectives use PGD only for the TF Lite transfer check.
+            return self.pgd_attack
+        return attacks.make(self.eval_attack, self._attack_eps)
+
+    @property
+    def pgd_attack(self):
+        """PGD with `eval_steps` and `eval_restarts`: the quick attack, and `also_pgd`'s."""
+        return attacks.PGDConfig(
+            eps=self._attack_eps, steps=self.eval_steps, restarts=self.eval_restarts
+        )
+
+    @property
+    def _attack_eps(self):
         eps = getattr(self.objective, "eps", None) if self.eval_eps is None else self.eval_eps
         if eps is None:
             raise ValueError(
                 f"Objective {self.objective.name!r} has no attack radius: set eval_eps for the "
                 "attack (the TF Lite robust-accuracy check uses it)."
             )
-        if self.eval_attack == "pgd" or self.certifies:
-            # Certified objectives use PGD only for the TF Lite transfer check.
-            return attacks.PGDConfig(eps=eps, steps=self.eval_steps, restarts=self.eval_restarts)
-        return attacks.make(self.eval_attack, eps)
+        return eps
+
+    def finetune_epochs_of(self, method):
+        """Finetune epochs of "hydra" or "lwm" (LWM's equal budget: prune + finetune)."""
+        if method == "lwm" and self.lwm_equal_budget:
+            return self.prune_epochs + self.finetune_epochs
+        return self.finetune_epochs
 
     @property
     def certifies(self):
@@ -241,12 +258,6 @@ def _train_config(config, phase, workdir, keep_ratio=1.0, source=None, epochs=1,
     )
 
 
-def _pgd(config):
-    return attacks.PGDConfig(
-        eps=config.attack.eps, steps=config.eval_steps, restarts=config.eval_restarts
-    )
-
-
 def _runs_pgd_beside(config):
     """Whether each network is also attacked by PGD (`also_pgd`, beside another attack)."""
     return (
@@ -273,7 +284,7 @@ def evaluation_key(config):
     else:
         key["attack"] = config.attack.to_json()
         if _runs_pgd_beside(config):
-            key["pgd"] = _pgd(config).to_json()
+            key["pgd"] = config.pgd_attack.to_json()
     if config.verifies:
         key["verify"] = {
             "methods": list(config.verify_methods),
@@ -430,7 +441,9 @@ def _evaluate(config, model_path, out_dir, name):
             np.save(os.path.join(out_dir, ADVERSARIAL_FILE), result.adversarial)
         if _runs_pgd_beside(config):
             measured["pgd_acc"] = evaluation.evaluate(
-                plain, data.make_pipeline(test_ds, config.batch_size, training=False), _pgd(config)
+                plain,
+                data.make_pipeline(test_ds, config.batch_size, training=False),
+                config.pgd_attack,
             ).robust_acc
         if config.verifies:
             measured.update(_verify(config, plain, test_ds, result))
@@ -577,9 +590,6 @@ def run(config, strategy=None, jit_compile=False, train_only=False):
             )
         )
         for method, source in (("hydra", pruned.model_path), ("lwm", dense.model_path)):
-            epochs = config.finetune_epochs
-            if method == "lwm" and config.lwm_equal_budget:
-                epochs += config.prune_epochs
             tuned = train(
                 _train_config(
                     config,
@@ -587,7 +597,7 @@ def run(config, strategy=None, jit_compile=False, train_only=False):
                     stage(stage_name(config, method, ratio), "finetune"),
                     ratio,
                     source,
-                    epochs,
+                    config.finetune_epochs_of(method),
                     config.finetune_lr,
                 )
             )

@@ -25,6 +25,11 @@ def attack_name(attack):
     return _ATTACK_NAMES.get(attack.get("name"), attack.get("name"))
 
 
+def attack_eps(attack):
+    """The L-inf radius of an attack's settings (a cascade's: its first attack's)."""
+    return attack["eps"] if "eps" in attack else attack["attacks"][0]["eps"]
+
+
 def describe_attack(attack, restarts="restart(s)"):
     """The attack of a table caption, for example "L-inf PGD-50 with 2 restart(s) at eps 0.1"."""
     if attack.get("name") == "pgd_linf":
@@ -34,10 +39,9 @@ def describe_attack(attack, restarts="restart(s)"):
         )
     if attack.get("name") == "autoattack":
         parts = ", ".join(attack_name(a) for a in attack["attacks"])
-        eps = attack["attacks"][0]["eps"]
         return (
             f"standard AutoAttack ({parts}, each on the points the earlier ones left robust) "
-            f"at L-inf eps {eps:g}"
+            f"at L-inf eps {attack_eps(attack):g}"
         )
     return f"L-inf {attack_name(attack)} at eps {attack['eps']:g}"
 

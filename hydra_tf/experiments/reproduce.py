@@ -208,6 +208,15 @@ def _caption(study):
     )
 
 
+def _models(rows, ratios):
+    """(name, row) of each model, dense first, then by keep ratio: "hydra 99%", ..."""
+    ordered = [r for r in rows if r.method == "dense"]
+    for k in ratios:
+        ordered += [r for r in rows if r.keep_ratio == k and r.method != "dense"]
+    for r in ordered:
+        yield ("dense" if r.method == "dense" else f"{r.method} {(1 - r.keep_ratio) * 100:g}%"), r
+
+
 def _radius_table(rows, ratios):
     """Certified accuracy at every reported radius, one line per model."""
     radii = sorted(rows[0].certified_accuracy, key=float)
@@ -218,11 +227,7 @@ def _radius_table(rows, ratios):
         "| model | " + " | ".join(f"r={r}" for r in radii) + " |",
         "|" + "---|" * (len(radii) + 1),
     ]
-    ordered = [r for r in rows if r.method == "dense"]
-    for k in ratios:
-        ordered += [r for r in rows if r.keep_ratio == k and r.method != "dense"]
-    for r in ordered:
-        name = "dense" if r.method == "dense" else f"{r.method} {(1 - r.keep_ratio) * 100:g}%"
+    for name, r in _models(rows, ratios):
         cells = [f"{100 * r.certified_accuracy[radius][0]:.1f}" for radius in radii]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return lines
@@ -241,11 +246,7 @@ def _pgd_table(rows, ratios, attack, base):
         f"| model | clean | {main} | {pgd} |",
         "|---|---|---|---|",
     ]
-    ordered = [r for r in rows if r.method == "dense"]
-    for k in ratios:
-        ordered += [r for r in rows if r.keep_ratio == k and r.method != "dense"]
-    for r in ordered:
-        name = "dense" if r.method == "dense" else f"{r.method} {(1 - r.keep_ratio) * 100:g}%"
+    for name, r in _models(rows, ratios):
         lines.append(
             f"| {name} | {100 * r.clean_acc:.1f} | {100 * r.robust_acc:.1f} ± "
             f"{100 * r.robust_std:.1f} | {100 * r.pgd_acc:.1f} ± {100 * r.pgd_std:.1f} |"

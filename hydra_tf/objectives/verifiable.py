@@ -247,21 +247,29 @@ class IBP(BoundObjective):
             )
             return beta * crown + (1.0 - beta) * ibp
 
-        # At eps 0 (the warm-up) both bounds are the clean margins.
-        needed = tf.logical_and(beta > _BETA_CUT, eps > 0.0)
-        return tf.cond(needed, mixed, lambda: ibp)
+        return tf.cond(_crown_needed(eps, beta), mixed, lambda: ibp)
+
+    def robust_loss(self, model, x, y, eps, beta):
+        """(the robust cross-entropy, the margin lower bounds the history counts as verified)."""
+        lower = self.margin_lower_bounds(model, x, y, eps, beta)
+        num_classes = int(model.outputs[0].shape[-1])
+        return self.worst_case_loss(lower, y, num_classes), lower
 
     def loss(self, model, x, y, perturbed):
         del perturbed
         eps, kappa, beta = self.schedule()
         clean = model(x, training=True)
-        lower = self.margin_lower_bounds(model, x, y, eps, beta)
-        num_classes = int(model.outputs[0].shape[-1])
-        robust = self.worst_case_loss(lower, y, num_classes)
+        robust, lower = self.robust_loss(model, x, y, eps, beta)
         loss = (1.0 - kappa) * robust + kappa * self._ce(y, clean)
         self.metrics[0].update_state(eps)
         self.metrics[1].update_state(tf.cast(bounds.verified(lower), tf.float32))
         return loss, clean
+
+
+def _crown_needed(eps, beta):
+    """Whether the CROWN term counts: beta above the cut, and eps > 0 (at eps 0 every bound
+    is the clean margin)."""
+    return tf.logical_and(beta > _BETA_CUT, eps > 0.0)
 
 
 class CrownIBP(IBP):
@@ -270,11 +278,9 @@ class CrownIBP(IBP):
     name = "crown_ibp"
     Config = CrownIBPConfig
 
-    def loss(self, model, x, y, perturbed):
+    def robust_loss(self, model, x, y, eps, beta):
         if not self.config.loss_fusion:
-            return super().loss(model, x, y, perturbed)
-        eps, kappa, beta = self.schedule()
-        clean = model(x, training=True)
+            return super().robust_loss(model, x, y, eps, beta)
         box, _, intervals, margins = self.ibp_margins(model, x, y, eps)
         num_classes = int(model.outputs[0].shape[-1])
         ibp = self.worst_case_loss(margins.lower, y, num_classes)
@@ -283,10 +289,5 @@ class CrownIBP(IBP):
             fused = bounds.cross_entropy_upper_bound(model, box, y, margins, intervals)
             return beta * tf.reduce_mean(fused) + (1.0 - beta) * ibp
 
-        needed = tf.logical_and(beta > _BETA_CUT, eps > 0.0)
-        robust = tf.cond(needed, mixed, lambda: ibp)
-        loss = (1.0 - kappa) * robust + kappa * self._ce(y, clean)
-        self.metrics[0].update_state(eps)
         # Loss fusion bounds no margin: the history shows IBP-verified batches.
-        self.metrics[1].update_state(tf.cast(bounds.verified(margins.lower), tf.float32))
-        return loss, clean
+        return tf.cond(_crown_needed(eps, beta), mixed, lambda: ibp), margins.lower
