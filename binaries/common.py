@@ -19,7 +19,7 @@ from hydra_tf import training
 from hydra_tf.export import tflite
 from hydra_tf.models import architectures
 from hydra_tf.objectives import attacks
-from hydra_tf.objectives import verifiable
+from hydra_tf.objectives import mixtrain
 
 DATASET = flags.DEFINE_enum("dataset", "fashion_mnist", data.SUPPORTED_DATASETS, "Dataset.")
 DATA_DIR = flags.DEFINE_string(
@@ -70,9 +70,11 @@ EPS_RAMP_EPOCHS = flags.DEFINE_float(
 )
 EPS_RAMP = flags.DEFINE_enum(
     "eps_ramp",
-    "linear",
-    verifiable.RAMPS,
-    "ibp / crown_ibp: shape of the eps ramp (smoothed: DeepMind's power-law start).",
+    None,
+    mixtrain.RAMPS,
+    "Shape of the eps ramp: linear or smoothed (DeepMind's power-law start) per step, or "
+    "epoch (linear, constant within an epoch; mixtrain only). Default: linear for ibp / "
+    "crown_ibp, epoch for mixtrain (the references').",
 )
 KAPPA_START = flags.DEFINE_float(
     "kappa_start", 1.0, "ibp / crown_ibp: clean-loss weight at eps 0.", lower_bound=0.0
@@ -315,7 +317,10 @@ def objective_config(preset=None):
     step = ATTACK_STEP_SIZE.value
     if step is None:
         step = EPS.value / 4 if EPS.value > 0 else None
-    values = {field: flag.value for field, flag in _OBJECTIVE_FLAGS.items()}
+    # A flag without a value (--eps_ramp) leaves the objective's own default.
+    values = {
+        field: flag.value for field, flag in _OBJECTIVE_FLAGS.items() if flag.value is not None
+    }
     return objectives.config(OBJECTIVE.value, step_size=step, **values)
 
 

@@ -35,6 +35,17 @@ class CommonTest(tf.test.TestCase):
         ):
             config = common.objective_config()
         self.assertEqual((config.name, config.samples, config.every), ("mixtrain", 2, 1.5))
+        # --eps_ramp unset: each objective keeps its reference's ramp.
+        self.assertEqual(config.ramp, "epoch")
+        with flagsaver.flagsaver(objective="crown_ibp"):
+            self.assertEqual(common.objective_config().ramp, "linear")
+        with flagsaver.flagsaver(objective="mixtrain", eps_ramp="smoothed"):
+            self.assertEqual(common.objective_config().ramp, "smoothed")
+        with (
+            flagsaver.flagsaver(objective="ibp", eps_ramp="epoch"),
+            self.assertRaisesRegex(ValueError, "Unknown ramp 'epoch'"),
+        ):
+            common.objective_config()
         with self.assertRaisesRegex(flags.IllegalFlagValueError, "mixtrain_every must be > 0"):
             flags.FLAGS.mixtrain_every = 0.0
 

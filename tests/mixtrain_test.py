@@ -1,5 +1,7 @@
 """Tests for hydra_tf.objectives.mixtrain: its schedules, its loss, and training with it."""
 
+import dataclasses
+
 import keras
 import numpy as np
 import tensorflow as tf
@@ -49,6 +51,27 @@ class ScheduleTest(tf.test.TestCase):
         ):
             got = [float(v) for v in objective.schedule(step)]
             self.assertAllClose(got, [eps, weight], msg=f"step {step}")
+
+    def test_eps_per_step(self):
+        # ramp="linear": eps grows every step, the weight still per epoch after the ramp.
+        config = objectives.MixTrainConfig(eps=0.2, ramp_epochs=4, ramp="linear", every=5)
+        objective = objectives.make(config, steps_per_epoch=10)
+        for step, eps, weight in (
+            (0, 0.0, 0.1),
+            (5, 0.025, 0.1),
+            (35, 0.175, 0.1),
+            (40, 0.2, 0.1),
+            (90, 0.2, 0.25),
+        ):
+            got = [float(v) for v in objective.schedule(step)]
+            self.assertAllClose(got, [eps, weight], msg=f"step {step}")
+        # smoothed: below the linear ramp early on, the full eps at its end.
+        smoothed = objectives.make(dataclasses.replace(config, ramp="smoothed"), steps_per_epoch=10)
+        early, _ = smoothed.schedule(5)
+        self.assertBetween(float(early), 0.0, 0.025 / 10)
+        self.assertAllClose(float(smoothed.schedule(40)[0]), 0.2)
+        with self.assertRaisesRegex(ValueError, "Unknown ramp 'cosine'"):
+            objectives.MixTrainConfig(ramp="cosine")
 
     def test_outside_a_step_full_eps_and_initial_weight(self):
         objective = objectives.make(objectives.MixTrainConfig(eps=0.1), steps_per_epoch=3)

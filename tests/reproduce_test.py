@@ -234,6 +234,17 @@ class VerifiedStudyTest(tf.test.TestCase):
         )
         self.assertIn("weighted 0.1 x2.5 every 2 epochs after the ramp, at most 50", table)
         self.assertIn("IBP-verified accuracy at L-inf eps 0.1", table)
+        smoothed = dataclasses.replace(base.objective, ramp="smoothed")
+        table = reproduce.markdown(
+            _study(
+                dataclasses.replace(base, objective=smoothed),
+                "cnn_verifiable",
+                runs[0][2].rows[0].attack,
+                100,
+                runs,
+            )
+        )
+        self.assertIn("ramped per step (smoothed) over 4 pretraining epochs", table)
         # A structured study says so, in its caption and its column names.
         self.assertIn("LWM is L1-norm filter pruning", table)
         self.assertIn("99% of channels", table)

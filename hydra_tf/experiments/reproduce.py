@@ -24,6 +24,12 @@ from hydra_tf.experiments import records
 from hydra_tf.experiments import report
 
 _SCHEDULE_FIELDS = ("pretrain_epochs", "prune_epochs", "finetune_epochs")
+# How each of MixTrain's eps ramps reads in a caption (configs without one ramp per epoch).
+_MIXTRAIN_RAMPS = {
+    "epoch": "linearly per epoch",
+    "linear": "linearly per step",
+    "smoothed": "per step (smoothed)",
+}
 
 
 def parse_schedules(specs):
@@ -170,7 +176,8 @@ def _caption(study):
         )
     if study.rows[0].verified_accuracy is not None and objective["name"] == "mixtrain":
         return (
-            f"Objective mixtrain (L-inf eps {objective['eps']:g}, ramped linearly per epoch over "
+            f"Objective mixtrain (L-inf eps {objective['eps']:g}, ramped "
+            f"{_MIXTRAIN_RAMPS[objective.get('ramp', 'epoch')]} over "
             f"{objective['ramp_epochs']:g} pretraining epochs, prune and finetune at full eps; "
             f"with probability {objective['probability']:g} a batch adds the symbolic-interval "
             f"loss of {objective['samples']} sampled examples, weighted {objective['weight']:g} "

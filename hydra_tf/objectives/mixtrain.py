@@ -17,6 +17,12 @@ the epoch (from 0) of the optimizer's step counter, which is checkpointed
     eps_t = eps * e / ramp_epochs while e < ramp_epochs, then eps
     weight_t = min(weight * growth ** floor(max(e - ramp_epochs, 0) / every), cap)
 
+`ramp="linear"` or `"smoothed"` grows eps per step instead, as IBP training
+does (`verifiable.ramp_fraction`). A per-epoch ramp jumps from 0 to
+eps / ramp_epochs at once; on cnn_large that jump collapsed both seeds in one
+epoch (its symbolic margin bounds at eps 0.017 after one clean epoch are
+about -6e4, and their gradient about 4e4 times the clean one's).
+
 The draws (whether a batch adds the robust term, and which examples) are
 stateless, keyed by the run's seed, the step and the replica
 (`distribute.uniform`), so a run is reproducible and each replica draws from
@@ -37,6 +43,9 @@ from hydra_tf import distribute
 from hydra_tf.objectives import bounds
 from hydra_tf.objectives import verifiable
 
+# Per epoch (the reference's) or one of the per-step ramps of IBP training.
+RAMPS = ("epoch",) + verifiable.RAMPS
+
 
 @dataclasses.dataclass(frozen=True)
 class MixTrainConfig:
@@ -44,7 +53,9 @@ class MixTrainConfig:
 
     Attributes:
       eps: the L-inf radius trained for.
-      ramp_epochs: epochs over which eps grows linearly, per epoch, from 0.
+      ramp_epochs: epochs over which eps grows from 0.
+      ramp: "epoch" (linearly, per epoch: the reference), or per step
+        "linear" or "smoothed" (`verifiable.RAMPS`).
       samples: examples per batch whose symbolic-interval loss is added.
       probability: the chance that a batch adds it.
       weight: the robust term's weight until `every` epochs after the ramp.
@@ -55,6 +66,7 @@ class MixTrainConfig:
     name: str = dataclasses.field(default="mixtrain", init=False)
     eps: float = 0.1
     ramp_epochs: float = 15.0
+    ramp: str = "epoch"
     samples: int = 5
     probability: float = 0.8
     weight: float = 0.1
@@ -67,6 +79,8 @@ class MixTrainConfig:
             raise ValueError(f"mixtrain needs eps > 0. Received: eps={self.eps}")
         if not self.ramp_epochs >= 0:
             raise ValueError(f"ramp_epochs must be >= 0. Received: {self.ramp_epochs}")
+        if self.ramp not in RAMPS:
+            raise ValueError(f"Unknown ramp {self.ramp!r}. Supported: {', '.join(RAMPS)}.")
         if int(self.samples) != self.samples or self.samples < 1:
             raise ValueError(f"samples must be a positive integer. Received: {self.samples}")
         if not 0.0 <= self.probability <= 1.0:
@@ -106,7 +120,13 @@ class MixTrain(verifiable.BoundObjective):
         else:
             epoch = tf.floor(tf.cast(step, tf.float32) / self.steps_per_epoch)
         ramp = config.ramp_epochs
-        fraction = tf.minimum(epoch / ramp, 1.0) if ramp > 0 else tf.constant(1.0)
+        if step is not None and config.ramp != "epoch":
+            end = ramp * self.steps_per_epoch
+            fraction = verifiable.ramp_fraction(step, 0.0, end, config.ramp)
+        elif ramp > 0:
+            fraction = tf.minimum(epoch / ramp, 1.0)
+        else:
+            fraction = tf.constant(1.0)
         grown = tf.floor(tf.maximum(epoch - ramp, 0.0) / config.every)
         weight = tf.minimum(config.weight * config.growth**grown, config.cap)
         return config.eps * fraction, weight
