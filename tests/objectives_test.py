@@ -173,6 +173,7 @@ class ObjectiveTest(tf.test.TestCase, parameterized.TestCase):
                 "name": "mixtrain",
                 "eps": 0.1,
                 "ramp_epochs": 4.0,
+                "ramp": "smoothed",
                 "samples": 3,
                 "probability": 0.7,
                 "weight": 0.2,
