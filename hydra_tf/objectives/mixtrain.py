@@ -120,13 +120,11 @@ class MixTrain(verifiable.BoundObjective):
         else:
             epoch = tf.floor(tf.cast(step, tf.float32) / self.steps_per_epoch)
         ramp = config.ramp_epochs
-        if step is not None and config.ramp != "epoch":
-            end = ramp * self.steps_per_epoch
-            fraction = verifiable.ramp_fraction(step, 0.0, end, config.ramp)
-        elif ramp > 0:
-            fraction = tf.minimum(epoch / ramp, 1.0)
-        else:
-            fraction = tf.constant(1.0)
+        # The per-epoch ramp is the linear one read at the epoch's first step.
+        per_epoch = step is None or config.ramp == "epoch"
+        at = epoch * self.steps_per_epoch if per_epoch else step
+        shape = "linear" if config.ramp == "epoch" else config.ramp
+        fraction = verifiable.ramp_fraction(at, 0.0, ramp * self.steps_per_epoch, shape)
         grown = tf.floor(tf.maximum(epoch - ramp, 0.0) / config.every)
         weight = tf.minimum(config.weight * config.growth**grown, config.cap)
         return config.eps * fraction, weight
