@@ -41,6 +41,14 @@ ARCH = flags.DEFINE_enum(
 BATCH_SIZE = flags.DEFINE_integer("batch_size", 128, "Batch size.", lower_bound=1)
 OBJECTIVE = flags.DEFINE_enum("objective", "trades", objectives.OBJECTIVES, "Training objective.")
 EPS = flags.DEFINE_float("eps", 0.1, "L-inf radius of the training attack.", lower_bound=0.0)
+EVAL_EPS = flags.DEFINE_float(
+    "eval_eps",
+    None,
+    "L-inf radius of the evaluation (attack and verified accuracy). Default: --eps in the "
+    "pipeline and the study, the card's eps in zoo evaluate. Smaller than --eps verifies "
+    "networks trained at a larger radius, as CROWN-IBP trains above its test eps.",
+    lower_bound=0.0,
+)
 ATTACK_STEPS = flags.DEFINE_integer(
     "attack_steps", 10, "PGD steps of the training attack.", lower_bound=0
 )
@@ -325,11 +333,13 @@ def objective_config(preset=None):
 
 
 def attack_eps(objective):
-    """`eval_eps` for a pipeline: --eps when the objective has no attack radius of its own.
+    """`eval_eps` for a pipeline: --eval_eps, else --eps when the objective has no radius of its own.
 
-    Certified objectives (smoothing) have none; the TF Lite export still
-    checks robust accuracy under PGD at --eps.
+    None leaves the objective's eps. Certified objectives (smoothing) have
+    none; the TF Lite export still checks robust accuracy under PGD at --eps.
     """
+    if EVAL_EPS.value is not None:
+        return EVAL_EPS.value
     return None if hasattr(objective, "eps") else EPS.value
 
 

@@ -34,12 +34,6 @@ _ZOO = flags.DEFINE_string("zoo", None, "The zoo directory (default: the reposit
 _LIMIT = flags.DEFINE_integer(
     "limit", zoo.CHECK_EXAMPLES, "evaluate: the first N test images.", lower_bound=1
 )
-_EVAL_EPS = flags.DEFINE_float(
-    "eval_eps",
-    None,
-    "evaluate: L-inf radius of --attack / --verify (default: the card's eps).",
-    lower_bound=0.0,
-)
 _VERIFY = flags.DEFINE_multi_enum(
     "verify", [], verified.METHODS, "evaluate: verified accuracy by these bounds (repeat)."
 )
@@ -69,7 +63,9 @@ def _show(name):
 
 def _evaluate(name):
     model_card = zoo.card(name, _ZOO.value)
-    eps = _EVAL_EPS.value if _EVAL_EPS.value is not None else model_card.evaluation.get("eps")
+    eps = common.EVAL_EPS.value
+    if eps is None:
+        eps = model_card.evaluation.get("eps")
     attack = None
     if common.ATTACK.value:
         if eps is None:

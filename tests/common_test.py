@@ -6,6 +6,8 @@ from absl.testing import flagsaver
 
 from binaries import common
 from hydra_tf import training
+from hydra_tf.experiments import pipeline
+from hydra_tf.experiments import report
 from hydra_tf.pruning import phases
 
 
@@ -48,6 +50,20 @@ class CommonTest(tf.test.TestCase):
             common.objective_config()
         with self.assertRaisesRegex(flags.IllegalFlagValueError, "mixtrain_every must be > 0"):
             flags.FLAGS.mixtrain_every = 0.0
+
+    def test_eval_eps_evaluates_at_another_radius_than_training(self):
+        with flagsaver.flagsaver(objective="mixtrain", eps=0.1):
+            self.assertIsNone(common.pipeline_settings()["eval_eps"])
+        with flagsaver.flagsaver(objective="mixtrain", eps=0.1, eval_eps=0.02):
+            settings = common.pipeline_settings()
+        config = pipeline.PipelineConfig(workdir="unused", keep_ratios=(0.1,), **settings)
+        self.assertEqual(config.objective.eps, 0.1)
+        self.assertEqual(report.attack_eps(config.attack.to_json()), 0.02)
+        # Smoothing has no radius of its own: --eps, unless --eval_eps says otherwise.
+        with flagsaver.flagsaver(objective="smoothing", eps=0.3):
+            self.assertEqual(common.pipeline_settings()["eval_eps"], 0.3)
+        with flagsaver.flagsaver(objective="smoothing", eps=0.3, eval_eps=0.05):
+            self.assertEqual(common.pipeline_settings()["eval_eps"], 0.05)
 
     def test_expected_errors_exit_with_status_one(self):
         for error in (

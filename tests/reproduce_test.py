@@ -245,6 +245,11 @@ class VerifiedStudyTest(tf.test.TestCase):
             )
         )
         self.assertIn("ramped per step (smoothed) over 4 pretraining epochs", table)
+        # Evaluated at a smaller eps than the training's (--eval_eps): the caption says which.
+        attack = dict(runs[0][2].rows[0].attack, eps=0.02)
+        table = reproduce.markdown(_study(base, "cnn_verifiable", attack, 100, runs))
+        self.assertIn("Objective mixtrain (L-inf eps 0.1,", table)
+        self.assertIn("IBP-verified accuracy at L-inf eps 0.02", table)
         # A structured study says so, in its caption and its column names.
         self.assertIn("LWM is L1-norm filter pruning", table)
         self.assertIn("99% of channels", table)

@@ -188,9 +188,9 @@ def run(
     if state_path and os.path.exists(state_path):
         state = _load_state(state_path, key)
         logging.info(
-            "Resuming the attack from %s (attack %d of %d).",
+            "Resuming the attack from %s (%d of its %d attacks done).",
             state_path,
-            int(state["stage"]) + 1,
+            int(state["stage"]),
             len(steps),
         )
     else:

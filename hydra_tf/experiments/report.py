@@ -88,10 +88,10 @@ def table_method(config):
     return config.get("verify_methods", ["ibp"])[0]
 
 
-def verified_caption(objective, method, num_examples):
-    """The caption sentence of a table of `method`-verified accuracy."""
+def verified_caption(attack, method, num_examples):
+    """The caption sentence of a table of `method`-verified accuracy (at `attack`'s eps)."""
     return (
-        f"{VERIFY_NAMES[method]}-verified accuracy at L-inf eps {objective['eps']:g} (the ball "
+        f"{VERIFY_NAMES[method]}-verified accuracy at L-inf eps {attack_eps(attack):g} (the ball "
         f"clipped to [0, 1]) on {num_examples} test examples"
     )
 
@@ -246,7 +246,7 @@ def results_markdown(results):
     elif rows[0].verified_accuracy is not None:
         caption = (
             f"Objective {objective['name']} (eps {objective['eps']:g}); "
-            f"{verified_caption(objective, table_method(config), rows[0].num_examples)}. "
+            f"{verified_caption(attack, table_method(config), rows[0].num_examples)}. "
             "Cells: verified % (clean %)."
         )
     else:

@@ -185,7 +185,7 @@ def _caption(study):
             f"most {objective['cap']:g}, each phase restarting the schedule; "
             f"{base['optimizer']}, lr pretrain {base['pretrain_lr']:g} / finetune "
             f"{base['finetune_lr']:g}, batch {base['batch_size']}). {schedule} "
-            f"{report.verified_caption(objective, report.table_method(base), study.num_test_examples)}. "
+            f"{report.verified_caption(attack, report.table_method(base), study.num_test_examples)}. "
             "Cells: verified % ± std (clean %), mean over seeds."
         )
     if study.rows[0].verified_accuracy is not None:
@@ -203,7 +203,7 @@ def _caption(study):
             + "; "
             f"{base['optimizer']}, lr pretrain {base['pretrain_lr']:g} / finetune "
             f"{base['finetune_lr']:g}, batch {base['batch_size']}). {schedule} "
-            f"{report.verified_caption(objective, report.table_method(base), study.num_test_examples)}. "
+            f"{report.verified_caption(attack, report.table_method(base), study.num_test_examples)}. "
             "Cells: verified % ± std (clean %), mean over seeds."
         )
     return (
