@@ -45,8 +45,8 @@ EVAL_EPS = flags.DEFINE_float(
     "eval_eps",
     None,
     "L-inf radius of the evaluation (attack and verified accuracy). Default: --eps in the "
-    "pipeline and the study, the card's eps in zoo evaluate. Smaller than --eps verifies "
-    "networks trained at a larger radius, as CROWN-IBP trains above its test eps.",
+    "pipeline and the study, the card's eps in zoo evaluate (smaller than --eps: networks "
+    "trained at a larger radius than they are tested at).",
     lower_bound=0.0,
 )
 ATTACK_STEPS = flags.DEFINE_integer(
