@@ -333,7 +333,7 @@ def objective_config(preset=None):
 
 
 def attack_eps(objective):
-    """`eval_eps` for a pipeline: --eval_eps, else --eps when the objective has no radius of its own.
+    """`eval_eps` for a pipeline: --eval_eps, else --eps if the objective has no radius of its own.
 
     None leaves the objective's eps. Certified objectives (smoothing) have
     none; the TF Lite export still checks robust accuracy under PGD at --eps.

@@ -174,36 +174,37 @@ def _caption(study):
             f"alpha {attack['alpha']:g}) on {study.num_test_examples} test images. "
             "Cells: certified % (clean % of the base network), mean ± std."
         )
-    if study.rows[0].verified_accuracy is not None and objective["name"] == "mixtrain":
-        return (
-            f"Objective mixtrain (L-inf eps {objective['eps']:g}, ramped "
-            f"{_MIXTRAIN_RAMPS[objective.get('ramp', 'epoch')]} over "
-            f"{objective['ramp_epochs']:g} pretraining epochs, prune and finetune at full eps; "
-            f"with probability {objective['probability']:g} a batch adds the symbolic-interval "
-            f"loss of {objective['samples']} sampled examples, weighted {objective['weight']:g} "
-            f"x{objective['growth']:g} every {objective['every']:g} epochs after the ramp, at "
-            f"most {objective['cap']:g}, each phase restarting the schedule; "
-            f"{base['optimizer']}, lr pretrain {base['pretrain_lr']:g} / finetune "
-            f"{base['finetune_lr']:g}, batch {base['batch_size']}). {schedule} "
-            f"{report.verified_caption(attack, report.table_method(base), study.num_test_examples)}. "
-            "Cells: verified % ± std (clean %), mean over seeds."
-        )
     if study.rows[0].verified_accuracy is not None:
-        ramp = (
-            f"eps ramped linearly from 0 over {objective['ramp_epochs']:g} pretraining epochs "
-            f"after {objective['warmup_epochs']:g} at eps 0 (prune and finetune at full eps), "
-            if objective["ramp"] == "linear"
-            else f"eps ramped ({objective['ramp']}) over {objective['ramp_epochs']:g} "
-            f"pretraining epochs after {objective['warmup_epochs']:g} at eps 0, "
+        if objective["name"] == "mixtrain":
+            training = (
+                f"ramped {_MIXTRAIN_RAMPS[objective.get('ramp', 'epoch')]} over "
+                f"{objective['ramp_epochs']:g} pretraining epochs, prune and finetune at full "
+                f"eps; with probability {objective['probability']:g} a batch adds the "
+                f"symbolic-interval loss of {objective['samples']} sampled examples, weighted "
+                f"{objective['weight']:g} x{objective['growth']:g} every {objective['every']:g} "
+                f"epochs after the ramp, at most {objective['cap']:g}, each phase restarting the "
+                "schedule"
+            )
+        else:
+            training = (
+                f"eps ramped linearly from 0 over {objective['ramp_epochs']:g} pretraining "
+                f"epochs after {objective['warmup_epochs']:g} at eps 0 (prune and finetune at "
+                "full eps), "
+                if objective["ramp"] == "linear"
+                else f"eps ramped ({objective['ramp']}) over {objective['ramp_epochs']:g} "
+                f"pretraining epochs after {objective['warmup_epochs']:g} at eps 0, "
+            ) + (
+                f"clean-loss weight kappa {objective['kappa_start']:g} -> "
+                f"{objective['kappa_end']:g}"
+                + ("; the CROWN term by loss fusion" if objective.get("loss_fusion") else "")
+            )
+        verified = report.verified_caption(
+            attack, report.table_method(base), study.num_test_examples
         )
         return (
-            f"Objective {objective['name']} (L-inf eps {objective['eps']:g}, {ramp}"
-            f"clean-loss weight kappa {objective['kappa_start']:g} -> {objective['kappa_end']:g}"
-            + ("; the CROWN term by loss fusion" if objective.get("loss_fusion") else "")
-            + "; "
+            f"Objective {objective['name']} (L-inf eps {objective['eps']:g}, {training}; "
             f"{base['optimizer']}, lr pretrain {base['pretrain_lr']:g} / finetune "
-            f"{base['finetune_lr']:g}, batch {base['batch_size']}). {schedule} "
-            f"{report.verified_caption(attack, report.table_method(base), study.num_test_examples)}. "
+            f"{base['finetune_lr']:g}, batch {base['batch_size']}). {schedule} {verified}. "
             "Cells: verified % ± std (clean %), mean over seeds."
         )
     return (
