@@ -233,7 +233,10 @@ class VerifiedStudyTest(tf.test.TestCase):
             table,
         )
         self.assertIn("weighted 0.1 x2.5 every 2 epochs after the ramp, at most 50", table)
+        self.assertIn("loss of 5 sampled examples, weighted", table)
         self.assertIn("IBP-verified accuracy at L-inf eps 0.1", table)
+        # The verified sentence starts with a capital, whatever the bound's name.
+        self.assertNotRegex(table, r"\. [a-z][a-z-]*-verified accuracy")
         smoothed = dataclasses.replace(base.objective, ramp="smoothed")
         table = reproduce.markdown(
             _study(
@@ -245,6 +248,18 @@ class VerifiedStudyTest(tf.test.TestCase):
             )
         )
         self.assertIn("ramped per step (smoothed) over 4 pretraining epochs", table)
+        one = dataclasses.replace(base.objective, samples=1)
+        table = reproduce.markdown(
+            _study(
+                dataclasses.replace(base, objective=one, verify_methods=("symbolic",)),
+                "cnn_verifiable",
+                runs[0][2].rows[0].attack,
+                100,
+                runs,
+            )
+        )
+        self.assertIn("loss of 1 sampled example, weighted", table)
+        self.assertIn("training examples: all. Symbolic-interval-verified accuracy at", table)
         # Evaluated at a smaller eps than the training's (--eval_eps): the caption says which.
         attack = dict(runs[0][2].rows[0].attack, eps=0.02)
         table = reproduce.markdown(_study(base, "cnn_verifiable", attack, 100, runs))

@@ -1,6 +1,7 @@
 """Tests for hydra_tf.training: resume after a kill, NaN handling, bad input."""
 
 import os
+import shutil
 import tempfile
 from unittest import mock
 
@@ -239,6 +240,31 @@ class TrainTest(tf.test.TestCase, parameterized.TestCase):
         training.train(_config(workdir, epochs=1), verbose=0)
         with self.assertRaisesRegex(ValueError, "another configuration"):
             training.train(_config(workdir, epochs=2), verbose=0)
+
+    def test_moved_tree_of_runs_is_the_same_run(self):
+        root = tempfile.mkdtemp()
+        old = lambda *parts: os.path.join(root, "old", *parts)
+        new = lambda *parts: os.path.join(root, "new", *parts)
+        training.train(_config(old("dense"), epochs=1), verbose=0)
+        prune = {"phase": "prune", "keep_ratio": 0.1, "epochs": 1}
+        training.train(
+            _config(old("prune"), source_checkpoint=old("dense", "model.keras"), **prune),
+            verbose=0,
+        )
+        shutil.copytree(old(), new())
+        # Moved together, the prune phase and its source are the same run: finished.
+        result = training.train(
+            _config(new("prune"), source_checkpoint=new("dense", "model.keras"), **prune),
+            verbose=0,
+        )
+        self.assertTrue(result.resumed)
+        self.assertEqual(result.model_path, new("prune", "model.keras"))
+        # The moved run pointed at another source (the old tree's) is another run.
+        with self.assertRaisesRegex(ValueError, "another configuration"):
+            training.train(
+                _config(new("prune"), source_checkpoint=old("dense", "model.keras"), **prune),
+                verbose=0,
+            )
 
     def test_checkpoint_of_another_architecture(self):
         source = training.train(_config(tempfile.mkdtemp(), epochs=1, arch="cnn_large"), verbose=0)

@@ -180,7 +180,8 @@ def _caption(study):
                 f"ramped {_MIXTRAIN_RAMPS[objective.get('ramp', 'epoch')]} over "
                 f"{objective['ramp_epochs']:g} pretraining epochs, prune and finetune at full "
                 f"eps; with probability {objective['probability']:g} a batch adds the "
-                f"symbolic-interval loss of {objective['samples']} sampled examples, weighted "
+                f"symbolic-interval loss of {objective['samples']} sampled "
+                f"example{'s' if objective['samples'] != 1 else ''}, weighted "
                 f"{objective['weight']:g} x{objective['growth']:g} every {objective['every']:g} "
                 f"epochs after the ramp, at most {objective['cap']:g}, each phase restarting the "
                 "schedule"
@@ -201,6 +202,7 @@ def _caption(study):
         verified = report.verified_caption(
             attack, report.table_method(base), study.num_test_examples
         )
+        verified = verified[:1].upper() + verified[1:]  # it starts a sentence
         return (
             f"Objective {objective['name']} (L-inf eps {objective['eps']:g}, {training}; "
             f"{base['optimizer']}, lr pretrain {base['pretrain_lr']:g} / finetune "

@@ -316,20 +316,32 @@ def _backup_epoch(backup_dir):
         return 0
 
 
+def _relocatable(config_json):
+    """A config as JSON without where its run lives: no `workdir`, and the
+    source checkpoint as a path relative to it (a moved or copied tree of
+    runs keeps its phases' relations, so it resumes and re-evaluates)."""
+    located = dict(config_json)
+    workdir = located.pop("workdir", None)
+    source = located.get("source_checkpoint")
+    if workdir and source:
+        located["source_checkpoint"] = os.path.relpath(source, workdir)
+    return json.loads(json.dumps(located))
+
+
 def _same_config(previous, config):
-    """Whether a stored config.json describes `config`.
+    """Whether a stored config.json describes `config`, wherever the run now lives.
 
     Fields added to the config classes since the run was written take their
     defaults, so finished runs stay reusable after such additions.
     """
-    current = json.loads(json.dumps(config.to_json()))
-    if previous == current:
+    current = _relocatable(config.to_json())
+    if _relocatable(previous) == current:
         return True
     try:
         upgraded = TrainConfig.from_json(previous).to_json()
     except (TypeError, ValueError, KeyError):
         return False
-    return json.loads(json.dumps(upgraded)) == current
+    return _relocatable(upgraded) == current
 
 
 def train(config, verbose=None, strategy=None, jit_compile=False):
