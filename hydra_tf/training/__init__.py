@@ -344,6 +344,23 @@ def _same_config(previous, config):
     return _relocatable(upgraded) == current
 
 
+def training_data(config, skip_epochs=0):
+    """A phase's training batches (shuffled and augmented with its seed) and the example count.
+
+    `skip_epochs` starts from the data order of a later epoch (a resumed run).
+    """
+    return data.load_pipeline(
+        config.dataset,
+        "train",
+        config.batch_size,
+        training=True,
+        data_dir=config.data_dir,
+        limit=config.train_limit,
+        seed=config.seed,
+        skip_epochs=skip_epochs,
+    )
+
+
 def train(config, verbose=None, strategy=None, jit_compile=False):
     """Runs (or resumes, or skips if finished) one phase; see the module doc.
 
@@ -406,17 +423,8 @@ def train(config, verbose=None, strategy=None, jit_compile=False):
     meta = data.info(config.dataset)
     # ImageNet is streamed and preprocessed per example; the small datasets
     # are shuffled and augmented in memory (`data.load_pipeline`).
-    train_ds, num_train = data.load_pipeline(
-        config.dataset,
-        "train",
-        config.batch_size,
-        training=True,
-        data_dir=config.data_dir,
-        limit=config.train_limit,
-        seed=config.seed,
-        # A resumed run continues with the data order of the next epoch.
-        skip_epochs=_backup_epoch(backup_dir) if resumed else 0,
-    )
+    # A resumed run continues with the data order of the next epoch.
+    train_ds, num_train = training_data(config, _backup_epoch(backup_dir) if resumed else 0)
     train_ds = train_ds.repeat()
     test_ds, _ = data.load(config.dataset, "test", config.data_dir, config.test_limit)
     check_images, check_labels = next(iter(test_ds.batch(_CHECK_IMAGES)))
