@@ -20,13 +20,13 @@ import math
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 from hydra_tf import data
 from hydra_tf import files
 from hydra_tf import objectives
 from hydra_tf import training
 from hydra_tf.models import layers as score_layers
+from hydra_tf.objectives import base
 from hydra_tf.pruning import phases
 from hydra_tf.training import TrainConfig
 from hydra_tf.training import coupled_l2
@@ -60,16 +60,14 @@ def _probe(network, objective, images, labels):
     attacked = objective.perturb(network, images, labels)
     clean = network(images, training=False)
     other = network(attacked, training=False)
-    kl = tf.reduce_sum(
-        tf.nn.softmax(clean) * (tf.nn.log_softmax(clean) - tf.nn.log_softmax(other)), axis=-1
-    )
+    kl = base.LogitKLDivergence()(clean, other)
     accuracy = np.mean(np.argmax(clean, axis=-1) == labels.numpy())
     first = score_layers.scored_layers(network)[0]
     bias = first.bias.numpy()
     kept = np.count_nonzero(first.masked_kernel().numpy().reshape(-1, bias.shape[0]), axis=0)
     top = int(np.argmax(bias))
     return {
-        "kl": float(tf.reduce_mean(kl)),
+        "kl": float(kl),
         "clean_acc": float(accuracy),
         "first_layer_max_bias": float(bias[top]),
         "its_kept_weights": int(kept[top]),
