@@ -11,8 +11,9 @@ the network again on the first --limit test images: clean accuracy of the
 Keras file and of the TF Lite file (LiteRT), with --attack its robust
 accuracy (at the card's eps unless --eval_eps is given), with --verify its
 verified accuracy, with --certify_n (smoothed networks) its certified
-accuracy at the card's radius; it logs the card's figures beside them (and writes them to --output) and ends with an
-error if the clean accuracy on the card's check images is not the card's.
+accuracy at the card's radius; it logs the card's figures beside them (and
+writes them to --output) and ends with an error if the clean accuracy on the
+card's check images is not the card's.
 `publish` adds network --variant of a pipeline run (one seed's workdir of a
 study) to the zoo. --zoo picks another zoo directory than the repository's.
 """

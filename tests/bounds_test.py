@@ -1,4 +1,7 @@
-"""Tests for hydra_tf.objectives.bounds.propagation: dispatch per layer kind, the network walk, refusals."""
+"""Tests for hydra_tf.objectives.bounds.propagation.
+
+Dispatch per layer kind, the network walk, refusals.
+"""
 
 import keras
 import numpy as np

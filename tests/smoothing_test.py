@@ -1,4 +1,7 @@
-"""Tests for hydra_tf.evaluation.smoothing: the bound, certification on a linear classifier, abstention."""
+"""Tests for hydra_tf.evaluation.smoothing.
+
+The bound, certification on a linear classifier, abstention.
+"""
 
 import keras
 import numpy as np

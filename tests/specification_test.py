@@ -1,4 +1,7 @@
-"""Tests for hydra_tf.objectives.bounds.specification: margins, folding, the last layer, verified."""
+"""Tests for hydra_tf.objectives.bounds.specification.
+
+Margins, folding, the last layer, verified.
+"""
 
 import keras
 import numpy as np

@@ -1,4 +1,7 @@
-"""Tests for hydra_tf.evaluation.verified: what it proves is never broken, and it is exact at eps 0."""
+"""Tests for hydra_tf.evaluation.verified.
+
+What it proves is never broken, and it is exact at eps 0.
+"""
 
 import numpy as np
 import tensorflow as tf

@@ -360,7 +360,7 @@ class PhasesTest(tf.test.TestCase):
 
 
 class ApplicationsTest(tf.test.TestCase, parameterized.TestCase):
-    """keras.applications networks (random weights, small inputs) prune, train, strip and convert."""
+    """keras.applications networks (random weights, small inputs): prune, train, strip, convert."""
 
     @parameterized.named_parameters(
         ("mobilenet_v2_weight", "MobileNetV2", "weight"),

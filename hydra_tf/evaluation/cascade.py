@@ -293,5 +293,6 @@ def _check_bounds(x_adv, x, eps, name):
     )
     if outside > TOLERANCE or not np.all(np.isfinite(x_adv)):
         raise AttackOutOfBoundsError(
-            f"Attack {name} returned points {outside:.2e} outside the eps-ball or [0, 1] (eps {eps:g})."
+            f"Attack {name} returned points {outside:.2e} outside the eps-ball or [0, 1] "
+            f"(eps {eps:g})."
         )

@@ -1,4 +1,7 @@
-"""What the pipeline and the study measure besides accuracy: which weights HYDRA keeps, and the figures."""
+"""What the pipeline and the study measure besides accuracy.
+
+Which weights HYDRA keeps, and the figures.
+"""
 
 import os
 

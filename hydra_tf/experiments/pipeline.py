@@ -111,7 +111,8 @@ class PipelineConfig:
         data.info(self.dataset)
         if self.eval_attack not in attacks.REGISTRY:
             raise ValueError(
-                f"Unknown eval_attack {self.eval_attack!r}. Supported: {', '.join(attacks.ATTACKS)}."
+                f"Unknown eval_attack {self.eval_attack!r}. "
+                f"Supported: {', '.join(attacks.ATTACKS)}."
             )
         unknown = [m for m in self.verify_methods if m not in verified_lib.METHODS]
         if unknown or not self.verify_methods:

@@ -300,7 +300,7 @@ def markdown(study):
             cell=lambda r, m: (
                 f"{100 * r.attack_acc:.1f} ± {100 * r.attack_std:.1f}"
                 if m == "attack"
-                else f"{100 * r.verified_accuracy[m][0]:.1f} ± {100 * r.verified_accuracy[m][1]:.1f}"
+                else "{:.1f} ± {:.1f}".format(*(100 * v for v in r.verified_accuracy[m]))
             ),
         )
         lines += _pgd_table(rows, ratios, study.attack, base)

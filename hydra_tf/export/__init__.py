@@ -73,7 +73,7 @@ def strip_scores(network):
 
 
 def kernels(model):
-    """The conv and dense kernels of a plain model (the prunable weights), nested models included."""
+    """The conv and dense kernels of a plain model (the prunable weights), nested ones included."""
     return [layer.kernel for layer in score_layers.walk(model) if kinds.is_prunable(layer)]
 
 

@@ -97,7 +97,7 @@ class MixTrainConfig:
 
 
 class MixTrain(verifiable.BoundObjective):
-    """CE(clean) + (with probability p) weight_t * CE(-symbolic margin lower bounds of k examples)."""
+    """CE(clean) + (with probability p) weight_t * CE(-symbolic margin lower bounds of k points)."""
 
     name = "mixtrain"
     Config = MixTrainConfig

@@ -22,10 +22,11 @@ With r = eps_t / eps in [0, 1]:
 
 as in the CROWN-IBP code (kappa 1 -> `final-kappa`, 0.5 by default; beta
 1 -> `final-beta`, 0). With beta_t = 0 (after the ramp, by default) or
-eps_t = 0 (the warm-up) the CROWN pass is skipped. The schedule is a function of the optimizer's step
-counter, which training checkpoints with the weights, so a killed and
-resumed run trains exactly as one that ran through. Outside a training step
-(tests, evaluation) the schedule is at its end.
+eps_t = 0 (the warm-up) the CROWN pass is skipped. The schedule is a
+function of the optimizer's step counter, which training checkpoints with
+the weights, so a killed and resumed run trains exactly as one that ran
+through. Outside a training step (tests, evaluation) the schedule is at its
+end.
 
 Departures from the references:
 

@@ -2,11 +2,12 @@
 
 - pretrain: a plain (dense) network; every weight trains.
 - prune: a score network (score layers, or channel gates for structured
-  pruning); kernels and biases are frozen and the importance scores train. Scores start from the source weights' scaled magnitude (or a
-  random init). BatchNorm trains as in the reference code (gamma / beta
-  trained, batch statistics, moving averages updated), unless `prune_bn` says
-  otherwise: a 1% sub-network produces other activations than the dense
-  network whose statistics it would otherwise be normalised with.
+  pruning); kernels and biases are frozen and the importance scores train.
+  Scores start from the source weights' scaled magnitude (or a random init).
+  BatchNorm trains as in the reference code (gamma / beta trained, batch
+  statistics, moving averages updated), unless `prune_bn` says otherwise: a
+  1% sub-network produces other activations than the dense network whose
+  statistics it would otherwise be normalised with.
 - finetune: a score network whose mask is frozen (scores do not train); the
   surviving weights, biases and BatchNorm train. Starting finetune from a dense
   source gives the LWM baseline (mask = top-k weight magnitude).

@@ -14,8 +14,9 @@ take their `--attack` choices from it. "autoattack" is the standard cascade of
 Croce & Hein (2020); `hydra_tf.evaluation` runs it, each attack only on the
 points still robust.
 
-Adding an attack: one module with its config class (copy `apgd.py`; PGD is in `linf_pgd.py`), one entry
-in `REGISTRY`, and its tests (inside the ball, breaks an undefended network).
+Adding an attack: one module with its config class (copy `apgd.py`; PGD is in
+`linf_pgd.py`), one entry in `REGISTRY`, and its tests (inside the ball, breaks
+an undefended network).
 """
 
 import dataclasses

@@ -185,7 +185,7 @@ class APGDConfig:
         return values
 
     def perturb(self, model, x, y):
-        """Adversarial examples where found, else the highest-loss points; inside the ball and [0, 1]."""
+        """Adversarial examples where found, else the highest-loss points (in ball and box)."""
         x = tf.convert_to_tensor(x, tf.float32)
         y = tf.cast(y, tf.int64)
         if self.loss == "dlr-targeted":

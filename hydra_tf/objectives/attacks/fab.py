@@ -243,7 +243,7 @@ class FABConfig:
         }
 
     def perturb(self, model, x, y):
-        """Adversarial examples within eps where FAB-T found one, else x; inside the ball and [0, 1]."""
+        """Adversarial examples within eps where FAB-T found one, else x (in ball and box)."""
         x = tf.convert_to_tensor(x, tf.float32)
         best, norm = fab_t(model, x, y, self)
         eps = tf.cast(self.eps, tf.float32)

@@ -171,7 +171,7 @@ class SquareConfig:
         }
 
     def perturb(self, model, x, y):
-        """Adversarial examples where found, else the lowest-margin points; inside the ball and [0, 1]."""
+        """Adversarial examples where found, else the lowest-margin points (in ball and box)."""
         x = tf.convert_to_tensor(x, tf.float32)
         y = tf.cast(y, tf.int32)
         if len(x.shape) != 4 or None in x.shape[1:]:
