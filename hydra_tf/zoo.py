@@ -431,11 +431,14 @@ def publish(run_dir, variant, name, family, study, command, root=None, data_dir=
         shutil.copyfile(tflite_source, os.path.join(staging, TFLITE_FILE))
         network = files.load_network(os.path.join(staging, KERAS_FILE))
         meta = data.info(config["dataset"])
-        study_images, study_labels = test_arrays(
-            config["dataset"], evaluated.num_examples, data_dir
+        # The study's test images (certified studies use fewer than the check's)
+        # and at least the check's.
+        images, labels = test_arrays(
+            config["dataset"], max(evaluated.num_examples, CHECK_EXAMPLES), data_dir
         )
-        correct = _check_same_network(network, study_images, study_labels, evaluated, variant_dir)
-        check_count = min(CHECK_EXAMPLES, len(study_labels))
+        correct = np.argmax(network.predict(images, batch_size=250, verbose=0), axis=-1) == labels
+        _check_same_network(correct[: evaluated.num_examples], evaluated, variant_dir)
+        check_count = min(CHECK_EXAMPLES, len(labels))
         cost = costs.costs(network)
         model_card = ModelCard(
             name=name,
@@ -487,22 +490,18 @@ def publish(run_dir, variant, name, family, study, command, root=None, data_dir=
     return model_card
 
 
-def _check_same_network(network, images, labels, evaluated, variant_dir):
+def _check_same_network(correct, evaluated, variant_dir):
     """Refuses a file whose clean accuracy is not the study's on the study's own test images.
 
-    Returns:
-      Whether the network classifies each image right (boolean array).
+    `correct`: whether the file classifies each of those images right.
     """
-    logits = network.predict(images, batch_size=250, verbose=0)
-    correct = np.argmax(logits, axis=-1) == labels
     measured = float(np.mean(correct))
-    if not same_accuracy(measured, evaluated.clean_acc, len(labels)):
+    if not same_accuracy(measured, evaluated.clean_acc, len(correct)):
         raise ZooError(
-            f"{variant_dir}: the network's clean accuracy on the first {len(labels)} test images "
+            f"{variant_dir}: the network's clean accuracy on the first {len(correct)} test images "
             f"is {measured:.4f}, the study measured {evaluated.clean_acc:.4f}; not publishing a "
             "network that is not the one the study evaluated."
         )
-    return correct
 
 
 def _verify_rank(method):

@@ -31,6 +31,7 @@ def _row(method, keep, clean, robust, certified_accuracy=None):
     )
 
 
+_CERTIFY = {"name": "certify_l2", "sigma": 0.25, "n0": 100, "n": 1000, "alpha": 0.001}
 _AUTOATTACK = {"name": "autoattack", "attacks": [{"name": "apgd-ce", "eps": 0.1}]}
 
 
@@ -120,6 +121,30 @@ class CertifiedStudyTest(tf.test.TestCase):
             ("cnn_small", 0, _results(row("dense", 1.0, 0.6, 0.2), row("hydra", 0.01, 0.5, 0.1))),
             ("cnn_small", 1, _results(row("dense", 1.0, 0.4, 0.4), row("hydra", 0.01, 0.3, 0.3))),
         ]
+
+    def test_seeds_certify_with_their_own_noise(self):
+        # Certification's noise seed is the run's seed: the seeds still share a table,
+        # but not with another sigma.
+        def certified(runs, **changes):
+            return [
+                (
+                    arch,
+                    seed,
+                    _results(
+                        *[
+                            dataclasses.replace(r, attack={**_CERTIFY, "seed": seed, **changes})
+                            for r in results.rows
+                        ]
+                    ),
+                )
+                for arch, seed, results in runs
+            ]
+
+        runs = certified(self._runs())
+        self.assertLen(reproduce.aggregate(runs), 2)
+        other = certified(self._runs()[1:], sigma=0.5)
+        with self.assertRaisesRegex(ValueError, "cannot share a table"):
+            reproduce.aggregate(runs[:1] + other)
 
     def test_certified_accuracy_is_averaged_per_radius(self):
         rows = reproduce.aggregate(self._runs())

@@ -178,6 +178,19 @@ class PublishTest(tf.test.TestCase):
         with self.assertRaisesRegex(zoo.ZooError, "not a smoothed"):
             zoo.evaluate("tiny-90", self.root, limit=20, certify_n=200)
 
+    def test_a_study_on_fewer_images_still_gets_the_full_check(self):
+        # Certified studies certify 300 images; the card's check still covers 500.
+        run_dir = os.path.join(self.tmp, "fewer")
+        clean = zoo.clean_accuracy(self.model, self.images[:300], self.labels[:300])
+        _write_run(run_dir, self.model, clean, num_examples=300, certified=True)
+        card = zoo.publish(run_dir, VARIANT, "fewer", "certified", "r", "c", self.root)
+        self.assertEqual(card.check, {"num_examples": 500, "clean_acc": self.clean})
+        self.assertEqual(card.evaluation["num_examples"], 300)
+        wrong = os.path.join(self.tmp, "fewer_wrong")
+        _write_run(wrong, self.model, clean + 0.05, num_examples=300)
+        with self.assertRaisesRegex(zoo.ZooError, "first 300 test images"):
+            zoo.publish(wrong, VARIANT, "fewer_wrong", "certified", "r", "c", self.root)
+
     def test_refuses_a_network_the_study_did_not_measure(self):
         run_dir = os.path.join(self.tmp, "wrong")
         _write_run(run_dir, self.model, self.clean + 0.05)

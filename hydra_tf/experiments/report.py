@@ -198,7 +198,7 @@ def check_comparable(rows):
     first = rows[0]
     for row in rows[1:]:
         for field, value, expected in (
-            ("attack", row.attack, first.attack),
+            ("attack", _without_seed(row.attack), _without_seed(first.attack)),
             ("num_examples", row.num_examples, first.num_examples),
         ):
             if value != expected:
@@ -206,6 +206,14 @@ def check_comparable(rows):
                     f"Rows evaluated differently cannot share a table: {row.method} keep "
                     f"{row.keep_ratio:g} has {field} {value}, {first.method} has {expected}."
                 )
+
+
+def _without_seed(attack):
+    """An evaluation's settings without its noise seed (certification's follows the
+    run's seed, so a study's seeds certify with different noise, as they should)."""
+    if isinstance(attack, dict):
+        return {key: value for key, value in attack.items() if key != "seed"}
+    return attack
 
 
 # Appended to the caption of a structured run's (or study's) table.
