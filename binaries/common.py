@@ -18,6 +18,7 @@ from hydra_tf import objectives
 from hydra_tf import training
 from hydra_tf.export import tflite
 from hydra_tf.models import architectures
+from hydra_tf.objectives import adversarial
 from hydra_tf.objectives import attacks
 from hydra_tf.objectives import mixtrain
 
@@ -56,6 +57,14 @@ ATTACK_STEP_SIZE = flags.DEFINE_float(
     "attack_step_size", None, "PGD step size of the training attack (default eps / 4)."
 )
 BETA = flags.DEFINE_float("beta", 6.0, "TRADES / smoothing trade-off weight.", lower_bound=0.0)
+TRADES_START = flags.DEFINE_enum(
+    "trades_start",
+    None,
+    adversarial.TRADES_STARTS,
+    "trades: where the attack starts: gaussian (x + 0.001 N(0, I), TRADES' and the "
+    "reference's; default) or uniform (the eps-ball, PGD-AT's; sees ReLUs a perturbation "
+    "switches on, results/adversarial/README.md).",
+)
 SIGMA = flags.DEFINE_float(
     "sigma",
     0.25,
@@ -289,6 +298,7 @@ _OBJECTIVE_FLAGS = {
     "eps": EPS,
     "steps": ATTACK_STEPS,
     "beta": BETA,
+    "start": TRADES_START,
     "sigma": SIGMA,
     "warmup_epochs": EPS_WARMUP_EPOCHS,
     "ramp_epochs": EPS_RAMP_EPOCHS,

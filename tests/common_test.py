@@ -31,6 +31,14 @@ class CommonTest(tf.test.TestCase):
         with flagsaver.flagsaver(eps=0.0, objective="pgd_at"):
             self.assertIsNone(common.objective_config().step_size)
 
+    def test_trades_start_flag(self):
+        with flagsaver.flagsaver(objective="trades"):
+            self.assertEqual(common.objective_config().start, "gaussian")
+        with flagsaver.flagsaver(objective="trades", trades_start="uniform"):
+            self.assertEqual(common.objective_config().start, "uniform")
+        with self.assertRaises(flags.IllegalFlagValueError):
+            flags.FLAGS["trades_start"].parse("normal")
+
     def test_mixtrain_flags(self):
         with flagsaver.flagsaver(
             objective="mixtrain", eps=0.1, mixtrain_samples=2, mixtrain_every=1.5

@@ -66,6 +66,44 @@ class ObjectiveTest(tf.test.TestCase, parameterized.TestCase):
         self.assertAllClose(logits, clean)
         self.assertGreater(kl, 0.0)
 
+    def test_trades_uniform_start_sees_a_unit_the_gaussian_start_does_not(self):
+        # One ReLU unit, off on a zero image by a margin (bias -0.05) that the
+        # Gaussian start (0.001 per pixel) does not cross but eps 0.1 does: the
+        # mechanism of the TRADES finetune break (results/adversarial/README.md).
+        model = keras.Sequential(
+            [
+                keras.Input((4, 4, 1)),
+                keras.layers.Flatten(),
+                keras.layers.Dense(1, activation="relu"),
+                keras.layers.Dense(2, use_bias=False),
+            ]
+        )
+        model.layers[1].set_weights([np.ones((16, 1), np.float32), np.array([-0.05], np.float32)])
+        model.layers[2].set_weights([np.array([[1.0, -1.0]], np.float32)])
+        x = np.zeros((8, 4, 4, 1), np.float32)
+        y = np.zeros(8, np.int64)
+        attack = attacks.PGDConfig(eps=0.1, steps=5, step_size=0.025)
+        kl = {}
+        for start in objectives.adversarial.TRADES_STARTS:
+            objective = objectives.Trades(attack, start=start)
+            x_adv = objective.perturb(model, x, y)
+            self.assertGreaterEqual(float(tf.reduce_min(x_adv)), 0.0)
+            self.assertLessEqual(float(tf.reduce_max(x_adv)), 0.1 + 1e-6)
+            _, kl[start] = _consistency(model(x).numpy(), model(x_adv).numpy(), y, 6.0)
+        # Gaussian: the unit stays off, the input gradient is zero, nothing is found.
+        self.assertLess(kl["gaussian"], 1e-6)
+        # Uniform: the unit is on from the start, and the ascent drives every pixel to eps.
+        self.assertGreater(kl["uniform"], 0.5)
+
+    def test_trades_start_is_checked(self):
+        with self.assertRaisesRegex(ValueError, "Unknown TRADES start 'normal'.*uniform"):
+            objectives.TradesConfig(start="normal")
+        with self.assertRaisesRegex(ValueError, "Unknown TRADES start"):
+            objectives.Trades(attacks.PGDConfig(eps=0.1), start="normal")
+        # Configs written before the setting existed load with the reference's start.
+        config = objectives.from_json({"name": "trades", "eps": 0.1, "beta": 6.0})
+        self.assertEqual(config.start, "gaussian")
+
     def test_trades_with_zero_beta_is_clean_cross_entropy(self):
         model = _linear_model()
         objective = objectives.Trades(attacks.PGDConfig(eps=0.1, steps=2), beta=0.0)
@@ -151,6 +189,7 @@ class ObjectiveTest(tf.test.TestCase, parameterized.TestCase):
             "probability": 0.7,
             "weight": 0.2,
             "every": 2.0,
+            "start": "uniform",
         }
         ramp = {
             "eps": 0.1,
@@ -163,7 +202,14 @@ class ObjectiveTest(tf.test.TestCase, parameterized.TestCase):
         expected = {
             "natural": {"name": "natural"},
             "pgd_at": {"name": "pgd_at", "eps": 0.1, "steps": 7, "step_size": 0.02},
-            "trades": {"name": "trades", "eps": 0.1, "steps": 7, "step_size": 0.02, "beta": 3.0},
+            "trades": {
+                "name": "trades",
+                "eps": 0.1,
+                "steps": 7,
+                "step_size": 0.02,
+                "beta": 3.0,
+                "start": "uniform",
+            },
             "smoothing": {"name": "smoothing", "sigma": 0.5, "beta": 3.0},
             "gaussian": {"name": "gaussian", "sigma": 0.5},
             "free_at": {"name": "free_at", "eps": 0.1, "replays": 4},

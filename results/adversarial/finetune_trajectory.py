@@ -8,6 +8,8 @@ attack on the first 256 test images, the clean accuracy on them, and the
 largest bias of the first layer with its filter's number of kept weights.
 One thread (TF_NUM_INTRAOP_THREADS=1, as the study ran) replays the study's
 trajectory; other thread counts take other, equally valid ones.
+--learning_rate and --global_clipnorm replay it with another learning rate or
+with the gradient's global norm clipped (candidate remedies).
 
   TF_NUM_INTRAOP_THREADS=1 TF_NUM_INTEROP_THREADS=1 PYTHONPATH=. python \
       results/adversarial/finetune_trajectory.py \
@@ -15,6 +17,7 @@ trajectory; other thread counts take other, equally valid ones.
 """
 
 import argparse
+import dataclasses
 import json
 import math
 
@@ -81,12 +84,18 @@ def main():
     parser.add_argument("--every", type=int, default=5)
     parser.add_argument("--alarm", type=float, default=2.0, help="Probe after a loss above this.")
     parser.add_argument("--output", help="Also write the records here (JSON).")
+    parser.add_argument("--learning_rate", type=float, help="Instead of the phase's.")
+    parser.add_argument("--global_clipnorm", type=float, help="Clip the gradient's global norm.")
     args = parser.parse_args()
     with open(args.config) as f:
         config = TrainConfig.from_json(json.load(f))
+    if args.learning_rate is not None:
+        config = dataclasses.replace(config, learning_rate=args.learning_rate)
     if config.phase != "finetune":
         raise SystemExit(f"{args.config} is a {config.phase} phase, not a finetune phase.")
     train_ds, network, objective, trainer = _build(config)
+    # Keras clips in `optimizer.apply`, which the trainer's step calls.
+    trainer.optimizer.global_clipnorm = args.global_clipnorm
     test_ds, _ = data.load(config.dataset, "test", config.data_dir, 256)
     images, labels = next(iter(test_ds.batch(256)))
     records = []
