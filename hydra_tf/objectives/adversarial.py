@@ -99,7 +99,6 @@ class Trades(base.Consistency):
         target = tf.nn.softmax(model(x, training=False))
         if self.start == "gaussian":
             start = x + 0.001 * distribute.normal(tf.shape(x), dtype=x.dtype)
-        else:  # uniform in the eps-ball; `pgd` clips it to the ball and to [0, 1]
-            eps = tf.cast(self.attack.eps, x.dtype)
-            start = x + distribute.uniform(tf.shape(x), -eps, eps, x.dtype)
+        else:  # uniform in the eps-ball, as PGD-AT's random start
+            start = attacks.uniform_start(x, self.attack.eps)
         return attacks.pgd(model, x, y, self.attack, loss="kl", target_probs=target, start=start)

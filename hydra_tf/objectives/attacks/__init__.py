@@ -29,6 +29,7 @@ from hydra_tf.objectives.attacks.linf_pgd import PGDConfig
 from hydra_tf.objectives.attacks.linf_pgd import input_gradient
 from hydra_tf.objectives.attacks.linf_pgd import pgd
 from hydra_tf.objectives.attacks.linf_pgd import robust_correct
+from hydra_tf.objectives.attacks.linf_pgd import uniform_start
 
 __all__ = [
     "ATTACKS",
@@ -40,6 +41,7 @@ __all__ = [
     "make",
     "pgd",
     "robust_correct",
+    "uniform_start",
 ]
 
 

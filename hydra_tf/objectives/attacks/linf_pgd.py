@@ -110,6 +110,12 @@ def input_gradient(model, x, y, loss="ce", target_probs=None):
     return tf.cast(grad, x.dtype)
 
 
+def uniform_start(x, eps):
+    """x plus uniform noise in [-eps, eps] (callers clip it to the ball and to [0, 1])."""
+    eps = tf.cast(eps, x.dtype)
+    return x + distribute.uniform(tf.shape(x), -eps, eps, x.dtype)
+
+
 def pgd(model, x, y, config, loss="ce", target_probs=None, start=None):
     """Finds an L-inf adversarial example by projected gradient ascent.
 
@@ -138,9 +144,7 @@ def pgd(model, x, y, config, loss="ce", target_probs=None, start=None):
     if start is not None:
         x_adv = tf.clip_by_value(start, lower, upper)
     elif config.random_start:
-        x_adv = tf.clip_by_value(
-            x + distribute.uniform(tf.shape(x), -eps, eps, x.dtype), lower, upper
-        )
+        x_adv = tf.clip_by_value(uniform_start(x, eps), lower, upper)
     else:
         x_adv = x
 
