@@ -37,6 +37,7 @@ from hydra_tf import evaluation
 from hydra_tf import files
 from hydra_tf.evaluation import smoothing
 from hydra_tf.evaluation import verified
+from hydra_tf.experiments import pipeline
 from hydra_tf.experiments import records
 from hydra_tf.experiments import report
 from hydra_tf.export import costs
@@ -83,7 +84,11 @@ class ModelCard:
         attack_acc, verified_accuracy, certified_accuracy, eps or radius.
       check: {"num_examples", "clean_acc"} of the published file (see the
         module docstring).
-      tflite: the TF Lite file's mode and its accuracy under LiteRT.
+      tflite: the TF Lite file's mode and its accuracy under LiteRT: clean,
+        and on adversarial examples found on the Keras network by `attack`
+        (the study's evaluation attack; PGD for certified studies), with the
+        Keras network's accuracy on the same examples (keras_clean_acc,
+        keras_robust_acc). Older cards may lack `attack` and the Keras figures.
       files: bytes of each published file.
       study: where the study's results are, relative to the repository.
       command: the command that made the network.
@@ -419,8 +424,12 @@ def publish(run_dir, variant, name, family, study, command, root=None, data_dir=
     training, config = _training_chain(os.path.join(variant_dir, last_phase))
     # The study's objective (a phase's may differ: verifiable finetuning runs at full eps).
     pipeline_config = os.path.join(run_dir, "pipeline_config.json")
+    transfer_attack = None
     if os.path.exists(pipeline_config):
-        objective = files.read_json(pipeline_config).get("objective", config["objective"])
+        run_config = files.read_json(pipeline_config)
+        objective = run_config.get("objective", config["objective"])
+        # The attack whose examples (found on the Keras network) the TF Lite check transferred.
+        transfer_attack = pipeline.PipelineConfig.from_json(run_config).attack.to_json()
     else:
         objective = config["objective"]
     root = _root(root)
@@ -464,6 +473,9 @@ def publish(run_dir, variant, name, family, study, command, root=None, data_dir=
                 "mode": deployed.mode,
                 "clean_acc": deployed.clean_acc,
                 "robust_acc": deployed.robust_acc,
+                "keras_clean_acc": deployed.keras_clean_acc,
+                "keras_robust_acc": deployed.keras_robust_acc,
+                "attack": transfer_attack,
                 "num_examples": deployed.num_examples,
                 "latency_ms": deployed.latency_ms,
             },
@@ -539,6 +551,26 @@ def _pruned_text(model_card):
     return f"{100 * (1 - model_card.keep_ratio):g}% of {unit} pruned"
 
 
+def _tflite_text(measured):
+    """The TF Lite file's accuracy (and the Keras network's on the same examples, if recorded)."""
+
+    def figure(key):
+        keras_figure = measured.get(f"keras_{key}")
+        beside = "" if keras_figure is None else f" (Keras network {_percent(keras_figure)}%)"
+        return f"{_percent(measured[key])}%{beside}"
+
+    attack = measured.get("attack")
+    examples = (
+        "transferred adversarial examples"
+        if attack is None  # Cards published before the attack was recorded.
+        else f"adversarial examples found on the Keras network by {report.describe_attack(attack)}"
+    )
+    return (
+        f"clean {figure('clean_acc')}; {figure('robust_acc')} on {examples}; "
+        f"first {measured['num_examples']} test images"
+    )
+
+
 def card_markdown(model_card):
     """The model card as Markdown."""
     c = model_card
@@ -574,10 +606,7 @@ def card_markdown(model_card):
             f"(first {figures['num_examples']} test images) |"
         ),
         f"| robustness | {_robust_text(figures)} |",
-        (
-            f"| TF Lite ({c.tflite['mode']}, LiteRT) | clean {_percent(c.tflite['clean_acc'])}%, "
-            f"transfer-attacked {_percent(c.tflite['robust_acc'])}% |"
-        ),
+        f"| TF Lite ({c.tflite['mode']}, LiteRT) | {_tflite_text(c.tflite)} |",
         f"| parameters | {c.params:,} ({c.nonzero_params:,} nonzero), {c.macs:,} multiply-adds |",
         (
             f"| files | {KERAS_FILE} {c.files[KERAS_FILE]:,} bytes, "

@@ -285,6 +285,17 @@ class PipelineTest(tf.test.TestCase):
         with self.assertRaisesRegex(ValueError, "at least one"):
             pipeline.PipelineConfig(workdir="/tmp/x", keep_ratios=())
 
+    def test_config_reads_back_from_its_json(self):
+        config = dataclasses.replace(_tiny("/tmp/x"), eval_eps=0.05)
+        written = json.loads(json.dumps(config.to_json()))
+        self.assertEqual(pipeline.PipelineConfig.from_json(written), config)
+        # A config written before a setting existed, or after one was removed, still loads.
+        del written["also_pgd"]
+        written["removed_setting"] = 1
+        read = pipeline.PipelineConfig.from_json(written)
+        self.assertFalse(read.also_pgd)
+        self.assertEqual(read.attack, config.attack)
+
 
 if __name__ == "__main__":
     tf.test.main()

@@ -10,7 +10,9 @@ import numpy as np
 import tensorflow as tf
 
 from hydra_tf import files
+from hydra_tf import objectives
 from hydra_tf import zoo
+from hydra_tf.experiments import pipeline
 from hydra_tf.experiments import records
 from hydra_tf.export import tflite
 from tests import helpers
@@ -42,7 +44,12 @@ def _write_run(run_dir, model, clean_acc, num_examples=500, certified=False):
     with open(os.path.join(variant_dir, "tflite", "float32.tflite"), "wb") as f:
         f.write(tflite.convert(model, tflite.Mode("float32")))
     objective = {"name": "trades", "eps": 0.1, "beta": 6.0}
-    files.write_json(os.path.join(run_dir, "pipeline_config.json"), {"objective": objective})
+    if certified:
+        objective = {"name": "smoothing", "sigma": 0.25}
+    run_config = pipeline.PipelineConfig(
+        workdir=run_dir, objective=objectives.from_json(objective), eval_eps=0.1
+    )
+    files.write_json(os.path.join(run_dir, "pipeline_config.json"), run_config.to_json())
     source = None
     for phase, lr in (("pretrain", 0.1), ("prune", 0.1), ("finetune", 0.01)):
         phase_dir = os.path.join(run_dir, "dense" if phase == "pretrain" else VARIANT, phase)
@@ -157,7 +164,14 @@ class PublishTest(tf.test.TestCase):
             index = f.read()
         self.assertIn("[tiny-90](tiny-90/README.md)", index)
         with open(os.path.join(self.root, "tiny-90", "README.md")) as f:
-            self.assertIn("python -m x", f.read())
+            card = f.read()
+        self.assertIn("python -m x", card)
+        # The TF Lite line names the attack whose examples were transferred, and Keras' figure.
+        self.assertIn(
+            "6.0% (Keras network 5.0%) on adversarial examples found on the Keras network by "
+            "standard AutoAttack (APGD-CE,",
+            card,
+        )
 
     def test_evaluate_measures_keras_and_tflite(self):
         report = zoo.evaluate("tiny-90", self.root, limit=500)
@@ -172,7 +186,11 @@ class PublishTest(tf.test.TestCase):
         self.assertEqual(card.evaluation["robust_kind"], "certified")
         self.assertEqual((card.evaluation["sigma"], card.evaluation["radius"]), (0.25, 0.5))
         with open(os.path.join(self.root, "smoothed", "README.md")) as f:
-            self.assertIn("certified 5.0% at L2 radius 0.5", f.read())
+            text = f.read()
+        self.assertIn("certified 5.0% at L2 radius 0.5", text)
+        # A certified study checks its TF Lite file with PGD, and its card says so.
+        self.assertEqual(card.tflite["attack"]["name"], "pgd_linf")
+        self.assertIn("on the Keras network by L-inf PGD-50 with 2 restart(s) at eps 0.1;", text)
         report = zoo.evaluate("smoothed", self.root, limit=20, certify_n=200)
         self.assertBetween(report["certified_accuracy"]["0.5"], 0.0, 1.0)
         with self.assertRaisesRegex(zoo.ZooError, "not a smoothed"):

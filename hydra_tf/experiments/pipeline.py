@@ -185,6 +185,21 @@ class PipelineConfig:
     def to_json(self):
         return dataclasses.asdict(self)
 
+    @classmethod
+    def from_json(cls, values):
+        """The config a run wrote (`pipeline_config.json`; a study's `config.pipeline`).
+
+        Settings added since the file was written take their defaults; settings
+        since removed are ignored.
+        """
+        fields = {f.name for f in dataclasses.fields(cls)}
+        values = {key: value for key, value in values.items() if key in fields}
+        values["objective"] = objectives.from_json(values["objective"])
+        for key in ("keep_ratios", "verify_methods"):
+            if key in values:
+                values[key] = tuple(values[key])
+        return cls(**values)
+
 
 # Fields every phase run of the pipeline takes from the pipeline's config.
 _SHARED_FIELDS = (
