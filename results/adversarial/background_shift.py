@@ -20,6 +20,25 @@ from hydra_tf import data
 from hydra_tf import files
 
 
+def shift_background(images, delta):
+    """`images` with every exactly-zero pixel raised by `delta` (kept in [0, 1])."""
+    background = (images == 0).astype(images.dtype)
+    return np.clip(images + delta * background, 0, 1)
+
+
+def measure(network, images, labels, deltas):
+    """{"clean": accuracy, "background+<delta>": accuracy, ...} of `network`."""
+
+    def accuracy(x):
+        logits = network.predict(x, batch_size=500, verbose=0)
+        return round(float(np.mean(np.argmax(logits, -1) == labels)), 4)
+
+    row = {"clean": accuracy(images)}
+    for delta in deltas:
+        row[f"background+{delta:g}"] = accuracy(shift_background(images, delta))
+    return row
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("networks", nargs="+", help="model.keras files.")
@@ -30,18 +49,9 @@ def main():
     test_ds, _ = data.load("fashion_mnist", "test", None, args.limit)
     images, labels = next(iter(test_ds.batch(args.limit)))
     images, labels = images.numpy(), labels.numpy()
-    background = (images == 0).astype(images.dtype)
     for path in args.networks:
-        network = files.load_network(path)
-
-        def accuracy(x, network=network):
-            logits = network.predict(x, batch_size=500, verbose=0)
-            return round(float(np.mean(np.argmax(logits, -1) == labels)), 4)
-
-        row = {"network": path, "clean": accuracy(images)}
-        for delta in deltas:
-            row[f"background+{delta:g}"] = accuracy(np.clip(images + delta * background, 0, 1))
-        print(json.dumps(row), flush=True)
+        row = measure(files.load_network(path), images, labels, deltas)
+        print(json.dumps({"network": path, **row}), flush=True)
 
 
 if __name__ == "__main__":
