@@ -19,6 +19,8 @@ attacked, and the tables report certified accuracy at --certify_radius.
 Examples:
   python -m binaries.reproduce --workdir=runs/reproduce --output_dir=results/reproduce
   python -m binaries.reproduce --finetune_epochs=1 --arch_epochs=cnn_large=3/2/1
+  # How far a long study is (the same flags, plus --progress): writes progress.md.
+  python -m binaries.reproduce --finetune_epochs=1 --arch_epochs=cnn_large=3/2/1 --progress
   python -m binaries.reproduce --merge=studies/cnn_small,studies/cnn_large \
       --output_dir=results/reproduce
   python -m binaries.reproduce --objective=smoothing --sigma=0.25 --archs=cnn_small \
@@ -33,6 +35,7 @@ from absl import flags
 from absl import logging
 
 from binaries import common
+from hydra_tf import files
 from hydra_tf.experiments import pipeline
 from hydra_tf.experiments import records
 from hydra_tf.experiments import reproduce
@@ -57,6 +60,12 @@ _MERGE = flags.DEFINE_list(
     [],
     "Instead of running: merge these study directories (each with a results.json, e.g. one "
     "per architecture) into one study in --output_dir.",
+)
+_PROGRESS = flags.DEFINE_boolean(
+    "progress",
+    False,
+    "Write how far the study's runs are (progress.md in --output_dir: each network's state "
+    "and the figures measured so far) from the workdir alone; trains and evaluates nothing.",
 )
 _PRUNE_LR = flags.DEFINE_float(
     "prune_lr",
@@ -118,6 +127,14 @@ def _reproduce():
         eval_attack=common.ATTACK.value or "autoattack",
         **common.pipeline_settings(),
     )
+    if _PROGRESS.value:
+        networks = reproduce.progress(base, tuple(_ARCHS.value), seeds, schedules)
+        text = reproduce.progress_markdown(networks, base)
+        files.make_dir(_OUTPUT_DIR.value, "--output_dir")
+        with open(os.path.join(_OUTPUT_DIR.value, "progress.md"), "w") as f:
+            f.write(text)
+        logging.info("\n%s", text)
+        return
     study = reproduce.run(
         base,
         tuple(_ARCHS.value),

@@ -5,8 +5,10 @@ import json
 import os
 import tempfile
 
+import numpy as np
 import tensorflow as tf
 
+from hydra_tf import files
 from hydra_tf import objectives
 from hydra_tf.experiments import pipeline
 from hydra_tf.experiments import presets
@@ -411,12 +413,13 @@ class StudyTest(tf.test.TestCase):
         )
         # cnn_small gets its own schedule: two prune epochs instead of the base's one.
         self.assertEqual(base.prune_epochs, 1)
+        schedules = reproduce.parse_schedules(["cnn_small=1/2/1"])
         study = reproduce.run(
             base,
             ("cnn_small",),
             (0, 1),
             os.path.join(out, "study"),
-            schedules=reproduce.parse_schedules(["cnn_small=1/2/1"]),
+            schedules=schedules,
         )
         with open(os.path.join(out, "study", "results.json")) as f:
             saved = json.load(f)
@@ -442,6 +445,65 @@ class StudyTest(tf.test.TestCase):
                 self.assertLen(f.read().strip().splitlines(), 3)  # header + 2 epochs
         self.assertIn("| HYDRA - LWM |", table)
         self.assertEqual(study.num_test_examples, 32)
+        # The progress report of the finished study reads the same figures from the workdir.
+        networks = reproduce.progress(base, ("cnn_small",), (0, 1), schedules)
+        self.assertEqual({n["state"] for n in networks}, {"evaluated"})
+        self.assertEqual(
+            [(n["seed"], n["network"]) for n in networks],
+            [(s, name) for s in (0, 1) for name in ("dense", "hydra_0.05", "lwm_0.05")],
+        )
+        self.assertEqual(
+            [n["evaluation"].robust_acc for n in networks if n["network"] == "dense"],
+            [seed["robust_acc"] for seed in dense["per_seed"]],
+        )
+
+
+class ProgressTest(tf.test.TestCase):
+    def test_states_and_figures_of_an_unfinished_study(self):
+        workdir = tempfile.mkdtemp()
+        base = pipeline.PipelineConfig(workdir=workdir, keep_ratios=(0.1,), also_pgd=True)
+        run = os.path.join(workdir, "cnn_small", "seed0")
+        config = dataclasses.replace(base, arch="cnn_small", seed=0, workdir=run)
+        evaluation = dataclasses.replace(
+            _row("dense", 1.0, 0.8, 0.5), attack=_AUTOATTACK, pgd_acc=0.55
+        )
+        evaluation = records.Evaluation.from_json(
+            {**evaluation.to_json(), "eval_key": pipeline.evaluation_key(config)}
+        )
+        os.makedirs(os.path.join(run, "dense", "pretrain"))
+        open(os.path.join(run, "dense", "pretrain", "model.keras"), "w").close()
+        files.write_json(os.path.join(run, "dense", "eval.json"), evaluation.to_json())
+        for stage, phase in (("hydra_0.1", "finetune"), ("lwm_0.1", "finetune")):
+            os.makedirs(os.path.join(run, stage, phase))
+        open(os.path.join(run, "hydra_0.1", "finetune", "model.keras"), "w").close()
+        np.savez(os.path.join(run, "hydra_0.1", pipeline.ATTACK_STATE_FILE), stage=np.array(2))
+
+        networks = reproduce.progress(base, ("cnn_small",), (0, 1))
+        self.assertEqual(
+            [(n["seed"], n["network"], n["state"]) for n in networks],
+            [
+                (0, "dense", "evaluated"),
+                (0, "hydra_0.1", "evaluating (2 attacks done)"),
+                (0, "lwm_0.1", "not trained"),
+                (1, "dense", "not trained"),
+                (1, "hydra_0.1", "not trained"),
+                (1, "lwm_0.1", "not trained"),
+            ],
+        )
+        self.assertEqual(networks[0]["evaluation"].robust_acc, 0.5)
+        table = reproduce.progress_markdown(networks, base)
+        self.assertIn("1 of 6 networks evaluated", table)
+        self.assertIn("| network | state | clean | AutoAttack | PGD |", table)
+        self.assertIn("| cnn_small | 0 | dense | evaluated | 80.0 | 50.0 | 55.0 |", table)
+        self.assertIn("| cnn_small | 0 | hydra_0.1 | evaluating (2 attacks done) |  |  |  |", table)
+
+        # An unreadable attack state still says the evaluation is under way.
+        with open(os.path.join(run, "hydra_0.1", pipeline.ATTACK_STATE_FILE), "w") as f:
+            f.write("not an npz")
+        self.assertEqual(reproduce.progress(base, ("cnn_small",), (0,))[1]["state"], "evaluating")
+        # Evaluated with other settings (another eps): trained, not evaluated.
+        other = dataclasses.replace(base, eval_eps=0.2)
+        self.assertEqual(reproduce.progress(other, ("cnn_small",), (0,))[0]["state"], "trained")
 
 
 if __name__ == "__main__":

@@ -98,6 +98,15 @@ def _load_state(path, key):
     return state
 
 
+def attacks_done(path):
+    """How many attacks a saved cascade state (`state_path`) has finished; None if unreadable."""
+    try:
+        with np.load(path, allow_pickle=False) as saved:
+            return int(saved["stage"])
+    except (OSError, ValueError, KeyError):
+        return None
+
+
 def _save_state(path, state):
     tmp = path + ".tmp.npz"
     np.savez(tmp, **state)

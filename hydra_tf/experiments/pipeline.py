@@ -283,6 +283,24 @@ def _runs_pgd_beside(config):
     )
 
 
+def networks(config):
+    """(stage name, method, keep ratio, directory of its last phase) of each network, in order.
+
+    The pipeline's order: the dense network, then per keep ratio HYDRA and LWM.
+    """
+    yield "dense", "dense", 1.0, os.path.join(config.workdir, "dense", "pretrain")
+    for ratio in config.keep_ratios:
+        for method in ("hydra", "lwm"):
+            name = stage_name(config, method, ratio)
+            yield name, method, ratio, os.path.join(config.workdir, name, "finetune")
+
+
+def cached_evaluation(config, name):
+    """The `records.Evaluation` of network `name` cached under today's settings, else None."""
+    cached = _read_cache(os.path.join(config.workdir, name, "eval.json"), evaluation_key(config))
+    return None if cached is None else records.Evaluation.from_json(cached)
+
+
 def evaluation_key(config):
     """What a row's numbers depend on besides the network: the cache key of `eval.json`.
 

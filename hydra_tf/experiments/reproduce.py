@@ -18,6 +18,7 @@ from absl import logging
 from hydra_tf import distribute
 from hydra_tf import files
 from hydra_tf import training
+from hydra_tf.evaluation import cascade
 from hydra_tf.experiments import analysis
 from hydra_tf.experiments import pipeline
 from hydra_tf.experiments import records
@@ -342,6 +343,87 @@ def _write(study, output_dir):
         f.write(markdown(study))
 
 
+def _run_config(base, arch, seed, schedules):
+    """The pipeline config of one run of the study (`<workdir>/<arch>/seed<k>`)."""
+    return dataclasses.replace(
+        base,
+        arch=arch,
+        seed=seed,
+        workdir=os.path.join(base.workdir, arch, f"seed{seed}"),
+        **(schedules or {}).get(arch, {}),
+    )
+
+
+def progress(base, archs, seeds, schedules=None):
+    """How far a study's runs are, from their workdirs alone (nothing is trained or evaluated).
+
+    Args:
+      base, archs, seeds, schedules: as for `run`.
+
+    Returns:
+      One dict per network, in the order the pipeline makes them: arch, seed,
+      network (its stage name), state ("evaluated", "evaluating (<k> attacks
+      done)" (trained, attack under way), "trained" or "not trained") and, once evaluated, its
+      `records.Evaluation` as "evaluation".
+    """
+    networks = []
+    for arch in archs:
+        for seed in seeds:
+            config = _run_config(base, arch, seed, schedules)
+            for name, _, _, phase_dir in pipeline.networks(config):
+                evaluation = pipeline.cached_evaluation(config, name)
+                attack_state = os.path.join(config.workdir, name, pipeline.ATTACK_STATE_FILE)
+                if evaluation is not None:
+                    state = "evaluated"
+                elif os.path.exists(attack_state):
+                    done = cascade.attacks_done(attack_state)
+                    state = "evaluating" + ("" if done is None else f" ({done} attacks done)")
+                elif os.path.exists(os.path.join(phase_dir, training.MODEL_FILE)):
+                    state = "trained"
+                else:
+                    state = "not trained"
+                networks.append(
+                    {
+                        "arch": arch,
+                        "seed": seed,
+                        "network": name,
+                        "state": state,
+                        "evaluation": evaluation,
+                    }
+                )
+    return networks
+
+
+def progress_markdown(networks, base):
+    """`progress`'s networks as a Markdown table: what is measured so far, per seed."""
+    done = sum(n["state"] == "evaluated" for n in networks)
+    evaluated = [n["evaluation"] for n in networks if n["evaluation"] is not None]
+    # The robust column: the attack's name, or what certified and verified rows hold.
+    robust = report.attack_name(evaluated[0].attack) if evaluated else "robust"
+    robust = robust if base.metric == "robust" else base.metric
+    pgd = any(e.pgd_acc is not None for e in evaluated)
+    lines = [
+        f"# Progress of the study in {base.workdir}",
+        "",
+        f"{done} of {len(networks)} networks evaluated. Accuracy in % on "
+        + (f"the first {evaluated[0].num_examples} test images." if evaluated else "test images."),
+        "",
+        f"| arch | seed | network | state | clean | {robust} |" + (" PGD |" if pgd else ""),
+        "|---|---|---|---|---|---|" + ("---|" if pgd else ""),
+    ]
+    for n in networks:
+        e = n["evaluation"]
+        cells = ["", ""] if e is None else [f"{100 * e.clean_acc:.1f}", f"{100 * e.robust_acc:.1f}"]
+        if pgd:
+            cells.append("" if e is None or e.pgd_acc is None else f"{100 * e.pgd_acc:.1f}")
+        lines.append(
+            f"| {n['arch']} | {n['seed']} | {n['network']} | {n['state']} | "
+            + " | ".join(cells)
+            + " |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def run(
     base,
     archs,
@@ -381,13 +463,7 @@ def run(
     for arch in archs:
         for seed in seeds:
             logging.info("Study: %s, seed %d", arch, seed)
-            config = dataclasses.replace(
-                base,
-                arch=arch,
-                seed=seed,
-                workdir=os.path.join(base.workdir, arch, f"seed{seed}"),
-                **schedules.get(arch, {}),
-            )
+            config = _run_config(base, arch, seed, schedules)
             results = pipeline.run(config, strategy, jit_compile=jit_compile, train_only=train_only)
             runs.append((arch, seed, config, results))
     if train_only:
