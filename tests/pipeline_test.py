@@ -10,6 +10,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from hydra_tf import evaluation
 from hydra_tf import files
 from hydra_tf import objectives
 from hydra_tf.experiments import pipeline
@@ -168,6 +169,25 @@ class PipelineTest(tf.test.TestCase):
         again = pipeline.run(config)
         self.assertTrue(os.path.exists(os.path.join(workdir, "dense", "adversarial.npy")))
         self.assertAlmostEqual(again.rows[0].robust_acc, results.rows[0].robust_acc, delta=0.05)
+
+    def test_a_resumed_evaluation_counts_the_time_of_the_runs_it_resumes(self):
+        workdir = tempfile.mkdtemp()
+        config = dataclasses.replace(_tiny(workdir), eval_attack="apgd-ce", tflite_mode="none")
+        inputs = keras.Input((28, 28, 1))
+        network = keras.Model(inputs, keras.layers.Dense(10)(keras.layers.Flatten()(inputs)))
+        path = os.path.join(workdir, "plain.keras")
+        network.save(path)
+        # The cascade reports 1000 s: what a killed run spent before this one resumed it.
+        resumed = evaluation.EvalResult(
+            clean_acc=0.5,
+            robust_acc=0.25,
+            num_examples=64,
+            attack={"name": "apgd-ce"},
+            seconds=1000.0,
+        )
+        with mock.patch.object(pipeline.evaluation, "evaluate", return_value=resumed):
+            measured = pipeline._evaluate(config, path, os.path.join(workdir, "dense"), "dense")
+        self.assertBetween(measured.eval_seconds, 1000.0, 1300.0)
 
     def test_unknown_eval_attack(self):
         with self.assertRaisesRegex(ValueError, "Unknown eval_attack 'cw'"):

@@ -484,7 +484,7 @@ class ProgressTest(tf.test.TestCase):
             [
                 (0, "dense", "evaluated"),
                 (0, "hydra_0.1", "evaluating (2 attacks done)"),
-                (0, "lwm_0.1", "not trained"),
+                (0, "lwm_0.1", "training"),
                 (1, "dense", "not trained"),
                 (1, "hydra_0.1", "not trained"),
                 (1, "lwm_0.1", "not trained"),

@@ -54,7 +54,7 @@ class Evaluation:
       layer_sparsity: {layer name: fraction of zeros of its kernel}.
       keras_path, saved_model_path: the exported network, relative to the
         workdir.
-      eval_seconds: time the evaluation took.
+      eval_seconds: time the evaluation took (a resumed one: with its killed runs).
       certified_accuracy: (smoothing) {radius: certified accuracy}.
       seconds_per_example: (smoothing) mean certification time.
       stages: (attack cascades such as AutoAttack) the robust accuracy after

@@ -362,9 +362,10 @@ def progress(base, archs, seeds, schedules=None):
 
     Returns:
       One dict per network, in the order the pipeline makes them: arch, seed,
-      network (its stage name), state ("evaluated", "evaluating (<k> attacks
-      done)" (trained, attack under way), "trained" or "not trained") and, once evaluated, its
-      `records.Evaluation` as "evaluation".
+      network (its stage name), state ("evaluated"; "evaluating (<k> attacks
+      done)": trained, attack under way; "trained"; "training": a phase has
+      started; "not trained") and, once evaluated, its `records.Evaluation` as
+      "evaluation".
     """
     networks = []
     for arch in archs:
@@ -380,6 +381,8 @@ def progress(base, archs, seeds, schedules=None):
                     state = "evaluating" + ("" if done is None else f" ({done} attacks done)")
                 elif os.path.exists(os.path.join(phase_dir, training.MODEL_FILE)):
                     state = "trained"
+                elif os.path.isdir(os.path.join(config.workdir, name)):
+                    state = "training"  # a phase has started (or was killed)
                 else:
                     state = "not trained"
                 networks.append(
