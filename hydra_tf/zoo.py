@@ -429,7 +429,10 @@ def publish(run_dir, variant, name, family, study, command, root=None, data_dir=
         run_config = files.read_json(pipeline_config)
         objective = run_config.get("objective", config["objective"])
         # The attack whose examples (found on the Keras network) the TF Lite check transferred.
-        transfer_attack = pipeline.PipelineConfig.from_json(run_config).attack.to_json()
+        try:
+            transfer_attack = pipeline.PipelineConfig.from_json(run_config).attack.to_json()
+        except (KeyError, TypeError, ValueError) as error:
+            raise ZooError(f"Cannot read the run's config {pipeline_config}: {error}") from error
     else:
         objective = config["objective"]
     root = _root(root)

@@ -209,6 +209,14 @@ class PublishTest(tf.test.TestCase):
         with self.assertRaisesRegex(zoo.ZooError, "first 300 test images"):
             zoo.publish(wrong, VARIANT, "fewer_wrong", "certified", "r", "c", self.root)
 
+    def test_refuses_a_run_whose_config_it_cannot_read(self):
+        run_dir = os.path.join(self.tmp, "bad_config")
+        _write_run(run_dir, self.model, self.clean)
+        files.write_json(os.path.join(run_dir, "pipeline_config.json"), {"objective": {}})
+        with self.assertRaisesRegex(zoo.ZooError, "Cannot read the run's config"):
+            zoo.publish(run_dir, VARIANT, "bad_config", "adversarial", "r", "c", self.root)
+        self.assertNotIn("bad_config", zoo.names(self.root))
+
     def test_refuses_a_network_the_study_did_not_measure(self):
         run_dir = os.path.join(self.tmp, "wrong")
         _write_run(run_dir, self.model, self.clean + 0.05)
