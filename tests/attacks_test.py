@@ -6,6 +6,7 @@ import tensorflow as tf
 from absl.testing import parameterized
 
 from hydra_tf.objectives import attacks
+from hydra_tf.objectives.attacks import linf_pgd
 from tests import helpers
 
 
@@ -51,6 +52,17 @@ class PGDTest(tf.test.TestCase):
             self.assertGreaterEqual(x_adv.min(), 0.0)
             self.assertLessEqual(x_adv.max(), 1.0)
             self.assertGreater(np.abs(x_adv - x).max(), 0.5 * eps)  # it moved
+
+    def test_uniform_start_fills_the_ball(self):
+        # PGD's random start and TRADES' uniform start (linf_pgd.uniform_start): every
+        # coordinate within eps of x, spread over the ball rather than at the clean point.
+        x = tf.fill((64, 28, 28, 1), 0.5)
+        start = linf_pgd.uniform_start(x, 0.1).numpy() - 0.5
+        self.assertLessEqual(np.abs(start).max(), 0.1 + 1e-6)
+        self.assertGreater(np.abs(start).max(), 0.09)
+        self.assertBetween(
+            float(np.abs(start).mean()), 0.04, 0.06
+        )  # |U(-eps, eps)| has mean eps / 2
 
     def test_drives_undefended_model_to_near_zero(self):
         model = helpers.natural_cnn_small()

@@ -614,32 +614,32 @@ def run(config, strategy=None, jit_compile=False, train_only=False):
         )
     )
     rows = [evaluated(dense.model_path, "dense", "dense", 1.0)]
-    for ratio in config.keep_ratios:
-        pruned = train(
-            _train_config(
-                config,
-                "prune",
-                stage(stage_name(config, "hydra", ratio), "prune"),
-                ratio,
-                dense.model_path,
-                config.prune_epochs,
-                config.prune_lr,
-            )
-        )
-        for method, source in (("hydra", pruned.model_path), ("lwm", dense.model_path)):
-            tuned = train(
+    for name, method, ratio, finetune_dir in list(networks(config))[1:]:
+        source = dense.model_path  # LWM's magnitude mask comes from the dense network
+        if method == "hydra":
+            source = train(
                 _train_config(
                     config,
-                    "finetune",
-                    stage(stage_name(config, method, ratio), "finetune"),
+                    "prune",
+                    stage(name, "prune"),
                     ratio,
-                    source,
-                    config.finetune_epochs_of(method),
-                    config.finetune_lr,
+                    dense.model_path,
+                    config.prune_epochs,
+                    config.prune_lr,
                 )
+            ).model_path
+        tuned = train(
+            _train_config(
+                config,
+                "finetune",
+                finetune_dir,
+                ratio,
+                source,
+                config.finetune_epochs_of(method),
+                config.finetune_lr,
             )
-            name = stage_name(config, method, ratio)
-            rows.append(evaluated(tuned.model_path, name, method, ratio))
+        )
+        rows.append(evaluated(tuned.model_path, name, method, ratio))
     if train_only:
         logging.info("Pipeline: every network is trained; evaluate with the same command.")
         return records.PipelineResults(config=config.to_json(), rows=())
