@@ -342,6 +342,11 @@ def objective_config(preset=None):
     return objectives.config(OBJECTIVE.value, step_size=step, **values)
 
 
+def eval_eps():
+    """--eval_eps, else --eps: the radius at which evaluate and export test a network."""
+    return EPS.value if EVAL_EPS.value is None else EVAL_EPS.value
+
+
 def attack_eps(objective):
     """`eval_eps` for a pipeline: --eval_eps, else --eps if the objective has no radius of its own.
 

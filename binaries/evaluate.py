@@ -10,9 +10,9 @@ the robust accuracy after each); --attack=pgd is PGD with --steps and
 --restarts. A killed AutoAttack evaluation resumes from --state (default:
 <output>.state.npz). The network runs in inference mode. The JSON holds
 clean_acc, robust_acc, the attack settings, the number of examples and the
-measured kernel sparsity.
+measured kernel sparsity. The radius is --eval_eps, or --eps without it.
 
---verify=ibp,crown_ibp,crown adds verified accuracy at --eps by each bound
+--verify=ibp,crown_ibp,crown adds verified accuracy at that radius by each bound
 (IBP, CROWN-IBP, full CROWN on the first --crown_limit examples), checked
 against the attack's examples when it has them (AutoAttack): a verified point
 the attack breaks stops the evaluation with an error.
@@ -60,12 +60,12 @@ def attack():
     name = common.ATTACK.value or "autoattack"
     if name == "pgd":
         return attacks.PGDConfig(
-            eps=common.EPS.value,
+            eps=common.eval_eps(),
             steps=_STEPS.value,
             restarts=_RESTARTS.value,
             step_size=_STEP_SIZE.value,
         )
-    return attacks.make(name, common.EPS.value)
+    return attacks.make(name, common.eval_eps())
 
 
 def _evaluate():
@@ -94,7 +94,7 @@ def _evaluate():
             network,
             images,
             labels,
-            common.EPS.value,
+            common.eval_eps(),
             methods=tuple(dict.fromkeys(_VERIFY.value)),
             crown_limit=common.CROWN_LIMIT.value,
             adversarial=result.adversarial,

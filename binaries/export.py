@@ -8,8 +8,9 @@ With --format=tflite it also writes TF Lite files under <output_dir>/tflite:
 the --tflite_mode asked for, or with --tflite_mode=auto every mode, of which
 it picks the smallest file that runs on XNNPACK and keeps accuracy. Each file
 is verified with LiteRT on the --dataset test set (clean accuracy, accuracy on
-PGD examples crafted on the Keras model at --eps, size, latency, memory);
-full int8 is calibrated on training images. The report is tflite/tflite.json.
+PGD examples crafted on the Keras model at --eval_eps, else --eps, size,
+latency, memory); full int8 is calibrated on training images. The report is
+tflite/tflite.json.
 
 Examples:
   python -m binaries.export --checkpoint=runs/finetune/model.keras \
@@ -66,7 +67,7 @@ def _export():
             common.TFLITE_MODE.value,
             images,
             labels,
-            evaluation.default_attack(common.EPS.value),
+            evaluation.default_attack(common.eval_eps()),
             representative,
         )
         chosen = result["modes"][result["mode"]]

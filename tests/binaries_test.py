@@ -170,11 +170,13 @@ class EndToEndTest(tf.test.TestCase):
             "--tflite_mode=float16",
             "--test_limit=32",
             "--train_limit=64",
+            "--eval_eps=0.02",
         )
         self.assertEqual(result.returncode, 0, result.stderr[-3000:])
         with open(os.path.join(work, "export", "tflite", "tflite.json")) as f:
             report = json.load(f)
         self.assertEqual(report["mode"], "float16")
+        self.assertEqual(report["attack"]["eps"], 0.02)
         self.assertEqual(report["num_examples"], 32)
         self.assertTrue(os.path.exists(os.path.join(work, "export", "tflite", "float16.tflite")))
         result = run_binary(

@@ -34,6 +34,11 @@ class EvaluateBinaryTest(tf.test.TestCase):
         self.assertAlmostEqual(values["sparsity"], 0.95, delta=1e-3)
         self.assertEqual(values["checkpoint"], checkpoint)
 
+    def test_eval_eps_overrides_eps(self):
+        flags = ("--test_limit=8", "--eps=0.3", "--eval_eps=0.02", "--attack=pgd", "--steps=1")
+        _, _, values = self._evaluate(*flags)
+        self.assertEqual(values["attack"]["eps"], 0.02)
+
     def test_cascade_attack_reports_each_stage_and_keeps_state(self):
         _, report, values = self._evaluate("--test_limit=24", "--eps=0.05")
         self.assertEqual(values["attack"]["name"], "autoattack")
