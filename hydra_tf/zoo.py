@@ -257,7 +257,8 @@ def evaluate(
 
     Returns:
       A dict: name, num_examples, clean_acc, tflite_clean_acc, and with an
-      attack robust_acc and attack; with `verify`, verified_accuracy; with
+      attack robust_acc, attack and the checks it failed (warnings, as in
+      `evaluation.EvalResult`); with `verify`, verified_accuracy; with
       `certify_n`, certified_accuracy ({radius: accuracy}). When `limit` is
       the card's check size, card_clean_acc is the card's figure.
     """
@@ -280,6 +281,8 @@ def evaluate(
         )
         measured["robust_acc"] = result.robust_acc
         measured["attack"] = result.attack
+        if result.warnings:
+            measured["warnings"] = list(result.warnings)
         adversarial = result.adversarial
     if verify:
         eps = model_card.evaluation.get("eps") if eps is None else eps

@@ -143,6 +143,29 @@ class CascadeTest(tf.test.TestCase):
             cascade.run(_mean_model, images, labels, Shift(0.1, 0.1), state_path=path)
 
 
+class MaskingCheckTest(tf.test.TestCase):
+    def _stages(self, *pairs):
+        return [{"attack": name, "robust_acc": acc} for name, acc in pairs]
+
+    def test_counts_what_square_breaks_after_gradient_attacks(self):
+        stages = self._stages(("apgd-ce", 0.627), ("apgd-t", 0.6095), ("square", 0.2285))
+        self.assertAlmostEqual(cascade.gradient_free_gain(stages), 0.381)
+        warning = cascade.masking_warning(stages)
+        self.assertIn("square broke 38.10% of the examples", warning)
+        self.assertIn("gradient masking", warning)
+        as_stages = [cascade.Stage(s["attack"], s["robust_acc"], 1, 0, 0.0) for s in stages]
+        self.assertEqual(cascade.masking_warning(as_stages), warning)
+
+    def test_passes_at_the_threshold_and_without_a_gradient_attack_before(self):
+        at_threshold = self._stages(("apgd-ce", 0.5), ("square", 0.498))
+        self.assertIsNone(cascade.masking_warning(at_threshold))
+        just_above = self._stages(("apgd-ce", 0.5), ("square", 0.4975))
+        self.assertIsNotNone(cascade.masking_warning(just_above))
+        square_first = self._stages(("square", 0.2), ("apgd-ce", 0.1))
+        self.assertEqual(cascade.gradient_free_gain(square_first), 0.0)
+        self.assertIsNone(cascade.masking_warning(self._stages(("apgd-ce", 0.5))))
+
+
 class ReplicasTest(tf.test.TestCase):
     def test_replicas_attack_their_share_with_the_same_result(self):
         strategy = helpers.mirrored_cpus()

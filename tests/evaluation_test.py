@@ -1,5 +1,6 @@
 """Tests for hydra_tf.evaluation."""
 
+import keras
 import numpy as np
 import tensorflow as tf
 
@@ -35,6 +36,30 @@ class EvaluateTest(tf.test.TestCase):
         attack = evaluation.default_attack(0.1)
         self.assertGreaterEqual(attack.steps, 50)
         self.assertGreaterEqual(attack.restarts, 2)
+
+    def test_cascade_flags_gradient_masking_only_where_square_breaks_more(self):
+        natural = helpers.natural_cnn_small()
+        # Input quantisation: a zero input gradient (as in square_test).
+        quantise = keras.layers.Lambda(lambda x: tf.round(x * 8.0) / 8.0 + 0.0 * x)
+        masked = keras.Sequential([keras.Input((28, 28, 1)), quantise, natural])
+
+        ds, _, _ = _dataset(100)
+        cascade = attacks.Cascade(
+            "apgd+square",
+            (attacks.make("apgd-ce", 0.2, steps=10), attacks.make("square", 0.2, queries=300)),
+        )
+        flagged = evaluation.evaluate(masked, ds, cascade)
+        apgd, square = flagged.stages
+        self.assertGreater(apgd.robust_acc, 0.5 * flagged.clean_acc)
+        self.assertLess(square.robust_acc, apgd.robust_acc - 0.2)
+        (warning,) = flagged.warnings
+        self.assertIn(f"square broke {100 * (apgd.robust_acc - square.robust_acc):.2f}%", warning)
+        self.assertEqual(flagged.to_json()["warnings"], [warning])
+        # APGD alone drives the undefended network to 0: Square finds nothing left.
+        clear = evaluation.evaluate(natural, ds, cascade)
+        self.assertEqual(clear.stages[0].robust_acc, 0.0)
+        self.assertEqual(clear.warnings, ())
+        self.assertNotIn("warnings", clear.to_json())
 
     def test_empty_dataset_raises(self):
         empty = tf.data.Dataset.from_tensor_slices(

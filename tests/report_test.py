@@ -1,5 +1,7 @@
 """Tests for hydra_tf.experiments.report: the one Table-1 renderer, on a hand-made case."""
 
+import dataclasses
+
 import tensorflow as tf
 
 from hydra_tf.experiments import records
@@ -49,6 +51,20 @@ class ReportTest(tf.test.TestCase):
         self.assertEqual(report.keep_ratios(rows), [0.1, 0.01])
         self.assertAlmostEqual(report.gap(rows, 0.1), 0.1)
         self.assertIsNone(report.gap(rows, 0.01))  # no LWM row
+
+    def test_stages_table_lists_networks_square_breaks(self):
+        def staged(method, after_gradient, after_square):
+            stages = [
+                {"attack": "apgd-ce", "robust_acc": after_gradient},
+                {"attack": "square", "robust_acc": after_square},
+            ]
+            return dataclasses.replace(_row(method, 0.01, after_square), stages=stages)
+
+        lines = report.stages_markdown([staged("hydra", 0.6, 0.3), staged("lwm", 0.5, 0.499)])
+        self.assertIn("| hydra keep 0.01 | 80.0 | 60.0 | 30.0 |", lines)
+        flagged = [line for line in lines if line.startswith("- ")]
+        self.assertLen(flagged, 1)
+        self.assertTrue(flagged[0].startswith("- hydra keep 0.01: square broke 30.00%"))
 
 
 if __name__ == "__main__":

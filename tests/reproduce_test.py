@@ -113,6 +113,38 @@ class PgdBesideStudyTest(tf.test.TestCase):
         )
 
 
+class MaskingStudyTest(tf.test.TestCase):
+    def test_networks_square_breaks_are_listed_per_seed(self):
+        def row(method, keep, after_gradient, after_square):
+            stages = [
+                {"attack": "apgd-ce", "robust_acc": after_gradient},
+                {"attack": "square", "robust_acc": after_square},
+            ]
+            measured = dataclasses.replace(
+                _row(method, keep, 0.8, after_square), attack=_AUTOATTACK, stages=stages
+            )
+            return records.Row.of(measured, method, keep)
+
+        runs = [
+            ("cnn_small", 0, _results(row("dense", 1.0, 0.7, 0.699), row("hydra", 0.01, 0.6, 0.2))),
+            ("cnn_small", 1, _results(row("dense", 1.0, 0.7, 0.7), row("hydra", 0.01, 0.5, 0.5))),
+        ]
+        rows = reproduce.aggregate(runs)
+        hydra = next(r for r in rows if r.method == "hydra")
+        self.assertAllClose([s.gradient_free_gain for s in hydra.per_seed], [0.4, 0.0])
+        # It survives results.json.
+        reread = records.StudyRow.from_json(json.loads(json.dumps(hydra.to_json())))
+        self.assertEqual(reread.per_seed, hydra.per_seed)
+        base = pipeline.PipelineConfig(workdir="/tmp/x")
+        text = reproduce.markdown(_study(base, "cnn_small", _AUTOATTACK, 100, runs))
+        self.assertIn("gradient masking", text)
+        self.assertIn("- hydra keep 0.01: 40.0 (seed 0)\n", text)
+        self.assertNotIn("- dense", text)  # 0.1 points: under AutoAttack's 0.2
+        # Without stages (PGD) nothing is flagged, and nothing is recorded.
+        plain = reproduce.aggregate([("cnn_small", 0, _results(_row("hydra", 0.01, 0.8, 0.1)))])
+        self.assertIsNone(plain[0].per_seed[0].gradient_free_gain)
+
+
 class CertifiedStudyTest(tf.test.TestCase):
     def _runs(self):
         def row(method, keep, robust, at_one):

@@ -45,6 +45,8 @@ class EvalResult:
     stages: tuple = ()
     # Cascades only: the adversarial point of each example (see `cascade`).
     adversarial: object = dataclasses.field(default=None, repr=False, compare=False)
+    # Checks the evaluation failed, one line each (`cascade.masking_warning`).
+    warnings: tuple = ()
 
     def to_json(self):
         values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
@@ -53,6 +55,10 @@ class EvalResult:
             values.pop("stages")
         else:
             values["stages"] = [stage.to_json() for stage in self.stages]
+        if self.warnings:
+            values["warnings"] = list(self.warnings)
+        else:
+            values.pop("warnings")
         return values
 
 
@@ -150,6 +156,9 @@ def _evaluate_cascade(network, dataset, attack, strategy, state_path):
     images = np.concatenate([x for x, _ in pairs])
     labels = np.concatenate([y for _, y in pairs])
     result = cascade.run(network, images, labels, attack, state_path=state_path, strategy=strategy)
+    warning = cascade.masking_warning(result.stages)
+    if warning:
+        logging.warning("Evaluation: %s.", warning)
     return EvalResult(
         clean_acc=float(result.clean.mean()),
         robust_acc=float(result.robust.mean()),
@@ -158,4 +167,5 @@ def _evaluate_cascade(network, dataset, attack, strategy, state_path):
         seconds=result.seconds,
         stages=tuple(result.stages),
         adversarial=result.adversarial,
+        warnings=(warning,) if warning else (),
     )

@@ -12,6 +12,12 @@ robust, the adversarial points, where each attack stopped) written at most
 every `save_every` seconds and after each attack; run again with the same
 file, it resumes where it stopped. A state written for other settings (other
 attack, other examples) is refused with a clear error.
+
+AutoAttack's own check ("Square Attack improves the robustness evaluation" in
+Croce & Hein's flags documentation) is `masking_warning`: a gradient-free
+attack that breaks more than `MASKING_THRESHOLD` of the examples after the
+gradient attacks left them robust hints that the gradients mislead (gradient
+masking), so what the gradient attacks leave overstates robustness.
 """
 
 import dataclasses
@@ -25,9 +31,12 @@ import tensorflow as tf
 from absl import logging
 
 from hydra_tf.models import layers
+from hydra_tf.objectives import attacks
 
 # Largest allowed distance outside the eps-ball or [0, 1] (float32 rounding).
 TOLERANCE = 1e-5
+# AutoAttack's threshold for its Square check: 0.2% of the examples.
+MASKING_THRESHOLD = 0.002
 
 
 class AttackOutOfBoundsError(RuntimeError):
@@ -70,6 +79,44 @@ class CascadeResult:
     adversarial: np.ndarray
     stages: list
     seconds: float
+
+
+def gradient_free_gain(stages):
+    """The robust accuracy gradient-free attacks took after a gradient attack had run.
+
+    Args:
+      stages: the cascade's stages in order, `Stage`s or their `to_json()`.
+
+    Returns:
+      The drop in robust accuracy over the gradient-free stages (Square) that
+      come after at least one gradient stage; 0.0 when there are none.
+    """
+    gain, before, gradient_ran = 0.0, None, False
+    for stage in stages:
+        stage = stage.to_json() if isinstance(stage, Stage) else stage
+        if stage["attack"] not in attacks.GRADIENT_FREE:
+            gradient_ran = True
+        elif gradient_ran:
+            gain += before - stage["robust_acc"]
+        before = stage["robust_acc"]
+    return gain
+
+
+def masking_warning(stages):
+    """AutoAttack's Square check as one line, or None when the cascade passes it."""
+    gain = gradient_free_gain(stages)
+    if gain <= MASKING_THRESHOLD + 1e-9:  # accuracies are ratios of counts: float rounding
+        return None
+    stages = [s.to_json() if isinstance(s, Stage) else s for s in stages]
+    names = "/".join(
+        dict.fromkeys(s["attack"] for s in stages if s["attack"] in attacks.GRADIENT_FREE)
+    )
+    return (
+        f"{names} broke {100 * gain:.2f}% of the examples after the gradient "
+        f"attacks left them robust (AutoAttack's check: more than "
+        f"{100 * MASKING_THRESHOLD:g}% hints at gradient masking; the gradient attacks' "
+        "robust accuracy overstates robustness)"
+    )
 
 
 def _attacks(attack):

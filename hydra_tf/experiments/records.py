@@ -249,11 +249,16 @@ class PipelineResults:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class SeedResult:
-    """One seed's accuracies in a `StudyRow`."""
+    """One seed's accuracies in a `StudyRow`.
+
+    `gradient_free_gain` (attack cascades): the robust accuracy Square took
+    after the gradient attacks (`cascade.gradient_free_gain`).
+    """
 
     seed: int
     clean_acc: float
     robust_acc: float
+    gradient_free_gain: float | None = dataclasses.field(default=None, metadata=_OPTIONAL)
 
     def to_json(self):
         return _json_fields(self, SeedResult)

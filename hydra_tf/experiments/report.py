@@ -8,6 +8,8 @@ the labels. `results_markdown` and `deployment_markdown` write the pipeline's
 table.
 """
 
+from hydra_tf.evaluation import cascade
+
 _ATTACK_NAMES = {
     "autoattack": "AutoAttack",
     "apgd-ce": "APGD-CE",
@@ -68,6 +70,11 @@ def stages_markdown(rows):
         if pgd:
             cells.append(f"{100 * r.pgd_acc:.1f}")
         lines.append("| " + " | ".join(cells) + " |")
+    flagged = [(r, cascade.masking_warning(r.stages)) for r in staged]
+    flagged = [(r, warning) for r, warning in flagged if warning]
+    if flagged:
+        lines += ["", "Gradient masking (AutoAttack's Square check):", ""]
+        lines += [f"- {r.method} keep {r.keep_ratio:g}: {warning}." for r, warning in flagged]
     return lines
 
 

@@ -130,7 +130,14 @@ def aggregate(runs):
                 layer_sparsity=members[0][1].layer_sparsity,
                 seeds=[seed for seed, _ in members],
                 per_seed=tuple(
-                    records.SeedResult(seed=seed, clean_acc=r.clean_acc, robust_acc=r.robust_acc)
+                    records.SeedResult(
+                        seed=seed,
+                        clean_acc=r.clean_acc,
+                        robust_acc=r.robust_acc,
+                        gradient_free_gain=(
+                            cascade.gradient_free_gain(r.stages) if r.stages else None
+                        ),
+                    )
                     for seed, r in members
                 ),
                 certified_accuracy=certified,
@@ -319,6 +326,7 @@ def markdown(study):
                     "(the largest magnitudes); HYDRA trades the rest for smaller weights."
                 ),
             ]
+        lines += _masking_lines(rows)
         for name, path in study.figures.get(arch, {}).items():
             lines += ["", f"![{arch} {name}]({path})"]
     if study.merged_from:
@@ -334,6 +342,29 @@ def markdown(study):
         )
     lines += ["", timing]
     return "\n".join(lines) + "\n"
+
+
+def _masking_lines(rows):
+    """The networks that fail AutoAttack's Square check, with what Square took per seed."""
+    flagged = []
+    for r in rows:
+        gains = [s for s in r.per_seed if (s.gradient_free_gain or 0) > cascade.MASKING_THRESHOLD]
+        if gains:
+            per_seed = ", ".join(f"{100 * s.gradient_free_gain:.1f} (seed {s.seed})" for s in gains)
+            flagged.append(f"- {r.method} keep {r.keep_ratio:g}: {per_seed}")
+    if not flagged:
+        return []
+    return [
+        "",
+        (
+            "Square, which uses no gradient, broke these points (% of the examples) after the "
+            "gradient attacks left them robust; AutoAttack flags more than "
+            f"{100 * cascade.MASKING_THRESHOLD:g}% as a hint of gradient masking, where the "
+            "gradient attacks' figures overstate robustness:"
+        ),
+        "",
+        *flagged,
+    ]
 
 
 def _write(study, output_dir):

@@ -34,6 +34,7 @@ from hydra_tf.objectives.attacks.linf_pgd import uniform_start
 __all__ = [
     "ATTACKS",
     "ATTACK_LOSSES",
+    "GRADIENT_FREE",
     "REGISTRY",
     "Cascade",
     "PGDConfig",
@@ -98,6 +99,9 @@ REGISTRY = {
 }
 STANDARD = ("apgd-ce", "apgd-t", "fab-t", "square")
 ATTACKS = tuple(REGISTRY)
+# Attacks that query only the network's outputs, never its gradient: what they break after
+# the gradient attacks gave up hints at gradient masking (`evaluation.cascade`).
+GRADIENT_FREE = frozenset({square.SquareConfig.name})
 
 
 def make(name, eps, **options):
