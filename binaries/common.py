@@ -250,6 +250,14 @@ LWM_EQUAL_BUDGET = flags.DEFINE_boolean(
     "Pipeline / study: LWM finetunes for --prune_epochs + --finetune_epochs (HYDRA's whole "
     "budget after pretraining) instead of --finetune_epochs.",
 )
+FINETUNE_TRADES_START = flags.DEFINE_enum(
+    "finetune_trades_start",
+    None,
+    adversarial.TRADES_STARTS,
+    "Pipeline / study, trades: where the finetune phase's attack starts (default: "
+    "--trades_start, as in the other phases). --finetune_trades_start=uniform finetunes with "
+    "the uniform start from Gaussian-start dense and prune networks.",
+)
 ALSO_PGD = flags.DEFINE_boolean(
     "also_pgd",
     False,
@@ -273,6 +281,7 @@ def pipeline_settings():
         **({"verify_methods": tuple(VERIFY_METHODS.value)} if VERIFY_METHODS.value else {}),
         "tflite_mode": TFLITE_MODE.value,
         "lwm_equal_budget": LWM_EQUAL_BUDGET.value,
+        "finetune_trades_start": FINETUNE_TRADES_START.value,
         "also_pgd": ALSO_PGD.value,
         **certify_settings(),
     }

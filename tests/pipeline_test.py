@@ -3,6 +3,7 @@
 import dataclasses
 import json
 import os
+import shutil
 import tempfile
 from unittest import mock
 
@@ -304,6 +305,43 @@ class PipelineTest(tf.test.TestCase):
             pipeline.PipelineConfig(workdir="/tmp/x", keep_ratios=(0.1, 1.5))
         with self.assertRaisesRegex(ValueError, "at least one"):
             pipeline.PipelineConfig(workdir="/tmp/x", keep_ratios=())
+
+    def test_finetunes_with_their_own_trades_start_reuse_the_dense_and_prune_networks(self):
+        gaussian = dataclasses.replace(_tiny(tempfile.mkdtemp()), keep_ratios=(0.01,))
+        pipeline.run(gaussian, train_only=True)
+        # A second workdir holding copies of the Gaussian-start dense and prune phases.
+        workdir = tempfile.mkdtemp()
+        for phase in (("dense", "pretrain"), ("hydra_0.01", "prune")):
+            shutil.copytree(os.path.join(gaussian.workdir, *phase), os.path.join(workdir, *phase))
+        uniform = dataclasses.replace(gaussian, workdir=workdir, finetune_trades_start="uniform")
+        kept = {
+            phase: os.stat(os.path.join(workdir, *phase, "model.keras")).st_mtime_ns
+            for phase in (("dense", "pretrain"), ("hydra_0.01", "prune"))
+        }
+        pipeline.run(uniform, train_only=True)
+        for phase, written in kept.items():  # reused, not retrained
+            path = os.path.join(workdir, *phase, "model.keras")
+            self.assertEqual(os.stat(path).st_mtime_ns, written)
+
+        def start(config, *phase):
+            with open(os.path.join(config.workdir, *phase, "config.json")) as f:
+                return json.load(f)["objective"]["start"]
+
+        for name in ("hydra_0.01", "lwm_0.01"):
+            self.assertEqual(start(gaussian, name, "finetune"), "gaussian")
+            self.assertEqual(start(uniform, name, "finetune"), "uniform")
+        self.assertEqual(start(uniform, "hydra_0.01", "prune"), "gaussian")
+        self.assertEqual(pipeline.PipelineConfig.from_json(uniform.to_json()), uniform)
+
+    def test_finetune_trades_start_needs_trades_and_a_known_start(self):
+        with self.assertRaisesRegex(ValueError, "needs the trades objective, not 'pgd_at'"):
+            pipeline.PipelineConfig(
+                workdir="/tmp/x",
+                objective=objectives.config("pgd_at", eps=0.1),
+                finetune_trades_start="uniform",
+            )
+        with self.assertRaisesRegex(ValueError, "Unknown finetune_trades_start 'zero'"):
+            pipeline.PipelineConfig(workdir="/tmp/x", finetune_trades_start="zero")
 
     def test_config_reads_back_from_its_json(self):
         config = dataclasses.replace(_tiny("/tmp/x"), eval_eps=0.05)

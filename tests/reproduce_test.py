@@ -101,6 +101,12 @@ class PgdBesideStudyTest(tf.test.TestCase):
         text = reproduce.markdown(_study(base, "cnn_small", _AUTOATTACK, 100, runs))
         self.assertIn("| model | clean | AutoAttack | PGD-50 (2 restarts) |", text)
         self.assertIn("| hydra 99% | 80.0 | 20.0 ± 14.1 | 30.0 ± 14.1 |", text)
+        self.assertIn("10-step PGD inside training from x + 0.001 N(0, I)). Epochs", text)
+        uniform = dataclasses.replace(base, finetune_trades_start="uniform")
+        self.assertIn(
+            "from x + 0.001 N(0, I) (a uniform point of the eps-ball in the finetunes))",
+            reproduce.markdown(_study(uniform, "cnn_small", _AUTOATTACK, 100, runs)),
+        )
         equal = pipeline.PipelineConfig(workdir="/tmp/x", lwm_equal_budget=True)
         self.assertIn(
             "finetune 5 (LWM: 10, HYDRA's prune + finetune budget)",

@@ -66,6 +66,11 @@ class PipelineConfig:
     # LWM's finetuning gets HYDRA's whole training budget after pretraining
     # (prune_epochs + finetune_epochs), in stages named lwm_equal_<ratio>.
     lwm_equal_budget: bool = False
+    # TRADES objectives: where the finetune phase's attack starts (one of
+    # `TRADES_STARTS`), None: the objective's start, as in the other phases.
+    # Finetunes with the uniform start from a Gaussian-start study's own dense
+    # and prune networks (results/adversarial/README.md).
+    finetune_trades_start: str | None = None
     optimizer: str = "sgd"
     pretrain_lr: float = 0.1
     prune_lr: float = 0.1
@@ -120,6 +125,17 @@ class PipelineConfig:
                 f"verify_methods must name some of {verified_lib.METHODS}. "
                 f"Received: {self.verify_methods}"
             )
+        if self.finetune_trades_start is not None:
+            if not isinstance(self.objective, objectives.TradesConfig):
+                raise ValueError(
+                    "finetune_trades_start needs the trades objective, not "
+                    f"{self.objective.name!r}."
+                )
+            if self.finetune_trades_start not in objectives.adversarial.TRADES_STARTS:
+                raise ValueError(
+                    f"Unknown finetune_trades_start {self.finetune_trades_start!r}. "
+                    f"Supported: {', '.join(objectives.adversarial.TRADES_STARTS)}."
+                )
         if self.tflite_mode not in tflite.CHOICES:
             raise ValueError(
                 f"Unknown tflite_mode {self.tflite_mode!r}. Supported: {tflite.CHOICES}."
@@ -220,15 +236,18 @@ _SHARED_FIELDS = (
 )
 
 
-def phase_objective(objective, phase):
+def phase_objective(objective, phase, finetune_trades_start=None):
     """The objective config a phase of the pipeline trains with.
 
     An eps ramp (verifiable objectives) belongs to pretraining: prune and
     finetune start from a network trained at the full radius and train at it
-    from their first step, as the reference does.
+    from their first step, as the reference does. `finetune_trades_start`
+    (TRADES) replaces the attack's start in the finetune phase.
     """
     if phase != "pretrain" and hasattr(objective, "at_full_eps"):
         return objective.at_full_eps()
+    if phase == "finetune" and finetune_trades_start is not None:
+        return dataclasses.replace(objective, start=finetune_trades_start)
     return objective
 
 
@@ -259,7 +278,7 @@ def results_dir(config):
 
 def _train_config(config, phase, workdir, keep_ratio=1.0, source=None, epochs=1, lr=0.1):
     shared = {name: getattr(config, name) for name in _SHARED_FIELDS}
-    shared["objective"] = phase_objective(config.objective, phase)
+    shared["objective"] = phase_objective(config.objective, phase, config.finetune_trades_start)
     if phase == "pretrain":
         # A dense network either way: the pretraining run serves both granularities.
         shared["granularity"] = "weight"

@@ -219,11 +219,26 @@ def _caption(study):
         )
     return (
         f"Objective {objective['name']} (L-inf eps {objective['eps']:g}, "
-        f"{objective['steps']}-step PGD inside training). {schedule} "
+        f"{objective['steps']}-step PGD inside training{_start_text(objective, base)}). "
+        f"{schedule} "
         f"Robust accuracy under {report.describe_attack(attack, restarts='restarts')} on "
         f"{study.num_test_examples} test images. "
         "Cells: robust % (clean %), mean ± std."
     )
+
+
+_STARTS = {"gaussian": "x + 0.001 N(0, I)", "uniform": "a uniform point of the eps-ball"}
+
+
+def _start_text(objective, base):
+    """Where a TRADES study's training attack starts, per phase ("" for other objectives)."""
+    if "start" not in objective:
+        return ""
+    text = f" from {_STARTS[objective['start']]}"
+    finetune = base.get("finetune_trades_start")
+    if finetune and finetune != objective["start"]:
+        text += f" ({_STARTS[finetune]} in the finetunes)"
+    return text
 
 
 def _models(rows, ratios):
