@@ -35,6 +35,7 @@ from absl import logging
 from hydra_tf import data
 from hydra_tf import evaluation
 from hydra_tf import files
+from hydra_tf.evaluation import cascade
 from hydra_tf.evaluation import smoothing
 from hydra_tf.evaluation import verified
 from hydra_tf.experiments import pipeline
@@ -382,6 +383,8 @@ def _evaluation_figures(evaluated):
         )
     else:
         figures.update(robust_kind=attack.get("name", "pgd"), attack=attack.get("name", "pgd"))
+    if evaluated.stages:
+        figures["stages"] = evaluated.stages
     return figures
 
 
@@ -552,6 +555,20 @@ def _robust_text(figures):
     return f"{kind} {_percent(figures['robust_acc'])}% at L-inf eps {figures['eps']:g}"
 
 
+def _stages_text(figures):
+    """Robust % after each attack of the card's cascade, and AutoAttack's Square check."""
+    stages = figures.get("stages")
+    if not stages:
+        return None
+    text = " -> ".join(
+        f"{report.attack_name({'name': s['attack']})} {_percent(s['robust_acc'])}%" for s in stages
+    )
+    warning = cascade.masking_warning(stages)
+    if warning:
+        return f"{text}; **check failed**: {warning}"
+    return f"{text}; AutoAttack's Square check passed"
+
+
 def _pruned_text(model_card):
     unit = "channels" if model_card.granularity == "channel" else "weights"
     return f"{100 * (1 - model_card.keep_ratio):g}% of {unit} pruned"
@@ -612,6 +629,7 @@ def card_markdown(model_card):
             f"(first {figures['num_examples']} test images) |"
         ),
         f"| robustness | {_robust_text(figures)} |",
+        *([f"| after each attack | {_stages_text(figures)} |"] if figures.get("stages") else []),
         f"| TF Lite ({c.tflite['mode']}, LiteRT) | {_tflite_text(c.tflite)} |",
         f"| parameters | {c.params:,} ({c.nonzero_params:,} nonzero), {c.macs:,} multiply-adds |",
         (

@@ -1,5 +1,6 @@
 """Tests for hydra_tf.zoo: publishing a run's network, reading it back, and the published zoo."""
 
+import dataclasses
 import json
 import os
 import tempfile
@@ -82,6 +83,12 @@ def _write_run(run_dir, model, clean_acc, num_examples=500, certified=False):
         num_examples=num_examples,
         attack=attack,
         certified_accuracy={"0": clean_acc, "0.5": 0.05} if certified else None,
+        stages=None
+        if certified
+        else [
+            {"attack": "apgd-ce", "robust_acc": 0.3, "attacked": 9, "broken": 6, "seconds": 1.0},
+            {"attack": "square", "robust_acc": 0.05, "attacked": 3, "broken": 2, "seconds": 1.0},
+        ],
         sparsity=0.9,
         layer_sparsity={},
         keras_path=f"{VARIANT}/{VARIANT}.keras",
@@ -139,6 +146,29 @@ class PublishTest(tf.test.TestCase):
         kernel_entries = 3 * 3 * 4 + 13 * 13 * 4 * 10
         self.assertLess(card.nonzero_params, 0.2 * kernel_entries)
         self.assertEqual(zoo.card("tiny-90", self.root), card)
+
+    def test_card_gives_each_attack_and_the_square_check(self):
+        text = zoo.card_markdown(self.card)
+        self.assertIn(
+            "| after each attack | APGD-CE 30.0% -> Square 5.0%; **check failed**: square broke "
+            "25.00% of the examples after the gradient attacks",
+            text,
+        )
+        passing = dataclasses.replace(
+            self.card,
+            evaluation={
+                **self.card.evaluation,
+                "stages": [
+                    {"attack": "apgd-ce", "robust_acc": 0.05},
+                    {"attack": "square", "robust_acc": 0.05},
+                ],
+            },
+        )
+        self.assertIn("Square 5.0%; AutoAttack's Square check passed |", zoo.card_markdown(passing))
+        older = dataclasses.replace(
+            self.card, evaluation={k: v for k, v in self.card.evaluation.items() if k != "stages"}
+        )
+        self.assertNotIn("after each attack", zoo.card_markdown(older))
 
     def test_published_network_is_the_run_network_and_smaller(self):
         loaded = zoo.load("tiny-90", self.root)
