@@ -102,10 +102,15 @@ def gradient_free_gain(stages):
     return gain
 
 
+def fails_square_check(gain):
+    """Whether a `gradient_free_gain` is over AutoAttack's threshold."""
+    return gain > MASKING_THRESHOLD + 1e-9  # accuracies are ratios of counts: float rounding
+
+
 def masking_warning(stages):
     """AutoAttack's Square check as one line, or None when the cascade passes it."""
     gain = gradient_free_gain(stages)
-    if gain <= MASKING_THRESHOLD + 1e-9:  # accuracies are ratios of counts: float rounding
+    if not fails_square_check(gain):
         return None
     stages = [s.to_json() if isinstance(s, Stage) else s for s in stages]
     names = "/".join(

@@ -363,7 +363,7 @@ def _masking_lines(rows):
     """The networks that fail AutoAttack's Square check, with what Square took per seed."""
     flagged = []
     for r in rows:
-        gains = [s for s in r.per_seed if (s.gradient_free_gain or 0) > cascade.MASKING_THRESHOLD]
+        gains = [s for s in r.per_seed if cascade.fails_square_check(s.gradient_free_gain or 0)]
         if gains:
             per_seed = ", ".join(f"{100 * s.gradient_free_gain:.1f} (seed {s.seed})" for s in gains)
             flagged.append(f"- {r.method} keep {r.keep_ratio:g}: {per_seed}")
