@@ -629,7 +629,7 @@ def card_markdown(model_card):
             f"(first {figures['num_examples']} test images) |"
         ),
         f"| robustness | {_robust_text(figures)} |",
-        *([f"| after each attack | {_stages_text(figures)} |"] if figures.get("stages") else []),
+        *([f"| after each attack | {stages} |"] if (stages := _stages_text(figures)) else []),
         f"| TF Lite ({c.tflite['mode']}, LiteRT) | {_tflite_text(c.tflite)} |",
         f"| parameters | {c.params:,} ({c.nonzero_params:,} nonzero), {c.macs:,} multiply-adds |",
         (

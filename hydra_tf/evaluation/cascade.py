@@ -109,10 +109,10 @@ def fails_square_check(gain):
 
 def masking_warning(stages):
     """AutoAttack's Square check as one line, or None when the cascade passes it."""
+    stages = [s.to_json() if isinstance(s, Stage) else s for s in stages]
     gain = gradient_free_gain(stages)
     if not fails_square_check(gain):
         return None
-    stages = [s.to_json() if isinstance(s, Stage) else s for s in stages]
     names = "/".join(
         dict.fromkeys(s["attack"] for s in stages if s["attack"] in attacks.GRADIENT_FREE)
     )
