@@ -3,9 +3,11 @@
 For each network: run APGD-CE, APGD-T and FAB-T (the gradient part of
 AutoAttack), then Square on the points they left robust. On the points Square
 breaks (S) and on those it does not (R), report the median margin, the median
-input-gradient L1 norm of the margin, the fraction of ReLU units active at the
-clean point, and whether stronger gradient attacks (APGD-CE and APGD-DLR, each
-with 10 random restarts) break the S points.
+input-gradient L1 norm of the margin, the fraction of input pixels a ReLU
+switched on within eps hides from the gradient (`diagnostics.hidden_pixels`),
+the fraction of ReLU units active at the clean point, and whether stronger
+gradient attacks (APGD-CE and APGD-DLR, each with 10 random restarts) break
+the S points.
 
 Usage:
   python -m benchmarks.gradient_masking --workdir=runs/pipeline [--networks=hydra_0.05,lwm_0.05]
@@ -67,6 +69,9 @@ def main(argv):
                 "margin_median": float(np.median(margin)),
                 "grad_l1_median": float(np.median(grad)),
                 "eps_grad_over_margin_median": float(np.median(eps * grad / margin)),
+                "hidden_pixels_median": float(
+                    np.median(diagnostics.hidden_pixels(network, images[index], labels[index], eps))
+                ),
                 "active_relu_fraction": float(
                     np.mean(diagnostics.active_fraction(network, images[index]))
                 ),

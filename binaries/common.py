@@ -62,8 +62,9 @@ TRADES_START = flags.DEFINE_enum(
     None,
     adversarial.TRADES_STARTS,
     "trades: where the attack starts: gaussian (x + 0.001 N(0, I), TRADES' and the "
-    "reference's; default) or uniform (the eps-ball, PGD-AT's; sees ReLUs a perturbation "
-    "switches on, results/adversarial/README.md).",
+    "reference's; default), uniform (the eps-ball, PGD-AT's; sees ReLUs a perturbation "
+    "switches on) or vertex (a random corner of the ball; sees thresholds just below eps), "
+    "results/adversarial/README.md.",
 )
 SIGMA = flags.DEFINE_float(
     "sigma",

@@ -64,6 +64,14 @@ class PGDTest(tf.test.TestCase):
             float(np.abs(start).mean()), 0.04, 0.06
         )  # |U(-eps, eps)| has mean eps / 2
 
+    def test_vertex_start_is_a_random_corner_of_the_ball(self):
+        # TRADES' vertex start (linf_pgd.vertex_start): every coordinate exactly eps
+        # from x, each sign a fair coin.
+        x = tf.fill((64, 28, 28, 1), 0.5)
+        start = linf_pgd.vertex_start(x, 0.1).numpy() - 0.5
+        self.assertAllClose(np.abs(start), np.full(start.shape, 0.1), atol=1e-6)
+        self.assertBetween(float(np.mean(start > 0)), 0.48, 0.52)
+
     def test_drives_undefended_model_to_near_zero(self):
         model = helpers.natural_cnn_small()
         x, y = helpers.fashion_arrays("test", 200)

@@ -55,6 +55,41 @@ class GradientHealthTest(tf.test.TestCase):
         self.assertAllClose(ratio, 1e4, rtol=1e-3)
         self.assertEqual(saturated["linear_flip"], plain["linear_flip"])
 
+    def test_hidden_pixels_are_those_a_threshold_below_eps_hides(self):
+        # One ReLU per pixel, on above `threshold`, summed into the logits: on a
+        # zero image no pixel has a gradient; within eps 0.1 a threshold of 0.09
+        # is crossed from a corner, one of 0.11 never is (the cnn_large 99%
+        # first layer, results/adversarial/README.md).
+        def thresholds(threshold):
+            model = keras.Sequential(
+                [
+                    keras.Input((4, 4, 1)),
+                    keras.layers.Conv2D(1, 1, activation="relu"),
+                    keras.layers.Flatten(),
+                    keras.layers.Dense(2),
+                ]
+            )
+            model.layers[0].set_weights(
+                [np.ones((1, 1, 1, 1), np.float32), np.array([-threshold], np.float32)]
+            )
+            model.layers[2].set_weights(
+                [np.tile([[-1.0, 1.0]], (16, 1)).astype(np.float32), np.array([1.0, 0.0])]
+            )
+            return model
+
+        x, y = np.zeros((8, 4, 4, 1), np.float32), np.zeros(8, np.int64)
+        within, beyond = thresholds(0.09), thresholds(0.11)
+        # Four corners leave a pixel at 0 with probability 1 / 16.
+        self.assertBetween(float(np.mean(diagnostics.hidden_pixels(within, x, y, 0.1))), 0.85, 1)
+        self.assertAllEqual(diagnostics.hidden_pixels(beyond, x, y, 0.1), np.zeros(8))
+        report = diagnostics.gradient_health(within, x, y, 0.1)
+        self.assertGreater(report["hidden_pixels_median"], 0.8)
+        self.assertEqual(diagnostics.gradient_health(beyond, x, y, 0.1)["hidden_pixels_median"], 0)
+        # A network whose gradient reaches every pixel at x hides none.
+        alive = _network(0.5, 1.0)
+        report = diagnostics.gradient_health(alive, self.x, self._labels(alive), 0.1)
+        self.assertEqual(report["hidden_pixels_median"], 0)
+
 
 if __name__ == "__main__":
     tf.test.main()

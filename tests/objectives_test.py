@@ -95,6 +95,35 @@ class ObjectiveTest(tf.test.TestCase, parameterized.TestCase):
         # Uniform: the unit is on from the start, and the ascent drives every pixel to eps.
         self.assertGreater(kl["uniform"], 0.5)
 
+    def test_trades_vertex_start_sees_thresholds_just_below_eps(self):
+        # Per pixel one ReLU unit, on above 0.09 (bias -0.09 after a weight of 1),
+        # summed into the logits: the live first-layer unit of the cnn_large 99%
+        # networks (results/adversarial/README.md). On a zero image a pixel gets a
+        # gradient only once it starts above the threshold: the uniform start puts
+        # (0.1 - 0.09) / 0.2 = 5% of them there, the vertex start half of them.
+        model = keras.Sequential(
+            [
+                keras.Input((28, 28, 1)),
+                keras.layers.Conv2D(1, 1, activation="relu"),
+                keras.layers.Flatten(),
+                keras.layers.Dense(2, use_bias=False),
+            ]
+        )
+        model.layers[0].set_weights([np.ones((1, 1, 1, 1), np.float32), np.array([-0.09])])
+        model.layers[2].set_weights([np.tile([[1.0, -1.0]], (28 * 28, 1)).astype(np.float32)])
+        x = np.zeros((4, 28, 28, 1), np.float32)
+        y = np.zeros(4, np.int64)
+        attack = attacks.PGDConfig(eps=0.1, steps=5, step_size=0.025)
+        above = {}
+        for start in objectives.adversarial.TRADES_STARTS:
+            x_adv = objectives.Trades(attack, start=start).perturb(model, x, y).numpy()
+            self.assertBetween(float(x_adv.min()), 0.0, 0.1 + 1e-6)
+            self.assertLessEqual(float(x_adv.max()), 0.1 + 1e-6)
+            above[start] = float(np.mean(x_adv > 0.09))
+        self.assertEqual(above["gaussian"], 0.0)
+        self.assertLess(above["uniform"], 0.1)
+        self.assertBetween(above["vertex"], 0.45, 0.55)
+
     def test_trades_start_is_checked(self):
         with self.assertRaisesRegex(ValueError, "Unknown TRADES start 'normal'.*uniform"):
             objectives.TradesConfig(start="normal")

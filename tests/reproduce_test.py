@@ -107,6 +107,11 @@ class PgdBesideStudyTest(tf.test.TestCase):
             "from x + 0.001 N(0, I) (a uniform point of the eps-ball in the finetunes))",
             reproduce.markdown(_study(uniform, "cnn_small", _AUTOATTACK, 100, runs)),
         )
+        vertex = dataclasses.replace(base, finetune_trades_start="vertex")
+        self.assertIn(
+            "(a random corner of the eps-ball in the finetunes))",
+            reproduce.markdown(_study(vertex, "cnn_small", _AUTOATTACK, 100, runs)),
+        )
         equal = pipeline.PipelineConfig(workdir="/tmp/x", lwm_equal_budget=True)
         self.assertIn(
             "finetune 5 (LWM: 10, HYDRA's prune + finetune budget)",

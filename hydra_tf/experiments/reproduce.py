@@ -227,7 +227,11 @@ def _caption(study):
     )
 
 
-_STARTS = {"gaussian": "x + 0.001 N(0, I)", "uniform": "a uniform point of the eps-ball"}
+_STARTS = {
+    "gaussian": "x + 0.001 N(0, I)",
+    "uniform": "a uniform point of the eps-ball",
+    "vertex": "a random corner of the eps-ball",
+}
 
 
 def _start_text(objective, base):

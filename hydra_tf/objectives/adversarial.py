@@ -32,8 +32,9 @@ class PGDATConfig:
 
 
 # Where the TRADES attack starts: "gaussian", x + 0.001 * N(0, I) (TRADES' and
-# the HYDRA reference's); "uniform", uniformly in the eps-ball (PGD-AT's).
-TRADES_STARTS = ("gaussian", "uniform")
+# the HYDRA reference's); "uniform", uniformly in the eps-ball (PGD-AT's);
+# "vertex", a random corner of the eps-ball (every pixel moved by +-eps).
+TRADES_STARTS = ("gaussian", "uniform", "vertex")
 
 
 def _check_start(start):
@@ -50,7 +51,13 @@ class TradesConfig(PGDATConfig):
     of the clean input, so it cannot see a ReLU that is off there by a larger
     margin but that a perturbation of eps switches on (on Fashion-MNIST's zero
     background, a first-layer filter whose bias sits just below zero). The
-    uniform start samples the whole ball (`results/adversarial/README.md`).
+    uniform start samples the whole ball, but puts a background pixel above a
+    threshold t < eps only with probability (eps - t) / (2 eps); the vertex
+    start puts half of them at eps, above every such threshold. A 99% network
+    whose first layer keeps a single live weight sees its input only through
+    that threshold, and finetuned from the uniform start it lowered it below
+    eps, where only a gradient-free attack finds it
+    (`results/adversarial/README.md`).
     """
 
     name: str = dataclasses.field(default="trades", init=False)
@@ -99,6 +106,8 @@ class Trades(base.Consistency):
         target = tf.nn.softmax(model(x, training=False))
         if self.start == "gaussian":
             start = x + 0.001 * distribute.normal(tf.shape(x), dtype=x.dtype)
-        else:  # uniform in the eps-ball, as PGD-AT's random start
+        elif self.start == "uniform":  # as PGD-AT's random start
             start = attacks.uniform_start(x, self.attack.eps)
+        else:
+            start = attacks.vertex_start(x, self.attack.eps)
         return attacks.pgd(model, x, y, self.attack, loss="kl", target_probs=target, start=start)

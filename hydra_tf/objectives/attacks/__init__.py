@@ -30,6 +30,7 @@ from hydra_tf.objectives.attacks.linf_pgd import input_gradient
 from hydra_tf.objectives.attacks.linf_pgd import pgd
 from hydra_tf.objectives.attacks.linf_pgd import robust_correct
 from hydra_tf.objectives.attacks.linf_pgd import uniform_start
+from hydra_tf.objectives.attacks.linf_pgd import vertex_start
 
 __all__ = [
     "ATTACKS",
@@ -43,6 +44,7 @@ __all__ = [
     "pgd",
     "robust_correct",
     "uniform_start",
+    "vertex_start",
 ]
 
 

@@ -116,6 +116,14 @@ def uniform_start(x, eps):
     return x + distribute.uniform(tf.shape(x), -eps, eps, x.dtype)
 
 
+def vertex_start(x, eps):
+    """x plus +-eps on every coordinate, each sign a fair coin: a random corner of
+    the eps-ball (callers clip it to [0, 1])."""
+    eps = tf.cast(eps, x.dtype)
+    coin = distribute.uniform(tf.shape(x), 0.0, 1.0, x.dtype)
+    return x + tf.where(coin < 0.5, -eps, eps)
+
+
 def pgd(model, x, y, config, loss="ce", target_probs=None, start=None):
     """Finds an L-inf adversarial example by projected gradient ascent.
 
