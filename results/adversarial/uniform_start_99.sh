@@ -2,7 +2,8 @@
 # A cnn_large 99% finetune of the TRADES study with TRADES' attack started uniformly in the
 # eps-ball (--trades_start=uniform), from the study's own networks, then standard AutoAttack
 # on the first 2000 test images. Everything else is the study's finetune (compare the two
-# config.json files). Resumable: run it again after a kill.
+# config.json files). START=vertex starts it at a random corner of the ball instead.
+# Resumable: run it again after a kill.
 #
 #   bash results/adversarial/uniform_start_99.sh hydra|lwm SEED [RUNS] [OUT]
 #
@@ -22,7 +23,7 @@ dir=$out/seed$seed/$name
 export TF_NUM_INTRAOP_THREADS=${THREADS:-1} TF_NUM_INTEROP_THREADS=1
 python=${PYTHON:-python}
 $python -m binaries.train --phase=finetune --arch=cnn_large --keep_ratio=0.01 \
-  --learning_rate=0.01 --objective=trades --trades_start=uniform --eps=0.1 --epochs=$epochs \
+  --learning_rate=0.01 --objective=trades --trades_start=${START:-uniform} --eps=0.1 --epochs=$epochs \
   --seed=$seed --test_limit=2000 --source_checkpoint=$source --workdir=$dir
 $python -m binaries.evaluate --checkpoint=$dir/model.keras --attack=autoattack --eps=0.1 \
   --test_limit=2000 --output=$dir/eval.json
