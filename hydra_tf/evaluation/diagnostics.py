@@ -56,42 +56,40 @@ def active_fraction(network, images):
     return np.concatenate([np.reshape(m, (len(images), -1)) for m in maps], axis=1).mean(axis=1)
 
 
-def margins_and_gradients(network, x, y):
-    """Per example: the margin z_y - max_{j!=y} z_j, the L1 norm of its input gradient,
-    and whether the float32 cross-entropy input gradient is exactly zero."""
+def _input_gradients(network, x, y, with_ce=False):
+    """The margin z_y - max_{j!=y} z_j per example, its input gradient and (with_ce)
+    the cross-entropy's input gradient, both flattened per example (float32)."""
     x = tf.constant(x, tf.float32)
     y = tf.constant(y, tf.int64)
     with tf.GradientTape(persistent=True) as tape:
         tape.watch(x)
         logits = tf.cast(network(x, training=False), tf.float32)
-        ce = tf.nn.sparse_softmax_cross_entropy_with_logits(y, logits)
         margin, _ = square.margin_and_wrong(logits, tf.cast(y, tf.int32))
-    ce_grad = tape.gradient(ce, x).numpy().reshape(len(y), -1)
-    margin_grad = tape.gradient(margin, x).numpy().reshape(len(y), -1)
+        ce = tf.nn.sparse_softmax_cross_entropy_with_logits(y, logits) if with_ce else None
+    flat = lambda g: g.numpy().reshape(len(y), -1)
+    margin_grad = flat(tape.gradient(margin, x))
+    ce_grad = flat(tape.gradient(ce, x)) if with_ce else None
     del tape
-    return margin.numpy(), np.abs(margin_grad).sum(axis=1), np.all(ce_grad == 0, axis=1)
+    return margin.numpy(), margin_grad, ce_grad
 
 
-def _margin_gradient(network, x, y):
-    x = tf.constant(x, tf.float32)
-    with tf.GradientTape() as tape:
-        tape.watch(x)
-        logits = tf.cast(network(x, training=False), tf.float32)
-        margin, _ = square.margin_and_wrong(logits, tf.constant(y, tf.int32))
-    return tape.gradient(margin, x).numpy().reshape(len(y), -1)
+def margins_and_gradients(network, x, y):
+    """Per example: the margin z_y - max_{j!=y} z_j, the L1 norm of its input gradient,
+    and whether the float32 cross-entropy input gradient is exactly zero."""
+    margin, margin_grad, ce_grad = _input_gradients(network, x, y, with_ce=True)
+    return margin, np.abs(margin_grad).sum(axis=1), np.all(ce_grad == 0, axis=1)
 
 
 def hidden_pixels(network, x, y, eps, draws=4, seed=0):
     """Per example, the fraction of input coordinates whose margin gradient is
     exactly zero at x but nonzero at one of `draws` random corners of the
     eps-ball around x (clipped to [0, 1])."""
-    y = np.asarray(y)
-    blind = _margin_gradient(network, x, y) == 0
+    blind = _input_gradients(network, x, y)[1] == 0
     seen = np.zeros_like(blind)
     rng = np.random.default_rng(seed)
     for _ in range(draws):
         corner = np.clip(x + eps * rng.choice([-1.0, 1.0], size=x.shape), 0, 1)
-        seen |= _margin_gradient(network, corner.astype(np.float32), y) != 0
+        seen |= _input_gradients(network, corner.astype(np.float32), y)[1] != 0
     return np.mean(blind & seen, axis=1)
 
 

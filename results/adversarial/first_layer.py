@@ -25,10 +25,10 @@ from hydra_tf.models import layers
 
 def first_layer(network):
     """The network's first scored (prunable) layer."""
-    for layer in network.layers:
-        if isinstance(layer, layers._Scored):
-            return layer
-    raise ValueError("The network has no scored (prunable) layer.")
+    scored = layers.scored_layers(network)
+    if not scored:
+        raise ValueError("The network has no scored (prunable) layer.")
+    return scored[0]
 
 
 def filters(layer):
