@@ -57,15 +57,16 @@ ATTACK_STEP_SIZE = flags.DEFINE_float(
     "attack_step_size", None, "PGD step size of the training attack (default eps / 4)."
 )
 BETA = flags.DEFINE_float("beta", 6.0, "TRADES / smoothing trade-off weight.", lower_bound=0.0)
-TRADES_START = flags.DEFINE_enum(
-    "trades_start",
+ATTACK_START = flags.DEFINE_enum(
+    "attack_start",
     None,
-    adversarial.TRADES_STARTS,
-    "trades: where the attack starts: gaussian (x + 0.001 N(0, I), TRADES' and the "
-    "reference's; default), uniform (the eps-ball, PGD-AT's; sees ReLUs a perturbation "
-    "switches on) or vertex (a random corner of the ball; sees thresholds just below eps), "
-    "results/adversarial/README.md.",
+    adversarial.STARTS,
+    "trades / pgd_at: where the training attack starts: gaussian (x + 0.001 N(0, I), TRADES' "
+    "and the reference's; trades' default), uniform (the eps-ball, Madry et al.'s; pgd_at's "
+    "default; sees ReLUs a perturbation switches on) or vertex (a random corner of the ball; "
+    "sees first-layer thresholds just below eps), results/adversarial/README.md.",
 )
+flags.DEFINE_alias("trades_start", "attack_start")  # its name before PGD-AT took it
 SIGMA = flags.DEFINE_float(
     "sigma",
     0.25,
@@ -251,14 +252,15 @@ LWM_EQUAL_BUDGET = flags.DEFINE_boolean(
     "Pipeline / study: LWM finetunes for --prune_epochs + --finetune_epochs (HYDRA's whole "
     "budget after pretraining) instead of --finetune_epochs.",
 )
-FINETUNE_TRADES_START = flags.DEFINE_enum(
-    "finetune_trades_start",
+FINETUNE_ATTACK_START = flags.DEFINE_enum(
+    "finetune_attack_start",
     None,
-    adversarial.TRADES_STARTS,
-    "Pipeline / study, trades: where the finetune phase's attack starts (default: "
-    "--trades_start, as in the other phases). --finetune_trades_start=uniform finetunes with "
-    "the uniform start from Gaussian-start dense and prune networks.",
+    adversarial.STARTS,
+    "Pipeline / study, trades / pgd_at: where the finetune phase's attack starts (default: "
+    "--attack_start, as in the other phases). --finetune_attack_start=vertex finetunes with "
+    "the vertex start from a study's dense and prune networks.",
 )
+flags.DEFINE_alias("finetune_trades_start", "finetune_attack_start")
 ALSO_PGD = flags.DEFINE_boolean(
     "also_pgd",
     False,
@@ -282,7 +284,7 @@ def pipeline_settings():
         **({"verify_methods": tuple(VERIFY_METHODS.value)} if VERIFY_METHODS.value else {}),
         "tflite_mode": TFLITE_MODE.value,
         "lwm_equal_budget": LWM_EQUAL_BUDGET.value,
-        "finetune_trades_start": FINETUNE_TRADES_START.value,
+        "finetune_attack_start": FINETUNE_ATTACK_START.value,
         "also_pgd": ALSO_PGD.value,
         **certify_settings(),
     }
@@ -308,7 +310,7 @@ _OBJECTIVE_FLAGS = {
     "eps": EPS,
     "steps": ATTACK_STEPS,
     "beta": BETA,
-    "start": TRADES_START,
+    "start": ATTACK_START,
     "sigma": SIGMA,
     "warmup_epochs": EPS_WARMUP_EPOCHS,
     "ramp_epochs": EPS_RAMP_EPOCHS,

@@ -31,13 +31,22 @@ class CommonTest(tf.test.TestCase):
         with flagsaver.flagsaver(eps=0.0, objective="pgd_at"):
             self.assertIsNone(common.objective_config().step_size)
 
-    def test_trades_start_flag(self):
+    def test_attack_start_flag(self):
         with flagsaver.flagsaver(objective="trades"):
             self.assertEqual(common.objective_config().start, "gaussian")
-        with flagsaver.flagsaver(objective="trades", trades_start="uniform"):
+        with flagsaver.flagsaver(objective="pgd_at"):
             self.assertEqual(common.objective_config().start, "uniform")
+        with flagsaver.flagsaver(objective="pgd_at", attack_start="vertex"):
+            self.assertEqual(common.objective_config().start, "vertex")
         with self.assertRaises(flags.IllegalFlagValueError):
-            flags.FLAGS["trades_start"].parse("normal")
+            flags.FLAGS["attack_start"].parse("normal")
+
+    def test_old_start_flag_names_still_parse(self):
+        # --trades_start / --finetune_trades_start: the names in older commands.
+        old_names = flagsaver.as_parsed(trades_start="uniform", finetune_trades_start="vertex")
+        with old_names, flagsaver.flagsaver(objective="trades"):
+            self.assertEqual(common.objective_config().start, "uniform")
+            self.assertEqual(common.pipeline_settings()["finetune_attack_start"], "vertex")
 
     def test_mixtrain_flags(self):
         with flagsaver.flagsaver(

@@ -84,7 +84,7 @@ class ObjectiveTest(tf.test.TestCase, parameterized.TestCase):
         y = np.zeros(8, np.int64)
         attack = attacks.PGDConfig(eps=0.1, steps=5, step_size=0.025)
         kl = {}
-        for start in objectives.adversarial.TRADES_STARTS:
+        for start in objectives.adversarial.STARTS:
             objective = objectives.Trades(attack, start=start)
             x_adv = objective.perturb(model, x, y)
             self.assertGreaterEqual(float(tf.reduce_min(x_adv)), 0.0)
@@ -112,26 +112,48 @@ class ObjectiveTest(tf.test.TestCase, parameterized.TestCase):
         model.layers[0].set_weights([np.ones((1, 1, 1, 1), np.float32), np.array([-0.09])])
         model.layers[2].set_weights([np.tile([[1.0, -1.0]], (28 * 28, 1)).astype(np.float32)])
         x = np.zeros((4, 28, 28, 1), np.float32)
-        y = np.zeros(4, np.int64)
+        # Label 1: PGD-AT's cross-entropy ascent raises logit 0, so it too pushes
+        # every pixel it sees above the threshold (TRADES ignores the label).
+        y = np.ones(4, np.int64)
         attack = attacks.PGDConfig(eps=0.1, steps=5, step_size=0.025)
-        above = {}
-        for start in objectives.adversarial.TRADES_STARTS:
-            x_adv = objectives.Trades(attack, start=start).perturb(model, x, y).numpy()
-            self.assertBetween(float(x_adv.min()), 0.0, 0.1 + 1e-6)
-            self.assertLessEqual(float(x_adv.max()), 0.1 + 1e-6)
-            above[start] = float(np.mean(x_adv > 0.09))
-        self.assertEqual(above["gaussian"], 0.0)
-        self.assertLess(above["uniform"], 0.1)
-        self.assertBetween(above["vertex"], 0.45, 0.55)
+        for objective_class in (objectives.Trades, objectives.PGDAdversarial):
+            above = {}
+            for start in objectives.adversarial.STARTS:
+                x_adv = objective_class(attack, start=start).perturb(model, x, y).numpy()
+                self.assertBetween(float(x_adv.min()), 0.0, 0.1 + 1e-6)
+                self.assertLessEqual(float(x_adv.max()), 0.1 + 1e-6)
+                above[start] = float(np.mean(x_adv > 0.09))
+            with self.subTest(objective_class.name):
+                self.assertEqual(above["gaussian"], 0.0)
+                self.assertLess(above["uniform"], 0.1)
+                self.assertBetween(above["vertex"], 0.45, 0.55)
 
-    def test_trades_start_is_checked(self):
-        with self.assertRaisesRegex(ValueError, "Unknown TRADES start 'normal'.*uniform"):
-            objectives.TradesConfig(start="normal")
-        with self.assertRaisesRegex(ValueError, "Unknown TRADES start"):
-            objectives.Trades(attacks.PGDConfig(eps=0.1), start="normal")
-        # Configs written before the setting existed load with the reference's start.
+    def test_attack_start_is_checked(self):
+        for config_class in (objectives.TradesConfig, objectives.PGDATConfig):
+            with self.assertRaisesRegex(ValueError, "Unknown attack start 'normal'.*uniform"):
+                config_class(start="normal")
+        for objective_class in (objectives.Trades, objectives.PGDAdversarial):
+            with self.assertRaisesRegex(ValueError, "Unknown attack start"):
+                objective_class(attacks.PGDConfig(eps=0.1), start="normal")
+        # Configs written before the setting existed load with each objective's
+        # reference start: TRADES' Gaussian, Madry et al.'s uniform.
         config = objectives.from_json({"name": "trades", "eps": 0.1, "beta": 6.0})
         self.assertEqual(config.start, "gaussian")
+        config = objectives.from_json({"name": "pgd_at", "eps": 0.1, "steps": 10})
+        self.assertEqual(config.start, "uniform")
+        self.assertEqual(objectives.make(config).start, "uniform")
+
+    def test_pgd_at_without_a_start_keeps_its_attacks_own(self):
+        # PGDAdversarial(attack) as the API built it before the setting: the
+        # attack's random_start decides. With no steps, random_start=False
+        # returns the clean point; the uniform start moves it.
+        model = _linear_model()
+        fixed = objectives.PGDAdversarial(attacks.PGDConfig(eps=0.1, steps=0, random_start=False))
+        self.assertAllEqual(fixed.perturb(model, self.x, self.y), self.x)
+        moved = objectives.PGDAdversarial(attacks.PGDConfig(eps=0.1, steps=0), start="uniform")
+        self.assertGreater(
+            float(tf.reduce_max(tf.abs(moved.perturb(model, self.x, self.y) - self.x))), 0.0
+        )
 
     def test_trades_with_zero_beta_is_clean_cross_entropy(self):
         model = _linear_model()
@@ -230,7 +252,13 @@ class ObjectiveTest(tf.test.TestCase, parameterized.TestCase):
         }
         expected = {
             "natural": {"name": "natural"},
-            "pgd_at": {"name": "pgd_at", "eps": 0.1, "steps": 7, "step_size": 0.02},
+            "pgd_at": {
+                "name": "pgd_at",
+                "eps": 0.1,
+                "steps": 7,
+                "step_size": 0.02,
+                "start": "uniform",
+            },
             "trades": {
                 "name": "trades",
                 "eps": 0.1,

@@ -306,14 +306,14 @@ class PipelineTest(tf.test.TestCase):
         with self.assertRaisesRegex(ValueError, "at least one"):
             pipeline.PipelineConfig(workdir="/tmp/x", keep_ratios=())
 
-    def test_finetunes_with_their_own_trades_start_reuse_the_dense_and_prune_networks(self):
+    def test_finetunes_with_their_own_attack_start_reuse_the_dense_and_prune_networks(self):
         gaussian = dataclasses.replace(_tiny(tempfile.mkdtemp()), keep_ratios=(0.01,))
         pipeline.run(gaussian, train_only=True)
         # A second workdir holding copies of the Gaussian-start dense and prune phases.
         workdir = tempfile.mkdtemp()
         for phase in (("dense", "pretrain"), ("hydra_0.01", "prune")):
             shutil.copytree(os.path.join(gaussian.workdir, *phase), os.path.join(workdir, *phase))
-        uniform = dataclasses.replace(gaussian, workdir=workdir, finetune_trades_start="uniform")
+        uniform = dataclasses.replace(gaussian, workdir=workdir, finetune_attack_start="uniform")
         kept = {
             phase: os.stat(os.path.join(workdir, *phase, "model.keras")).st_mtime_ns
             for phase in (("dense", "pretrain"), ("hydra_0.01", "prune"))
@@ -332,16 +332,28 @@ class PipelineTest(tf.test.TestCase):
             self.assertEqual(start(uniform, name, "finetune"), "uniform")
         self.assertEqual(start(uniform, "hydra_0.01", "prune"), "gaussian")
         self.assertEqual(pipeline.PipelineConfig.from_json(uniform.to_json()), uniform)
+        # Written before PGD-AT took the setting, under its old name.
+        written = uniform.to_json()
+        written["finetune_trades_start"] = written.pop("finetune_attack_start")
+        self.assertEqual(pipeline.PipelineConfig.from_json(written), uniform)
 
-    def test_finetune_trades_start_needs_trades_and_a_known_start(self):
-        with self.assertRaisesRegex(ValueError, "needs the trades objective, not 'pgd_at'"):
+    def test_finetune_attack_start_needs_an_adversarial_objective_and_a_known_start(self):
+        with self.assertRaisesRegex(ValueError, "needs the trades or pgd_at objective, not 'ibp'"):
             pipeline.PipelineConfig(
                 workdir="/tmp/x",
-                objective=objectives.config("pgd_at", eps=0.1),
-                finetune_trades_start="uniform",
+                objective=objectives.config("ibp", eps=0.1),
+                finetune_attack_start="uniform",
             )
-        with self.assertRaisesRegex(ValueError, "Unknown finetune_trades_start 'zero'"):
-            pipeline.PipelineConfig(workdir="/tmp/x", finetune_trades_start="zero")
+        with self.assertRaisesRegex(ValueError, "Unknown finetune_attack_start 'zero'"):
+            pipeline.PipelineConfig(workdir="/tmp/x", finetune_attack_start="zero")
+        pgd_at = pipeline.PipelineConfig(
+            workdir="/tmp/x",
+            objective=objectives.config("pgd_at", eps=0.1),
+            finetune_attack_start="vertex",
+        )
+        for phase, start in (("pretrain", "uniform"), ("prune", "uniform"), ("finetune", "vertex")):
+            objective = pipeline.phase_objective(pgd_at.objective, phase, "vertex")
+            self.assertEqual(objective.start, start)
 
     def test_config_reads_back_from_its_json(self):
         config = dataclasses.replace(_tiny("/tmp/x"), eval_eps=0.05)

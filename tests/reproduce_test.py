@@ -102,15 +102,23 @@ class PgdBesideStudyTest(tf.test.TestCase):
         self.assertIn("| model | clean | AutoAttack | PGD-50 (2 restarts) |", text)
         self.assertIn("| hydra 99% | 80.0 | 20.0 ± 14.1 | 30.0 ± 14.1 |", text)
         self.assertIn("10-step PGD inside training from x + 0.001 N(0, I)). Epochs", text)
-        uniform = dataclasses.replace(base, finetune_trades_start="uniform")
+        uniform = dataclasses.replace(base, finetune_attack_start="uniform")
         self.assertIn(
             "from x + 0.001 N(0, I) (a uniform point of the eps-ball in the finetunes))",
             reproduce.markdown(_study(uniform, "cnn_small", _AUTOATTACK, 100, runs)),
         )
-        vertex = dataclasses.replace(base, finetune_trades_start="vertex")
+        vertex = dataclasses.replace(base, finetune_attack_start="vertex")
         self.assertIn(
             "(a random corner of the eps-ball in the finetunes))",
             reproduce.markdown(_study(vertex, "cnn_small", _AUTOATTACK, 100, runs)),
+        )
+        pgd_at = dataclasses.replace(
+            vertex, objective=objectives.config("pgd_at", eps=0.1, step_size=0.025)
+        )
+        self.assertIn(
+            "inside training from a uniform point of the eps-ball (a random corner of the "
+            "eps-ball in the finetunes))",
+            reproduce.markdown(_study(pgd_at, "cnn_small", _AUTOATTACK, 100, runs)),
         )
         equal = pipeline.PipelineConfig(workdir="/tmp/x", lwm_equal_budget=True)
         self.assertIn(

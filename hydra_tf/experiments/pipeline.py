@@ -66,11 +66,12 @@ class PipelineConfig:
     # LWM's finetuning gets HYDRA's whole training budget after pretraining
     # (prune_epochs + finetune_epochs), in stages named lwm_equal_<ratio>.
     lwm_equal_budget: bool = False
-    # TRADES objectives: where the finetune phase's attack starts (one of
-    # `TRADES_STARTS`), None: the objective's start, as in the other phases.
-    # Finetunes with the uniform start from a Gaussian-start study's own dense
-    # and prune networks (results/adversarial/README.md).
-    finetune_trades_start: str | None = None
+    # TRADES / PGD-AT: where the finetune phase's attack starts (one of
+    # `objectives.adversarial.STARTS`), None: the objective's start, as in the
+    # other phases. Finetunes with the vertex start from a Gaussian-start
+    # study's own dense and prune networks (results/adversarial/README.md).
+    # Written as finetune_trades_start before PGD-AT took it (`from_json`).
+    finetune_attack_start: str | None = None
     optimizer: str = "sgd"
     pretrain_lr: float = 0.1
     prune_lr: float = 0.1
@@ -125,16 +126,16 @@ class PipelineConfig:
                 f"verify_methods must name some of {verified_lib.METHODS}. "
                 f"Received: {self.verify_methods}"
             )
-        if self.finetune_trades_start is not None:
-            if not isinstance(self.objective, objectives.TradesConfig):
+        if self.finetune_attack_start is not None:
+            if not isinstance(self.objective, objectives.PGDATConfig):
                 raise ValueError(
-                    "finetune_trades_start needs the trades objective, not "
+                    "finetune_attack_start needs the trades or pgd_at objective, not "
                     f"{self.objective.name!r}."
                 )
-            if self.finetune_trades_start not in objectives.adversarial.TRADES_STARTS:
+            if self.finetune_attack_start not in objectives.adversarial.STARTS:
                 raise ValueError(
-                    f"Unknown finetune_trades_start {self.finetune_trades_start!r}. "
-                    f"Supported: {', '.join(objectives.adversarial.TRADES_STARTS)}."
+                    f"Unknown finetune_attack_start {self.finetune_attack_start!r}. "
+                    f"Supported: {', '.join(objectives.adversarial.STARTS)}."
                 )
         if self.tflite_mode not in tflite.CHOICES:
             raise ValueError(
@@ -209,6 +210,9 @@ class PipelineConfig:
         since removed are ignored.
         """
         fields = {f.name for f in dataclasses.fields(cls)}
+        values = dict(values)
+        if "finetune_trades_start" in values:  # its name until PGD-AT took it
+            values.setdefault("finetune_attack_start", values.pop("finetune_trades_start"))
         values = {key: value for key, value in values.items() if key in fields}
         values["objective"] = objectives.from_json(values["objective"])
         for key in ("keep_ratios", "verify_methods"):
@@ -236,18 +240,18 @@ _SHARED_FIELDS = (
 )
 
 
-def phase_objective(objective, phase, finetune_trades_start=None):
+def phase_objective(objective, phase, finetune_attack_start=None):
     """The objective config a phase of the pipeline trains with.
 
     An eps ramp (verifiable objectives) belongs to pretraining: prune and
     finetune start from a network trained at the full radius and train at it
-    from their first step, as the reference does. `finetune_trades_start`
-    (TRADES) replaces the attack's start in the finetune phase.
+    from their first step, as the reference does. `finetune_attack_start`
+    (TRADES, PGD-AT) replaces the attack's start in the finetune phase.
     """
     if phase != "pretrain" and hasattr(objective, "at_full_eps"):
         return objective.at_full_eps()
-    if phase == "finetune" and finetune_trades_start is not None:
-        return dataclasses.replace(objective, start=finetune_trades_start)
+    if phase == "finetune" and finetune_attack_start is not None:
+        return dataclasses.replace(objective, start=finetune_attack_start)
     return objective
 
 
@@ -278,7 +282,7 @@ def results_dir(config):
 
 def _train_config(config, phase, workdir, keep_ratio=1.0, source=None, epochs=1, lr=0.1):
     shared = {name: getattr(config, name) for name in _SHARED_FIELDS}
-    shared["objective"] = phase_objective(config.objective, phase, config.finetune_trades_start)
+    shared["objective"] = phase_objective(config.objective, phase, config.finetune_attack_start)
     if phase == "pretrain":
         # A dense network either way: the pretraining run serves both granularities.
         shared["granularity"] = "weight"

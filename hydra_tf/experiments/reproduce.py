@@ -232,15 +232,19 @@ _STARTS = {
     "uniform": "a uniform point of the eps-ball",
     "vertex": "a random corner of the eps-ball",
 }
+_DEFAULT_STARTS = {"trades": "gaussian", "pgd_at": "uniform"}
 
 
 def _start_text(objective, base):
-    """Where a TRADES study's training attack starts, per phase ("" for other objectives)."""
-    if "start" not in objective:
+    """Where a TRADES / PGD-AT study's training attack starts, per phase ("" for other
+    objectives). Studies written before the objective had a start used its default."""
+    if objective["name"] not in _DEFAULT_STARTS:
         return ""
-    text = f" from {_STARTS[objective['start']]}"
-    finetune = base.get("finetune_trades_start")
-    if finetune and finetune != objective["start"]:
+    start = objective.get("start", _DEFAULT_STARTS[objective["name"]])
+    text = f" from {_STARTS[start]}"
+    # finetune_trades_start: the setting's name in studies written before PGD-AT took it.
+    finetune = base.get("finetune_attack_start", base.get("finetune_trades_start"))
+    if finetune and finetune != start:
         text += f" ({_STARTS[finetune]} in the finetunes)"
     return text
 

@@ -17,35 +17,52 @@ class PGDATConfig:
       eps: L-inf radius of the training attack.
       steps: PGD steps of the training attack.
       step_size: PGD step size (None: 2.5 * eps / steps).
+      start: where the attack starts, one of `STARTS` (uniform: Madry et
+        al.'s; vertex sees a first-layer threshold just below eps, as for
+        TRADES, see `TradesConfig`).
     """
 
     name: str = dataclasses.field(default="pgd_at", init=False)
     eps: float = 8 / 255
     steps: int = 10
     step_size: float | None = 2 / 255
+    start: str = "uniform"
+
+    def __post_init__(self):
+        _check_start(self.start)
 
     def attack(self):
-        """The training attack (random start)."""
+        """The training attack (its start is drawn by `start_point`)."""
         return attacks.PGDConfig(
             eps=self.eps, steps=self.steps, step_size=self.step_size, random_start=True
         )
 
 
-# Where the TRADES attack starts: "gaussian", x + 0.001 * N(0, I) (TRADES' and
-# the HYDRA reference's); "uniform", uniformly in the eps-ball (PGD-AT's);
-# "vertex", a random corner of the eps-ball (every pixel moved by +-eps).
-TRADES_STARTS = ("gaussian", "uniform", "vertex")
+# Where a training attack starts: "gaussian", x + 0.001 * N(0, I) (TRADES' and
+# the HYDRA reference's TRADES); "uniform", uniformly in the eps-ball (Madry et
+# al.'s PGD-AT); "vertex", a random corner of the eps-ball (every pixel moved
+# by +-eps). See `TradesConfig` for what each can see.
+STARTS = ("gaussian", "uniform", "vertex")
 
 
 def _check_start(start):
-    if start not in TRADES_STARTS:
-        raise ValueError(f"Unknown TRADES start {start!r}. Supported: {', '.join(TRADES_STARTS)}.")
+    if start not in STARTS:
+        raise ValueError(f"Unknown attack start {start!r}. Supported: {', '.join(STARTS)}.")
+
+
+def start_point(start, x, eps):
+    """The training attack's first point for `x` (one of `STARTS`; pgd clips it)."""
+    if start == "gaussian":
+        return x + 0.001 * distribute.normal(tf.shape(x), dtype=x.dtype)
+    if start == "uniform":
+        return attacks.uniform_start(x, eps)
+    return attacks.vertex_start(x, eps)
 
 
 @dataclasses.dataclass(frozen=True)
 class TradesConfig(PGDATConfig):
     """TRADES: the attack settings of PGD-AT, the trade-off weight `beta` and
-    where the attack starts (`start`, one of `TRADES_STARTS`).
+    where the attack starts (`start`, one of `STARTS`; Gaussian by default).
 
     From the Gaussian start the attack's first gradient is taken within 0.001
     of the clean input, so it cannot see a ReLU that is off there by a larger
@@ -64,9 +81,6 @@ class TradesConfig(PGDATConfig):
     beta: float = 6.0
     start: str = "gaussian"
 
-    def __post_init__(self):
-        _check_start(self.start)
-
 
 class PGDAdversarial(base.Natural):
     """Madry et al.: cross-entropy on L-inf PGD examples."""
@@ -74,16 +88,21 @@ class PGDAdversarial(base.Natural):
     name = "pgd_at"
     Config = PGDATConfig
 
-    def __init__(self, attack):
+    def __init__(self, attack, start=None):
+        """`start`: one of `STARTS`, or None for the attack's own (`attack.random_start`)."""
         super().__init__()
+        if start is not None:
+            _check_start(start)
         self.attack = attack
+        self.start = start
 
     @classmethod
     def from_config(cls, config):
-        return cls(config.attack())
+        return cls(config.attack(), start=config.start)
 
     def perturb(self, model, x, y):
-        return attacks.pgd(model, x, y, self.attack, loss="ce")
+        start = None if self.start is None else start_point(self.start, x, self.attack.eps)
+        return attacks.pgd(model, x, y, self.attack, loss="ce", start=start)
 
 
 class Trades(base.Consistency):
@@ -104,10 +123,5 @@ class Trades(base.Consistency):
 
     def perturb(self, model, x, y):
         target = tf.nn.softmax(model(x, training=False))
-        if self.start == "gaussian":
-            start = x + 0.001 * distribute.normal(tf.shape(x), dtype=x.dtype)
-        elif self.start == "uniform":  # as PGD-AT's random start
-            start = attacks.uniform_start(x, self.attack.eps)
-        else:
-            start = attacks.vertex_start(x, self.attack.eps)
+        start = start_point(self.start, x, self.attack.eps)
         return attacks.pgd(model, x, y, self.attack, loss="kl", target_probs=target, start=start)
