@@ -1,8 +1,11 @@
 """Tests for results/adversarial/first_layer.py: the live filters of a pruned first layer."""
 
 import importlib.util
+import json
 import os
+import tempfile
 
+import keras
 import numpy as np
 import tensorflow as tf
 
@@ -52,6 +55,58 @@ class FirstLayerTest(tf.test.TestCase):
         self.assertEqual(
             next(r for r in first_layer.filters(layer) if r["channel"] == 3)["switch_on"], 0.0
         )
+
+    def test_a_study_table_ranks_square_s_points_by_the_lowest_threshold(self):
+        # A study workdir of plain networks whose first layer is one 1 x 1 filter,
+        # weight 1: a threshold on every pixel at -bias. The pruned networks' Square
+        # points fall as the threshold rises to eps and past it; the dense network
+        # and a network evaluated with PGD alone are left out of the correlation.
+        workdir = tempfile.mkdtemp()
+
+        def stage(seed, name, phase, threshold, stages):
+            directory = os.path.join(workdir, f"seed{seed}", name)
+            os.makedirs(os.path.join(directory, phase))
+            network = keras.Sequential(
+                [
+                    keras.Input((4, 4, 1)),
+                    keras.layers.Conv2D(1, 1, activation="relu"),
+                    keras.layers.Flatten(),
+                    keras.layers.Dense(2),
+                ]
+            )
+            network.layers[0].set_weights([np.ones((1, 1, 1, 1)), np.array([-threshold])])
+            network.save(os.path.join(directory, phase, "model.keras"))
+            with open(os.path.join(directory, "eval.json"), "w") as f:
+                json.dump({"stages": stages}, f)
+
+        def autoattack(before, after):
+            return [
+                {"attack": "fab-t", "robust_acc": before},
+                {"attack": "square", "robust_acc": after},
+            ]
+
+        stage(0, "dense", "pretrain", 0.02, autoattack(0.7, 0.69))
+        stage(0, "hydra_0.01", "finetune", 0.05, autoattack(0.6, 0.5))
+        stage(0, "hydra_0.1", "finetune", 0.09, autoattack(0.7, 0.67))
+        stage(1, "hydra_0.01", "finetune", 0.2, autoattack(0.6, 0.595))
+        stage(1, "lwm_equal_0.01", "finetune", 0.01, [{"attack": "pgd", "robust_acc": 0.5}])
+        rows = first_layer.study_rows(workdir, 0.1)
+        self.assertEqual(
+            [(r["seed"], r["stage"], r["within"], r["lowest"]) for r in rows],
+            [
+                ("seed0", "dense", 1, 0.02),
+                ("seed0", "hydra_0.01", 1, 0.05),
+                ("seed0", "hydra_0.1", 1, 0.09),
+                ("seed1", "hydra_0.01", 0, None),
+            ],
+        )
+        self.assertEqual([r["square"] for r in rows], [1.0, 10.0, 3.0, 0.5])
+        table = first_layer.study_table(rows, 0.1)
+        self.assertIn("| seed0 | hydra_0.01 | 1 | 1 | 0.0500 | 10.00 |", table)
+        self.assertIn("| seed1 | hydra_0.01 | 1 | 0 | none | 0.50 |", table)
+        self.assertIn("over the 3 pruned networks: 1.00", table)
+        with self.assertRaisesRegex(ValueError, "No network evaluated with AutoAttack"):
+            first_layer.study_rows(os.path.join(workdir, "seed1"), 0.1)
 
 
 if __name__ == "__main__":
