@@ -338,16 +338,18 @@ def _training_chain(phase_dir):
             break
         config = files.read_json(path)
         configs.append(config)
-        chain.append(
-            {
-                "phase": config.get("phase"),
-                "epochs": config.get("epochs"),
-                "learning_rate": config.get("learning_rate"),
-                "optimizer": config.get("optimizer"),
-                "objective": (config.get("objective") or {}).get("name"),
-                "keep_ratio": config.get("keep_ratio"),
-            }
-        )
+        objective = config.get("objective") or {}
+        step = {
+            "phase": config.get("phase"),
+            "epochs": config.get("epochs"),
+            "learning_rate": config.get("learning_rate"),
+            "optimizer": config.get("optimizer"),
+            "objective": objective.get("name"),
+            "keep_ratio": config.get("keep_ratio"),
+        }
+        if "start" in objective:  # where an adversarial objective's attack started
+            step["start"] = objective["start"]
+        chain.append(step)
         source = config.get("source_checkpoint")
         directory = os.path.dirname(source) if source else None
     return tuple(reversed(chain)), configs[0]
@@ -600,7 +602,8 @@ def card_markdown(model_card):
     figures = c.evaluation
     phases = "; ".join(
         f"{step['phase']} {step['epochs']} epochs (lr {step['learning_rate']:g}, "
-        f"{step['optimizer']}, {step['objective']})"
+        f"{step['optimizer']}, {step['objective']}"
+        + (f", {step['start']} start)" if step.get("start") else ")")
         for step in c.training
     )
     objective = ", ".join(f"{key} {value}" for key, value in sorted(c.objective.items()))

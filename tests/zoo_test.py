@@ -54,6 +54,12 @@ def _write_run(run_dir, model, clean_acc, num_examples=500, certified=False):
     source = None
     for phase, lr in (("pretrain", 0.1), ("prune", 0.1), ("finetune", 0.01)):
         phase_dir = os.path.join(run_dir, "dense" if phase == "pretrain" else VARIANT, phase)
+        phase_objective = objective
+        if objective["name"] == "trades":  # finetuned from the vertex start
+            phase_objective = {
+                **objective,
+                "start": "vertex" if phase == "finetune" else "gaussian",
+            }
         os.makedirs(phase_dir, exist_ok=True)
         files.write_json(
             os.path.join(phase_dir, "config.json"),
@@ -64,7 +70,7 @@ def _write_run(run_dir, model, clean_acc, num_examples=500, certified=False):
                 "granularity": "weight",
                 "keep_ratio": 1.0 if phase == "pretrain" else 0.1,
                 "learning_rate": lr,
-                "objective": objective,
+                "objective": phase_objective,
                 "optimizer": "sgd",
                 "phase": phase,
                 "seed": 3,
@@ -139,6 +145,13 @@ class PublishTest(tf.test.TestCase):
         self.assertEqual(
             [step["phase"] for step in card.training], ["pretrain", "prune", "finetune"]
         )
+        # Each phase's attack start: the card says what the finetune trained with.
+        self.assertEqual(
+            [step["start"] for step in card.training], ["gaussian", "gaussian", "vertex"]
+        )
+        text = zoo.card_markdown(card)
+        self.assertIn("prune 2 epochs (lr 0.1, sgd, trades, gaussian start)", text)
+        self.assertIn("finetune 2 epochs (lr 0.01, sgd, trades, vertex start)", text)
         self.assertEqual(card.evaluation["robust_kind"], "autoattack")
         self.assertEqual(card.evaluation["eps"], 0.1)
         self.assertEqual(card.check, {"num_examples": 500, "clean_acc": self.clean})
