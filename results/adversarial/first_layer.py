@@ -161,7 +161,7 @@ def main():
     parser.add_argument("--eps", type=float, default=0.1, help="The attack's L-inf radius.")
     args = parser.parse_args()
     if bool(args.networks) == bool(args.study):
-        parser.error("give model.keras files or --study, not both.")
+        parser.error("give either model.keras files or --study, one of the two.")
     if args.study:
         print(study_table(study_rows(args.study, args.eps), args.eps))
         return
