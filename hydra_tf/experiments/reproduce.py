@@ -219,7 +219,7 @@ def _caption(study):
         )
     return (
         f"Objective {objective['name']} (L-inf eps {objective['eps']:g}, "
-        f"{objective['steps']}-step PGD inside training{_start_text(objective, base)}). "
+        f"{objective['steps']}-step PGD inside training{_start_text(base)}). "
         f"{schedule} "
         f"Robust accuracy under {report.describe_attack(attack, restarts='restarts')} on "
         f"{study.num_test_examples} test images. "
@@ -232,18 +232,18 @@ _STARTS = {
     "uniform": "a uniform point of the eps-ball",
     "vertex": "a random corner of the eps-ball",
 }
-_DEFAULT_STARTS = {"trades": "gaussian", "pgd_at": "uniform"}
 
 
-def _start_text(objective, base):
+def _start_text(base):
     """Where a TRADES / PGD-AT study's training attack starts, per phase ("" for other
-    objectives). Studies written before the objective had a start used its default."""
-    if objective["name"] not in _DEFAULT_STARTS:
+    objectives). Read through `PipelineConfig.from_json`, so a study written before a
+    setting existed gets its default (and its old name)."""
+    config = pipeline.PipelineConfig.from_json(base)
+    start = getattr(config.objective, "start", None)
+    if start is None:
         return ""
-    start = objective.get("start", _DEFAULT_STARTS[objective["name"]])
     text = f" from {_STARTS[start]}"
-    # finetune_trades_start: the setting's name in studies written before PGD-AT took it.
-    finetune = base.get("finetune_attack_start", base.get("finetune_trades_start"))
+    finetune = config.finetune_attack_start
     if finetune and finetune != start:
         text += f" ({_STARTS[finetune]} in the finetunes)"
     return text
