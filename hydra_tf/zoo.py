@@ -351,8 +351,26 @@ def _training_chain(phase_dir):
             step["start"] = objective["start"]
         chain.append(step)
         source = config.get("source_checkpoint")
-        directory = os.path.dirname(source) if source else None
+        directory = os.path.dirname(_run_time_path(source, directory, config)) if source else None
     return tuple(reversed(chain)), configs[0]
+
+
+def _run_time_path(path, phase_dir, config):
+    """`path`, written relative to the directory a phase ran from, as a path from here.
+
+    A run started with a relative workdir (the pipeline's default `runs/pipeline`) records
+    its sources relative to where it ran; `phase_dir` ends in the phase's recorded
+    `workdir`, and what precedes that was the directory it ran from.
+    """
+    if os.path.isabs(path):
+        return path
+    workdir = config.get("workdir")
+    if workdir and not os.path.isabs(workdir):
+        here = os.path.normpath(os.path.abspath(phase_dir))
+        ran_in = os.path.normpath(workdir)
+        if here.endswith(os.sep + ran_in):
+            return os.path.join(here[: len(here) - len(ran_in)], path)
+    return path
 
 
 def _evaluation_figures(evaluated):

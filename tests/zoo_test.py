@@ -37,8 +37,12 @@ def _pruned_plain_model(seed=0):
     return model
 
 
-def _write_run(run_dir, model, clean_acc, num_examples=500, certified=False):
-    """The files of one pipeline run that `zoo.publish` reads, around `model`."""
+def _write_run(run_dir, model, clean_acc, num_examples=500, certified=False, ran_from=None):
+    """The files of one pipeline run that `zoo.publish` reads, around `model`.
+
+    With `ran_from`, the phases record their workdirs and sources relative to that
+    directory, as a run started there with a relative workdir does.
+    """
     variant_dir = os.path.join(run_dir, VARIANT)
     os.makedirs(os.path.join(variant_dir, "tflite"))
     model.save(os.path.join(variant_dir, f"{VARIANT}.keras"))
@@ -61,6 +65,7 @@ def _write_run(run_dir, model, clean_acc, num_examples=500, certified=False):
                 "start": "vertex" if phase == "finetune" else "gaussian",
             }
         os.makedirs(phase_dir, exist_ok=True)
+        recorded = os.path.relpath(phase_dir, ran_from) if ran_from else phase_dir
         files.write_json(
             os.path.join(phase_dir, "config.json"),
             {
@@ -76,9 +81,10 @@ def _write_run(run_dir, model, clean_acc, num_examples=500, certified=False):
                 "seed": 3,
                 "source_checkpoint": source,
                 "train_limit": 1000,
+                "workdir": recorded,
             },
         )
-        source = os.path.join(phase_dir, "model.keras")
+        source = os.path.join(recorded, "model.keras")
     attack = {"name": "autoattack", "attacks": [{"name": "apgd-ce", "eps": 0.1}]}
     if certified:
         attack = {"name": "certify_l2", "radius": 0.5, "sigma": 0.25, "n0": 100, "n": 10_000}
@@ -159,6 +165,22 @@ class PublishTest(tf.test.TestCase):
         kernel_entries = 3 * 3 * 4 + 13 * 13 * 4 * 10
         self.assertLess(card.nonzero_params, 0.2 * kernel_entries)
         self.assertEqual(zoo.card("tiny-90", self.root), card)
+
+    def test_card_follows_sources_recorded_relative_to_where_the_run_ran(self):
+        # The pipeline's default workdir is relative (runs/pipeline): its phases record
+        # `runs/pipeline/...` sources, which publishing from elsewhere must still follow.
+        ran_from = os.path.join(self.tmp, "elsewhere")
+        run_dir = os.path.join(ran_from, "runs", "relative")
+        _write_run(run_dir, self.model, self.clean, ran_from=ran_from)
+        with open(os.path.join(run_dir, VARIANT, "finetune", "config.json")) as f:
+            self.assertEqual(
+                json.load(f)["source_checkpoint"],
+                os.path.join("runs", "relative", VARIANT, "prune", "model.keras"),
+            )
+        card = zoo.publish(run_dir, VARIANT, "relative", "adversarial", "r", "c", self.root)
+        self.assertEqual(
+            [step["phase"] for step in card.training], ["pretrain", "prune", "finetune"]
+        )
 
     def test_card_gives_each_attack_and_the_square_check(self):
         text = zoo.card_markdown(self.card)
