@@ -10,6 +10,7 @@ import tensorflow as tf
 
 from hydra_tf import files
 from hydra_tf import objectives
+from hydra_tf import training
 from hydra_tf.experiments import pipeline
 from hydra_tf.experiments import presets
 from hydra_tf.experiments import records
@@ -512,7 +513,7 @@ class StudyTest(tf.test.TestCase):
 class ProgressTest(tf.test.TestCase):
     def test_states_and_figures_of_an_unfinished_study(self):
         workdir = tempfile.mkdtemp()
-        base = pipeline.PipelineConfig(workdir=workdir, keep_ratios=(0.1,), also_pgd=True)
+        base = pipeline.PipelineConfig(workdir=workdir, keep_ratios=(0.1, 0.05), also_pgd=True)
         run = os.path.join(workdir, "cnn_small", "seed0")
         config = dataclasses.replace(base, arch="cnn_small", seed=0, workdir=run)
         evaluation = dataclasses.replace(
@@ -528,6 +529,23 @@ class ProgressTest(tf.test.TestCase):
             os.makedirs(os.path.join(run, stage, phase))
         open(os.path.join(run, "hydra_0.1", "finetune", "model.keras"), "w").close()
         np.savez(os.path.join(run, "hydra_0.1", pipeline.ATTACK_STATE_FILE), stage=np.array(2))
+        # HYDRA 0.05 pruned, its finetune not started; LWM 0.05 one of two epochs in.
+        os.makedirs(os.path.join(run, "hydra_0.05", "prune"))
+        open(os.path.join(run, "hydra_0.05", "prune", "model.keras"), "w").close()
+        lwm_finetune = os.path.join(run, "lwm_0.05", "finetune")
+        os.makedirs(lwm_finetune)
+        files.write_json(
+            os.path.join(lwm_finetune, training.CONFIG_FILE),
+            training.TrainConfig(
+                workdir=lwm_finetune,
+                phase="finetune",
+                epochs=2,
+                keep_ratio=0.05,
+                source_checkpoint=os.path.join(run, "dense", "pretrain", "model.keras"),
+            ).to_json(),
+        )
+        with open(os.path.join(lwm_finetune, training.HISTORY_FILE), "w") as f:
+            f.write("epoch,accuracy,loss\n0,0.5,1.2\n")
 
         networks = reproduce.progress(base, ("cnn_small",), (0, 1))
         self.assertEqual(
@@ -535,15 +553,19 @@ class ProgressTest(tf.test.TestCase):
             [
                 (0, "dense", "evaluated"),
                 (0, "hydra_0.1", "evaluating (2 attacks done)"),
-                (0, "lwm_0.1", "training"),
+                (0, "lwm_0.1", "training finetune (0 epochs done)"),
+                (0, "hydra_0.05", "prune done"),
+                (0, "lwm_0.05", "training finetune (1 of 2 epochs done)"),
                 (1, "dense", "not trained"),
                 (1, "hydra_0.1", "not trained"),
                 (1, "lwm_0.1", "not trained"),
+                (1, "hydra_0.05", "not trained"),
+                (1, "lwm_0.05", "not trained"),
             ],
         )
         self.assertEqual(networks[0]["evaluation"].robust_acc, 0.5)
         table = reproduce.progress_markdown(networks, base)
-        self.assertIn("1 of 6 networks evaluated", table)
+        self.assertIn("1 of 10 networks evaluated", table)
         self.assertIn("| network | state | clean | AutoAttack | PGD |", table)
         self.assertIn("| cnn_small | 0 | dense | evaluated | 80.0 | 50.0 | 55.0 |", table)
         self.assertIn("| cnn_small | 0 | hydra_0.1 | evaluating (2 attacks done) |  |  |  |", table)

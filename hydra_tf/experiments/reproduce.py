@@ -17,12 +17,14 @@ from absl import logging
 
 from hydra_tf import distribute
 from hydra_tf import files
+from hydra_tf import objectives
 from hydra_tf import training
 from hydra_tf.evaluation import cascade
 from hydra_tf.experiments import analysis
 from hydra_tf.experiments import pipeline
 from hydra_tf.experiments import records
 from hydra_tf.experiments import report
+from hydra_tf.pruning import phases
 
 _SCHEDULE_FIELDS = ("pretrain_epochs", "prune_epochs", "finetune_epochs")
 # How each of MixTrain's eps ramps reads in a caption (configs without one ramp per epoch).
@@ -417,9 +419,10 @@ def progress(base, archs, seeds, schedules=None):
     Returns:
       One dict per network, in the order the pipeline makes them: arch, seed,
       network (its stage name), state ("evaluated"; "evaluating (<k> attacks
-      done)": trained, attack under way; "trained"; "training": a phase has
-      started; "not trained") and, once evaluated, its `records.Evaluation` as
-      "evaluation".
+      done)": trained, attack under way; "trained"; "training <phase> (<k> of
+      <n> epochs done)"; "<phase> done": an earlier phase finished, the next
+      not started; "not trained") and, once evaluated, its
+      `records.Evaluation` as "evaluation".
     """
     networks = []
     for arch in archs:
@@ -436,7 +439,7 @@ def progress(base, archs, seeds, schedules=None):
                 elif os.path.exists(os.path.join(phase_dir, training.MODEL_FILE)):
                     state = "trained"
                 elif os.path.isdir(os.path.join(config.workdir, name)):
-                    state = "training"  # a phase has started (or was killed)
+                    state = _training_state(os.path.join(config.workdir, name))
                 else:
                     state = "not trained"
                 networks.append(
@@ -449,6 +452,29 @@ def progress(base, archs, seeds, schedules=None):
                     }
                 )
     return networks
+
+
+def _training_state(network_dir):
+    """The phase under way in a network's directory, with its epochs, or the last phase done."""
+    done = None
+    for phase in phases.PHASES:
+        phase_dir = os.path.join(network_dir, phase)
+        if not os.path.isdir(phase_dir):
+            continue
+        if os.path.exists(os.path.join(phase_dir, training.MODEL_FILE)):
+            done = phase
+            continue
+        history = files.read_history(os.path.join(phase_dir, training.HISTORY_FILE))
+        epochs = len(next(iter(history.values()), []))
+        try:
+            config = training.TrainConfig.from_json(
+                files.read_json(os.path.join(phase_dir, training.CONFIG_FILE))
+            )
+            total = f" of {objectives.data_epochs(config.objective, config.epochs)}"
+        except (OSError, KeyError, TypeError, ValueError):  # not written yet, or unreadable
+            total = ""
+        return f"training {phase} ({epochs}{total} epochs done)"
+    return f"{done} done" if done else "training"
 
 
 def progress_markdown(networks, base):

@@ -55,6 +55,7 @@ PRUNE_BN_MODES = phases.PRUNE_BN_MODES
 REVISION = 2
 MODEL_FILE = "model.keras"
 CONFIG_FILE = "config.json"
+HISTORY_FILE = "history.csv"
 
 
 class NonFiniteLossError(RuntimeError):
@@ -388,7 +389,7 @@ def train(config, verbose=None, strategy=None, jit_compile=False):
     files.make_dir(config.workdir)
     own_dir = files.make_dir(distribute.worker_dir(config.workdir, strategy))
     config_path = os.path.join(config.workdir, CONFIG_FILE)
-    history_path = os.path.join(own_dir, "history.csv")
+    history_path = os.path.join(own_dir, HISTORY_FILE)
     backup_dir = os.path.join(own_dir, "backup")
     unit = "" if config.granularity == "weight" else f" {config.granularity}s"
     name = f"{config.phase}[{config.arch}, keep={config.keep_ratio:g}{unit}]"
