@@ -105,6 +105,11 @@ class FirstLayerTest(tf.test.TestCase):
         self.assertIn("| seed0 | hydra_0.01 | 1 | 1 | 0.0500 | 10.00 |", table)
         self.assertIn("| seed1 | hydra_0.01 | 1 | 0 | none | 0.50 |", table)
         self.assertIn("over the 3 pruned networks: 1.00", table)
+        # With no threshold below eps anywhere there is nothing to rank by: said, not nan.
+        flat = [dict(r, lowest=None) for r in rows]
+        table = first_layer.study_table(flat, 0.1)
+        self.assertNotIn("nan", table)
+        self.assertIn("the same lowest switch-on below eps (none)", table)
         with self.assertRaisesRegex(ValueError, "No network evaluated with AutoAttack"):
             first_layer.study_rows(os.path.join(workdir, "seed1"), 0.1)
 

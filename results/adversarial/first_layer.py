@@ -123,7 +123,10 @@ def study_rows(workdir, eps):
                 }
             )
     if not rows:
-        raise ValueError(f"No network evaluated with AutoAttack under {workdir}/seed*/.")
+        raise ValueError(
+            f"No network evaluated with AutoAttack under {workdir}/seed*/ (give one "
+            "architecture's directory of the study, such as <workdir>/cnn_small)."
+        )
     return rows
 
 
@@ -146,11 +149,19 @@ def study_table(rows, eps):
     pruned = [r for r in rows if r["stage"] != "dense"]
     if len(pruned) > 2:
         depth = [0.0 if r["lowest"] is None else eps - r["lowest"] for r in pruned]
-        rho, p = stats.spearmanr(depth, [r["square"] for r in pruned])
-        lines.append(
-            f"\nSpearman rank correlation of Square's points with eps - lowest switch-on, "
-            f"over the {len(pruned)} pruned networks: {rho:.2f} (p = {p:.2g})."
-        )
+        if len(set(depth)) == 1:  # a rank correlation with a constant is undefined
+            lines.append(
+                f"\nEvery one of the {len(pruned)} pruned networks has the same lowest "
+                "switch-on below eps ("
+                + ("none" if pruned[0]["lowest"] is None else f"{pruned[0]['lowest']:.4f}")
+                + "), so Square's points cannot be ranked by it."
+            )
+        else:
+            rho, p = stats.spearmanr(depth, [r["square"] for r in pruned])
+            lines.append(
+                f"\nSpearman rank correlation of Square's points with eps - lowest switch-on, "
+                f"over the {len(pruned)} pruned networks: {rho:.2f} (p = {p:.2g})."
+            )
     return "\n".join(lines)
 
 
