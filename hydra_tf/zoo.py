@@ -356,21 +356,34 @@ def _training_chain(phase_dir):
 
 
 def _run_time_path(path, phase_dir, config):
-    """`path`, written relative to the directory a phase ran from, as a path from here.
+    """`path`, as a phase recorded it, where it is now.
 
-    A run started with a relative workdir (the pipeline's default `runs/pipeline`) records
-    its sources relative to where it ran; `phase_dir` ends in the phase's recorded
-    `workdir`, and what precedes that was the directory it ran from.
+    A phase records its `workdir` and its source as given when it ran: relative to
+    the directory it ran from (the pipeline's default `runs/pipeline`), or absolute
+    before the run was moved. `phase_dir`, where the phase is now, and the recorded
+    workdir share their last components; the parts before those are where the run
+    was and where it is, and a source under the first is looked up under the second.
     """
-    if os.path.isabs(path):
+    recorded = config.get("workdir")
+    if not recorded:
         return path
-    workdir = config.get("workdir")
-    if workdir and not os.path.isabs(workdir):
-        here = os.path.normpath(os.path.abspath(phase_dir))
-        ran_in = os.path.normpath(workdir)
-        if here.endswith(os.sep + ran_in):
-            return os.path.join(here[: len(here) - len(ran_in)], path)
-    return path
+    here = os.path.abspath(phase_dir).split(os.sep)
+    there = os.path.normpath(recorded).split(os.sep)
+    shared = 0
+    while shared < min(len(here), len(there)) and here[-1 - shared] == there[-1 - shared]:
+        shared += 1
+    was = os.sep.join(there[: len(there) - shared])  # "" for a run recorded relative
+    now = os.sep.join(here[: len(here) - shared])
+    path = os.path.normpath(path)
+    if os.path.isabs(path) != os.path.isabs(recorded):
+        return path
+    if not was:
+        moved = os.path.join(now, path)
+    elif path.startswith(was + os.sep):
+        moved = now + path[len(was) :]
+    else:
+        return path
+    return moved if os.path.exists(os.path.dirname(moved)) else path
 
 
 def _evaluation_figures(evaluated):

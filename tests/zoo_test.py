@@ -3,6 +3,7 @@
 import dataclasses
 import json
 import os
+import shutil
 import tempfile
 import zipfile
 
@@ -166,7 +167,7 @@ class PublishTest(tf.test.TestCase):
         self.assertLess(card.nonzero_params, 0.2 * kernel_entries)
         self.assertEqual(zoo.card("tiny-90", self.root), card)
 
-    def test_card_follows_sources_recorded_relative_to_where_the_run_ran(self):
+    def test_card_follows_sources_recorded_where_the_run_ran(self):
         # The pipeline's default workdir is relative (runs/pipeline): its phases record
         # `runs/pipeline/...` sources, which publishing from elsewhere must still follow.
         ran_from = os.path.join(self.tmp, "elsewhere")
@@ -178,6 +179,16 @@ class PublishTest(tf.test.TestCase):
                 os.path.join("runs", "relative", VARIANT, "prune", "model.keras"),
             )
         card = zoo.publish(run_dir, VARIANT, "relative", "adversarial", "r", "c", self.root)
+        self.assertEqual(
+            [step["phase"] for step in card.training], ["pretrain", "prune", "finetune"]
+        )
+        # A run recorded with absolute paths, then moved: its sources are found where it is.
+        ran_in = os.path.join(self.tmp, "was", "run")
+        _write_run(ran_in, self.model, self.clean)
+        moved = os.path.join(self.tmp, "now", "run")
+        os.makedirs(os.path.dirname(moved))
+        shutil.move(ran_in, moved)
+        card = zoo.publish(moved, VARIANT, "moved", "adversarial", "r", "c", self.root)
         self.assertEqual(
             [step["phase"] for step in card.training], ["pretrain", "prune", "finetune"]
         )
