@@ -566,6 +566,13 @@ class ProgressTest(tf.test.TestCase):
         self.assertEqual(networks[0]["evaluation"].robust_acc, 0.5)
         table = reproduce.progress_markdown(networks, base)
         self.assertIn("1 of 10 networks evaluated", table)
+        self.assertNotIn("Nothing has started", table)
+        # A workdir with nothing in it (a mistyped --workdir, say) is said to be one.
+        empty = dataclasses.replace(base, workdir=os.path.join(workdir, "typo"))
+        self.assertIn(
+            "Nothing has started in",
+            reproduce.progress_markdown(reproduce.progress(empty, ("cnn_small",), (0,)), empty),
+        )
         self.assertIn("| network | state | clean | AutoAttack | PGD |", table)
         self.assertIn("| cnn_small | 0 | dense | evaluated | 80.0 | 50.0 | 55.0 |", table)
         self.assertIn("| cnn_small | 0 | hydra_0.1 | evaluating (2 attacks done) |  |  |  |", table)

@@ -485,12 +485,18 @@ def progress_markdown(networks, base):
     robust = report.attack_name(evaluated[0].attack) if evaluated else "robust"
     robust = robust if base.metric == "robust" else base.metric
     pgd = any(e.pgd_acc is not None for e in evaluated)
+    started = any(n["state"] != "not trained" for n in networks)
     lines = [
         f"# Progress of the study in {base.workdir}",
         "",
         f"{done} of {len(networks)} networks evaluated. Accuracy in % on "
         + (f"the first {evaluated[0].num_examples} test images." if evaluated else "test images."),
         "",
+        *(
+            []
+            if started
+            else [f"Nothing has started in {base.workdir} (is it the study's --workdir?).", ""]
+        ),
         f"| arch | seed | network | state | clean | {robust} |" + (" PGD |" if pgd else ""),
         "|---|---|---|---|---|---|" + ("---|" if pgd else ""),
     ]
