@@ -467,10 +467,11 @@ def _training_state(network_dir):
         history = files.read_history(os.path.join(phase_dir, training.HISTORY_FILE))
         epochs = len(next(iter(history.values()), []))
         try:
-            config = training.TrainConfig.from_json(
-                files.read_json(os.path.join(phase_dir, training.CONFIG_FILE))
+            config = files.read_json(os.path.join(phase_dir, training.CONFIG_FILE))
+            passes = objectives.data_epochs(
+                objectives.from_json(config["objective"]), config["epochs"]
             )
-            total = f" of {objectives.data_epochs(config.objective, config.epochs)}"
+            total = f" of {passes}"
         except (OSError, KeyError, TypeError, ValueError):  # not written yet, or unreadable
             total = ""
         return f"training {phase} ({epochs}{total} epochs done)"

@@ -130,6 +130,11 @@ def study_rows(workdir, eps):
     return rows
 
 
+def _lowest_text(row):
+    """A `study_rows` row's lowest switch-on radius below eps, as the table gives it."""
+    return "none" if row["lowest"] is None else f"{row['lowest']:.4f}"
+
+
 def study_table(rows, eps):
     """The markdown table of `study_rows` and, over the pruned networks, the Spearman
     correlation of Square's points with how far below eps the lowest threshold sits
@@ -141,9 +146,9 @@ def study_table(rows, eps):
     )
     lines = [header, "|---|---|---|---|---|---|"]
     for r in rows:
-        lowest = "none" if r["lowest"] is None else f"{r['lowest']:.4f}"
         lines.append(
-            f"| {r['seed']} | {r['stage']} | {r['can_be_on']} | {r['within']} | {lowest} | "
+            f"| {r['seed']} | {r['stage']} | {r['can_be_on']} | {r['within']} | "
+            f"{_lowest_text(r)} | "
             f"{r['square']:.2f} |"
         )
     pruned = [r for r in rows if r["stage"] != "dense"]
@@ -152,9 +157,8 @@ def study_table(rows, eps):
         if len(set(depth)) == 1:  # a rank correlation with a constant is undefined
             lines.append(
                 f"\nEvery one of the {len(pruned)} pruned networks has the same lowest "
-                "switch-on below eps ("
-                + ("none" if pruned[0]["lowest"] is None else f"{pruned[0]['lowest']:.4f}")
-                + "), so Square's points cannot be ranked by it."
+                f"switch-on below eps ({_lowest_text(pruned[0])}), so Square's points "
+                "cannot be ranked by it."
             )
         else:
             rho, p = stats.spearmanr(depth, [r["square"] for r in pruned])
