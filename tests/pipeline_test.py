@@ -165,8 +165,13 @@ class PipelineTest(tf.test.TestCase):
                 "lwm_equal_0.1": config.prune_epochs + config.finetune_epochs,
             },
         )
-        # The examples are part of the cache: without them the network is evaluated again.
+        # The examples serve the TF Lite check: with its row cached they are not
+        # needed; without both the network is evaluated again.
         os.remove(os.path.join(workdir, "dense", "adversarial.npy"))
+        with mock.patch.object(pipeline, "_evaluate", side_effect=AssertionError("evaluated")):
+            cached = pipeline.run(config)
+        self.assertEqual(cached.rows[0], results.rows[0])
+        os.remove(os.path.join(workdir, "dense", "tflite", "row.json"))
         again = pipeline.run(config)
         self.assertTrue(os.path.exists(os.path.join(workdir, "dense", "adversarial.npy")))
         self.assertAlmostEqual(again.rows[0].robust_acc, results.rows[0].robust_acc, delta=0.05)

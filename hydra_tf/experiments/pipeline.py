@@ -378,10 +378,13 @@ def evaluate_and_export(config, model_path, out_dir, name):
     cache = os.path.join(out_dir, "eval.json")
     key = evaluation_key(config)
     cached = _read_cache(cache, key)
+    # The examples serve only the TF Lite check: a restored snapshot
+    # (`snapshot`) keeps its row and not the examples.
     if (
         cached is not None
         and _needs_examples(config)
         and not os.path.exists(os.path.join(out_dir, ADVERSARIAL_FILE))
+        and _read_cache(_tflite_row_path(out_dir), _tflite_key(config)) is None
     ):
         logging.info("%s has no %s; evaluating again.", out_dir, ADVERSARIAL_FILE)
         cached = None
@@ -413,6 +416,15 @@ def _needs_examples(config):
     return config.tflite_mode != "none" and not isinstance(config.attack, attacks.PGDConfig)
 
 
+def _tflite_row_path(out_dir):
+    return os.path.join(out_dir, "tflite", "row.json")
+
+
+def _tflite_key(config):
+    """The cache key of a network's TF Lite row: its evaluation's and the mode."""
+    return {**evaluation_key(config), "tflite_mode": config.tflite_mode}
+
+
 def _deploy(config, keras_path, out_dir, name):
     """TF Lite export and verification of one network: its `records.TFLiteRow`.
 
@@ -420,8 +432,8 @@ def _deploy(config, keras_path, out_dir, name):
     evaluation settings (its robust accuracy uses the table's attack).
     """
     directory = os.path.join(out_dir, "tflite")
-    cache = os.path.join(directory, "row.json")
-    key = {**evaluation_key(config), "tflite_mode": config.tflite_mode}
+    cache = _tflite_row_path(out_dir)
+    key = _tflite_key(config)
     cached = _read_cache(cache, key)
     if cached is not None:
         return records.TFLiteRow.from_json(cached)
