@@ -138,6 +138,23 @@ class SaveRestoreTest(tf.test.TestCase):
         # Nothing was copied, not even the missing file.
         self.assertFalse(os.path.exists(os.path.join(self.workdir, "dense", "eval.json")))
 
+    def test_a_file_written_during_the_copy_is_copied_again(self):
+        source = os.path.join(self.workdir, "dense", "pretrain", "model.keras")
+        copies = []
+        real_copy = snapshot.shutil.copyfile
+
+        def copy_while_a_run_writes(src, dst):
+            real_copy(src, dst)
+            if src == source and not copies:
+                copies.append(src)
+                _write(src, "the run's newer bytes")  # the run wrote during the copy
+                os.utime(src, ns=(1, 2))
+
+        with mock.patch.object(snapshot.shutil, "copyfile", copy_while_a_run_writes):
+            snapshot.save(self.workdir, self.snap)
+        with open(os.path.join(self.snap, "dense", "pretrain", "model.keras")) as f:
+            self.assertEqual(f.read(), "the run's newer bytes")
+
     def test_bad_input(self):
         with self.assertRaisesRegex(snapshot.SnapshotError, "not a directory"):
             snapshot.save(os.path.join(self.workdir, "nothing"), self.snap)

@@ -28,6 +28,7 @@ import datetime
 import hashlib
 import os
 import shutil
+import time
 
 from hydra_tf import files
 
@@ -125,6 +126,22 @@ def resumable_files(workdir, in_progress=True):
     return sorted(kept)
 
 
+def _copy_settled(source, target, attempts=5):
+    """Copies `source` to `target` once no run is writing it (a running
+    study's checkpoints change under the copy): size and mtime the same
+    before and after the copy."""
+    for _ in range(attempts):
+        before = os.stat(source)
+        shutil.copyfile(source, target + ".tmp")
+        after = os.stat(source)
+        if (before.st_size, before.st_mtime_ns) == (after.st_size, after.st_mtime_ns):
+            os.replace(target + ".tmp", target)
+            return
+        time.sleep(1.0)
+    os.remove(target + ".tmp")
+    raise SnapshotError(f"{source} kept changing while it was copied; save again.")
+
+
 def save(workdir, snapshot, in_progress=True):
     """Copies the resumable files of `workdir` into `snapshot` (replacing what it held).
 
@@ -148,11 +165,9 @@ def save(workdir, snapshot, in_progress=True):
     files.make_dir(snapshot, "--snapshot")
     entries = {}
     for relative in kept:
-        source = os.path.join(workdir, relative)
         target = os.path.join(snapshot, relative)
         os.makedirs(os.path.dirname(target), exist_ok=True)
-        shutil.copyfile(source, target + ".tmp")
-        os.replace(target + ".tmp", target)
+        _copy_settled(os.path.join(workdir, relative), target)
         entries[relative] = (os.path.getsize(target), _digest(target))
     # What the snapshot held and the workdir no longer keeps (a finished
     # phase's backup, a finished evaluation's state) goes.
