@@ -22,9 +22,11 @@ def _write(path, text="x"):
 
 
 def _hand_made_workdir(root):
-    """A workdir shaped like a study's, files written by hand: one finished
-    network (evaluated), one phase still training, one evaluation running."""
-    _write(os.path.join(root, "pipeline_config.json"), "{}")
+    """A workdir shaped like a study's run, files written by hand (but its
+    config): the dense network and one pruned network per method evaluated,
+    one phase still training, one evaluation running."""
+    config = pipeline.PipelineConfig(workdir=root, keep_ratios=(0.1, 0.01), lwm_equal_budget=False)
+    _write(os.path.join(root, "pipeline_config.json"), json.dumps(config.to_json()))
     dense = os.path.join(root, "dense")
     for name in ("config.json", "history.csv", "model.keras"):
         _write(os.path.join(dense, "pretrain", name))
@@ -41,6 +43,17 @@ def _hand_made_workdir(root):
     )
     _write(os.path.join(dense, "tflite", "int8.tflite"))
     _write(os.path.join(dense, "tflite", "float32.tflite"))
+    # Evaluated pruned networks: HYDRA's at the smallest ratio keeps its prune network.
+    for name, phases in (("hydra_0.01", ("prune", "finetune")), ("lwm_0.01", ("finetune",))):
+        network = os.path.join(root, name)
+        for phase in phases:
+            for file in ("config.json", "history.csv", "model.keras"):
+                _write(os.path.join(network, phase, file))
+        _write(os.path.join(network, "eval.json"), "{}")
+        _write(os.path.join(network, f"{name}.keras"))
+        row = json.dumps({"path": f"{name}/tflite/int8.tflite"})
+        _write(os.path.join(network, "tflite", "row.json"), row)
+        _write(os.path.join(network, "tflite", "int8.tflite"))
     prune = os.path.join(root, "hydra_0.1", "prune")
     _write(os.path.join(prune, "config.json"))
     _write(os.path.join(prune, "history.csv"))
@@ -55,15 +68,29 @@ class ResumableFilesTest(tf.test.TestCase):
         root = helpers.make_tempdir(self)
         _hand_made_workdir(root)
         finished = [
-            "dense/dense.keras",
             "dense/eval.json",
             "dense/pretrain/config.json",
             "dense/pretrain/history.csv",
             "dense/pretrain/model.keras",
             "dense/tflite/int8.tflite",
             "dense/tflite/row.json",
+            "hydra_0.01/eval.json",
+            "hydra_0.01/finetune/config.json",
+            "hydra_0.01/finetune/history.csv",
+            "hydra_0.01/hydra_0.01.keras",
+            "hydra_0.01/prune/config.json",
+            "hydra_0.01/prune/history.csv",
+            "hydra_0.01/prune/model.keras",
+            "hydra_0.01/tflite/int8.tflite",
+            "hydra_0.01/tflite/row.json",
             "hydra_0.1/prune/config.json",
             "hydra_0.1/prune/history.csv",
+            "lwm_0.01/eval.json",
+            "lwm_0.01/finetune/config.json",
+            "lwm_0.01/finetune/history.csv",
+            "lwm_0.01/lwm_0.01.keras",
+            "lwm_0.01/tflite/int8.tflite",
+            "lwm_0.01/tflite/row.json",
             "lwm_0.1/finetune/model.keras",
             "pipeline_config.json",
         ]
@@ -86,14 +113,14 @@ class SaveRestoreTest(tf.test.TestCase):
     def test_round_trip_to_where_it_was_and_elsewhere(self):
         manifest = snapshot.save(self.workdir, self.snap)
         self.assertEqual(manifest.workdir, os.path.abspath(self.workdir))
-        self.assertLen(manifest.files, 14)
+        self.assertLen(manifest.files, 28)
         self.assertEqual(snapshot.read_manifest(self.snap), manifest)
         self.assertFalse(os.path.exists(os.path.join(self.snap, "dense", "adversarial.npy")))
         # Into an empty directory: every file, with its content.
         elsewhere = os.path.join(helpers.make_tempdir(self), "moved")
         workdir, copied = snapshot.restore(self.snap, elsewhere)
         self.assertEqual(workdir, elsewhere)
-        self.assertLen(copied, 14)
+        self.assertLen(copied, 28)
         with open(
             os.path.join(elsewhere, "hydra_0.1", "prune", "backup", "latest.weights.h5")
         ) as f:
@@ -179,13 +206,13 @@ class BinaryTest(tf.test.TestCase):
             "binaries.snapshot", "save", f"--workdir={workdir}", f"--snapshot={snap}"
         )
         self.assertEqual(saved.returncode, 0, saved.stderr[-2000:])
-        self.assertIn("14 files", saved.stderr)
+        self.assertIn("28 files", saved.stderr)
         target = os.path.join(helpers.make_tempdir(self), "restored")
         restored = helpers.run_module(
             "binaries.snapshot", "restore", f"--snapshot={snap}", f"--workdir={target}"
         )
         self.assertEqual(restored.returncode, 0, restored.stderr[-2000:])
-        self.assertIn(f"Restored 14 of 14 files into {target}", restored.stderr)
+        self.assertIn(f"Restored 28 of 28 files into {target}", restored.stderr)
         self.assertTrue(os.path.exists(os.path.join(target, "dense", "pretrain", "model.keras")))
         for args, message in (
             (("show",), "--snapshot"),
@@ -219,6 +246,10 @@ class StudyAcrossMachinesTest(tf.test.TestCase):
         snap = os.path.join(helpers.make_tempdir(self), "state")
         manifest = snapshot.save(first, snap)
         self.assertFalse(any("tensorboard" in p or p.endswith(".npy") for p in manifest.files))
+        # The evaluated pruned networks leave their checkpoints behind, but the
+        # prune network the analysis reads.
+        models = sorted(p for p in manifest.files if p.endswith("model.keras"))
+        self.assertEqual(models, ["dense/pretrain/model.keras", "hydra_0.1/prune/model.keras"])
         second = os.path.join(helpers.make_tempdir(self), "elsewhere")
         snapshot.restore(snap, second)
         no_work = AssertionError("a restored network was trained or evaluated again")
@@ -232,6 +263,9 @@ class StudyAcrossMachinesTest(tf.test.TestCase):
             json.loads(json.dumps(results.to_json()["rows"])),
         )
         self.assertTrue(os.path.exists(os.path.join(second, "results.md")))
+        # A network restored without weights is reused only under its own training settings.
+        with self.assertRaisesRegex(ValueError, "another configuration"):
+            pipeline.run(dataclasses.replace(config, workdir=second, finetune_lr=0.5))
 
 
 if __name__ == "__main__":

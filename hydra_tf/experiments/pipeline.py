@@ -14,12 +14,14 @@ a killed pipeline resumes where it stopped.
 """
 
 import dataclasses
+import functools
 import json
 import os
 import time
 
 import keras
 import numpy as np
+import tensorflow as tf
 from absl import logging
 
 from hydra_tf import data
@@ -297,6 +299,19 @@ def _train_config(config, phase, workdir, keep_ratio=1.0, source=None, epochs=1,
     )
 
 
+def _finetune_config(config, finetune_dir, method, keep_ratio, source):
+    """The finetune phase of network `method` at `keep_ratio`, from checkpoint `source`."""
+    return _train_config(
+        config,
+        "finetune",
+        finetune_dir,
+        keep_ratio,
+        source,
+        config.finetune_epochs_of(method),
+        config.finetune_lr,
+    )
+
+
 def _runs_pgd_beside(config):
     """Whether each network is also attacked by PGD (`also_pgd`, beside another attack)."""
     return (
@@ -316,6 +331,32 @@ def networks(config):
         for method in ("hydra", "lwm"):
             name = stage_name(config, method, ratio)
             yield name, method, ratio, os.path.join(config.workdir, name, "finetune")
+
+
+def settled(config, name, finetune, strategy=None):
+    """Whether network `name` is done without its weights: a snapshot
+    (`snapshot`) keeps an evaluated network's results and not its phases'
+    checkpoints. Its finetune ran with `finetune` (a `training.TrainConfig`;
+    the run's config.json must say so), its model.keras is gone, and its
+    evaluation and TF Lite row are cached under today's settings. Only in a
+    single process: workers of a multi-worker run must train together.
+    """
+    strategy = strategy or tf.distribute.get_strategy()
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return False
+    if os.path.exists(os.path.join(finetune.workdir, training.MODEL_FILE)):
+        return False  # trained: the usual path (skips training, reads the caches)
+    config_path = os.path.join(finetune.workdir, training.CONFIG_FILE)
+    if not os.path.exists(config_path):
+        return False
+    if not training.same_config(files.read_json(config_path), finetune):
+        return False  # another run's: train() says so
+    if cached_evaluation(config, name) is None:
+        return False
+    out_dir = os.path.join(config.workdir, name)
+    return config.tflite_mode == "none" or (
+        _read_cache(_tflite_row_path(out_dir), _tflite_key(config)) is not None
+    )
 
 
 def cached_evaluation(config, name):
@@ -651,29 +692,26 @@ def run(config, strategy=None, jit_compile=False, train_only=False):
     rows = [evaluated(dense.model_path, "dense", "dense", 1.0)]
     for name, method, ratio, finetune_dir in list(networks(config))[1:]:
         source = dense.model_path  # LWM's magnitude mask comes from the dense network
+        prune = None
         if method == "hydra":
-            source = train(
-                _train_config(
-                    config,
-                    "prune",
-                    stage(name, "prune"),
-                    ratio,
-                    dense.model_path,
-                    config.prune_epochs,
-                    config.prune_lr,
-                )
-            ).model_path
-        tuned = train(
-            _train_config(
+            prune = _train_config(
                 config,
-                "finetune",
-                finetune_dir,
+                "prune",
+                stage(name, "prune"),
                 ratio,
-                source,
-                config.finetune_epochs_of(method),
-                config.finetune_lr,
+                dense.model_path,
+                config.prune_epochs,
+                config.prune_lr,
             )
-        )
+            source = os.path.join(prune.workdir, training.MODEL_FILE)
+
+        finetune = functools.partial(_finetune_config, config, finetune_dir, method, ratio)
+        if settled(config, name, finetune(source), strategy):
+            rows.append(evaluated(None, name, method, ratio))
+            continue
+        if prune is not None:
+            source = train(prune).model_path  # a worker's own copy under multi-worker
+        tuned = train(finetune(source))
         rows.append(evaluated(tuned.model_path, name, method, ratio))
     if train_only:
         logging.info("Pipeline: every network is trained; evaluate with the same command.")

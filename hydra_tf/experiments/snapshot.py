@@ -7,11 +7,14 @@ runs were, and nothing it can rebuild:
 
   kept                                       left out
   config.json, pipeline_config.json          tensorboard/ logs
-  history.csv                                SavedModel exports
-  model.keras of every finished phase        adversarial.npy (6 MB per network;
-  <network>/eval.json, tflite/row.json         eval.json and the TF Lite row
-  <network>/<network>.keras (the export)       replace it once both exist)
-  the TF Lite file the row names             the TF Lite files of other modes
+  history.csv, eval.json, tflite/row.json    SavedModel exports, the dense export
+  model.keras of the dense network, of       model.keras of every pruned network
+    every pruned network not yet evaluated     evaluated (`pipeline.settled`: its
+    and of the prune network the run's         row stands without them)
+    analysis reads (smallest keep ratio)     adversarial.npy (6 MB per network;
+  <network>/<network>.keras (a pruned          only the TF Lite check reads it)
+    network's export, for `zoo.publish`)     the TF Lite files of other modes
+  the TF Lite file the row names
   with in_progress: backup/ of a phase
     still training, attack_state.npz of
     an evaluation still running
@@ -31,6 +34,7 @@ import shutil
 import time
 
 from hydra_tf import files
+from hydra_tf.experiments import pipeline
 
 MANIFEST = "snapshot.json"
 _PHASE_FILES = frozenset({"config.json", "pipeline_config.json", "history.csv", "model.keras"})
@@ -93,7 +97,43 @@ def _chosen_tflite(row_path):
     return os.path.basename(path) if path else None
 
 
-def _keeps(directory, name, in_progress):
+@dataclasses.dataclass(frozen=True)
+class _Run:
+    """What the snapshot needs to know of one pipeline run (a dir with pipeline_config.json)."""
+
+    tflite: bool  # whether its networks get a TF Lite row
+    analysis_prune: str  # the prune phase whose network the run's analysis reads
+
+
+def _runs(workdir):
+    """{run directory: `_Run`} of the pipeline runs under `workdir` whose config reads back."""
+    runs = {}
+    for directory, _, names in os.walk(workdir):
+        if "pipeline_config.json" not in names:
+            continue
+        try:
+            config = pipeline.PipelineConfig.from_json(
+                files.read_json(os.path.join(directory, "pipeline_config.json"))
+            )
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # unknown: every model of it is kept
+        smallest = pipeline.stage_name(config, "hydra", min(config.keep_ratios))
+        runs[os.path.normpath(directory)] = _Run(
+            tflite=config.tflite_mode != "none",
+            analysis_prune=os.path.join(os.path.normpath(directory), smallest, "prune"),
+        )
+    return runs
+
+
+def _network_done(network_dir, run):
+    """Whether a network is evaluated and its TF Lite row written (`pipeline.settled`)."""
+    done = os.path.exists(os.path.join(network_dir, "eval.json"))
+    if run.tflite:
+        done = done and os.path.exists(os.path.join(network_dir, "tflite", "row.json"))
+    return done
+
+
+def _keeps(directory, name, in_progress, runs):
     """Whether file `name` of `directory` is one a snapshot keeps (module doc)."""
     base = os.path.basename(directory)
     if base == "backup":  # a phase's resumable state, worth keeping until the phase ends
@@ -102,12 +142,24 @@ def _keeps(directory, name, in_progress):
         return name == "row.json" or name == _chosen_tflite(os.path.join(directory, "row.json"))
     if in_progress and name in _IN_PROGRESS_FILES:
         return True
-    # A network's exported plain model is <network>/<network>.keras.
-    return name in _PHASE_FILES or name in _EVALUATION_FILES or name == f"{base}.keras"
+    if name == "model.keras":
+        network_dir = os.path.dirname(os.path.normpath(directory))
+        run = runs.get(os.path.dirname(network_dir))
+        if run is not None and os.path.basename(network_dir) != "dense":
+            # An evaluated pruned network needs none of its checkpoints
+            # (`pipeline.settled`), but the analysis reads one prune network.
+            done = _network_done(network_dir, run)
+            return not done or os.path.normpath(directory) == run.analysis_prune
+        return True
+    # A pruned network's exported plain model is <network>/<network>.keras
+    # (what `zoo.publish` takes); the dense one is never published.
+    exported = name == f"{base}.keras" and base != "dense"
+    return name in _PHASE_FILES or name in _EVALUATION_FILES or exported
 
 
 def resumable_files(workdir, in_progress=True):
     """The files of `workdir` (relative paths, sorted) that a snapshot keeps (module doc)."""
+    runs = _runs(workdir)
     kept = []
     for directory, subdirs, names in os.walk(workdir):
         # Logs and SavedModel exports are rebuilt or not needed to resume.
@@ -121,7 +173,7 @@ def resumable_files(workdir, in_progress=True):
         kept.extend(
             os.path.normpath(os.path.join(relative, name))
             for name in names
-            if _keeps(directory, name, in_progress)
+            if _keeps(os.path.normpath(directory), name, in_progress, runs)
         )
     return sorted(kept)
 

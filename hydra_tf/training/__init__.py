@@ -329,7 +329,7 @@ def _relocatable(config_json):
     return json.loads(json.dumps(located))
 
 
-def _same_config(previous, config):
+def same_config(previous, config):
     """Whether a stored config.json describes `config`, wherever the run now lives.
 
     Fields added to the config classes since the run was written take their
@@ -406,7 +406,7 @@ def train(config, verbose=None, strategy=None, jit_compile=False):
                 "training.REVISION), whose results are not comparable. Use a new --workdir, "
                 "or delete the old one."
             )
-        if not _same_config(previous, config):
+        if not same_config(previous, config):
             raise ValueError(
                 f"{config.workdir} already holds a run with another configuration "
                 f"(see {config_path}). Use a new --workdir, or delete the old one."
