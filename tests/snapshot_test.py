@@ -102,6 +102,26 @@ class ResumableFilesTest(tf.test.TestCase):
         self.assertEqual(snapshot.resumable_files(root), sorted(finished + running))
         self.assertEqual(snapshot.resumable_files(root, in_progress=False), sorted(finished))
 
+    def test_keeps_the_analysis_prune_network_of_each_granularity(self):
+        # A channel run shares the workdir (and the dense network) with a weight run.
+        root = helpers.make_tempdir(self)
+        _hand_made_workdir(root)
+        for name in ("hydra_channels_0.5", "hydra_channels_0.25"):
+            for phase in ("prune", "finetune"):
+                _write(os.path.join(root, name, phase, "model.keras"))
+            _write(os.path.join(root, name, "eval.json"), "{}")
+            _write(os.path.join(root, name, "tflite", "row.json"), "{}")
+        models = [p for p in snapshot.resumable_files(root) if p.endswith("model.keras")]
+        self.assertEqual(
+            models,
+            [
+                "dense/pretrain/model.keras",
+                "hydra_0.01/prune/model.keras",
+                "hydra_channels_0.25/prune/model.keras",
+                "lwm_0.1/finetune/model.keras",
+            ],
+        )
+
 
 class SaveRestoreTest(tf.test.TestCase):
     def setUp(self):

@@ -30,6 +30,7 @@ import dataclasses
 import datetime
 import hashlib
 import os
+import re
 import shutil
 import time
 
@@ -102,7 +103,30 @@ class _Run:
     """What the snapshot needs to know of one pipeline run (a dir with pipeline_config.json)."""
 
     tflite: bool  # whether its networks get a TF Lite row
-    analysis_prune: str  # the prune phase whose network the run's analysis reads
+    analysis_prunes: frozenset  # the prune phases whose networks the run's analysis reads
+
+
+# A HYDRA network's directory: hydra_0.01, hydra_channels_0.5 (`pipeline.stage_name`).
+_HYDRA_NETWORK = re.compile(r"^(hydra_(?:[a-z]+s_)?)([0-9.e+-]+)$")
+
+
+def _analysis_prunes(run_dir):
+    """The prune phase of the smallest keep ratio of each granularity in a run:
+    the network the analysis reads (`analysis.kept_weights`). A workdir can
+    hold a weight and a channel run sharing one dense network."""
+    smallest = {}
+    for name in os.listdir(run_dir):
+        match = _HYDRA_NETWORK.match(name)
+        if not match or not os.path.isdir(os.path.join(run_dir, name, "prune")):
+            continue
+        try:
+            ratio = float(match.group(2))
+        except ValueError:
+            continue
+        prefix = match.group(1)
+        if prefix not in smallest or ratio < smallest[prefix][0]:
+            smallest[prefix] = (ratio, name)
+    return frozenset(os.path.join(run_dir, name, "prune") for _, name in smallest.values())
 
 
 def _runs(workdir):
@@ -117,10 +141,9 @@ def _runs(workdir):
             )
         except (OSError, ValueError, KeyError, TypeError):
             continue  # unknown: every model of it is kept
-        smallest = pipeline.stage_name(config, "hydra", min(config.keep_ratios))
-        runs[os.path.normpath(directory)] = _Run(
-            tflite=config.tflite_mode != "none",
-            analysis_prune=os.path.join(os.path.normpath(directory), smallest, "prune"),
+        directory = os.path.normpath(directory)
+        runs[directory] = _Run(
+            tflite=config.tflite_mode != "none", analysis_prunes=_analysis_prunes(directory)
         )
     return runs
 
@@ -149,7 +172,7 @@ def _keeps(directory, name, in_progress, runs):
             # An evaluated pruned network needs none of its checkpoints
             # (`pipeline.settled`), but the analysis reads one prune network.
             done = _network_done(network_dir, run)
-            return not done or os.path.normpath(directory) == run.analysis_prune
+            return not done or os.path.normpath(directory) in run.analysis_prunes
         return True
     # A pruned network's exported plain model is <network>/<network>.keras
     # (what `zoo.publish` takes); the dense one is never published.
