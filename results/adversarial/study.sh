@@ -7,9 +7,9 @@
 #   bash results/adversarial/study.sh save <study>         # the workdir into <study>/state
 #   bash results/adversarial/study.sh results <study>      # <study>/results.md, both seeds
 #
-# studies: cnn_small_pgd_at_ftv, cnn_large_trades_ftv, cnn_large_pgd_at (README.md says what
-# each is). `run` first restores <study>/state (the committed snapshot) when the workdir is
-# missing, so a new machine carries on where the last one stopped. Workdirs are under
+# studies (README.md says what each is): cnn_small_pgd_at_ftv, cnn_small_trades_ftv,
+# cnn_large_trades_ftv, cnn_large_pgd_at. `run` first restores <study>/state (the committed
+# snapshot) when the workdir is missing, so a new machine carries on where the last one stopped. Workdirs are under
 # $RUNS (default runs/); a seed's own results go to $RUNS/adv_out/<study>_seed<seed>.
 # One thread per process: run the two seeds side by side on two cores.
 set -euo pipefail
@@ -22,6 +22,10 @@ case $study in
     flags=(--objective=pgd_at --archs=cnn_small --finetune_attack_start=vertex
       --keep_ratios=0.01,0.1,0.05)
     workdir=$RUNS/adv_pgd_at_ftv ;;
+  cnn_small_trades_ftv)
+    flags=(--objective=trades --archs=cnn_small --finetune_attack_start=vertex
+      --keep_ratios=0.01,0.1,0.05)
+    workdir=$RUNS/adv_trades_small_ftv ;;
   cnn_large_trades_ftv)
     # 90 and 95% first: their HYDRA - LWM is what the earlier machine had not measured.
     flags=(--objective=trades --archs=cnn_large --finetune_attack_start=vertex
@@ -32,8 +36,8 @@ case $study in
       --keep_ratios=0.1,0.05,0.01)
     workdir=$RUNS/adv_pgd_at_large ;;
   *)
-    echo "study.sh: unknown study '$study'; one of cnn_small_pgd_at_ftv, cnn_large_trades_ftv," \
-      "cnn_large_pgd_at" >&2
+    echo "study.sh: unknown study '$study'; one of cnn_small_pgd_at_ftv, cnn_small_trades_ftv," \
+      "cnn_large_trades_ftv, cnn_large_pgd_at" >&2
     exit 2 ;;
 esac
 flags+=(--eps=0.1 --pretrain_epochs=5 --prune_epochs=2 --finetune_epochs=1 --lwm_equal_budget
