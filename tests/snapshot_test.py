@@ -202,6 +202,21 @@ class SaveRestoreTest(tf.test.TestCase):
         with open(os.path.join(self.snap, "dense", "pretrain", "model.keras")) as f:
             self.assertEqual(f.read(), "the run's newer bytes")
 
+    def test_a_file_that_goes_during_the_save_asks_to_save_again(self):
+        state = os.path.join(self.workdir, "lwm_0.1", "attack_state.npz")
+        real_copy = snapshot.shutil.copyfile
+
+        def copy_while_an_evaluation_ends(src, dst):
+            if os.path.exists(state):
+                os.remove(state)  # the evaluation finished after the file list was made
+            real_copy(src, dst)
+
+        with (
+            mock.patch.object(snapshot.shutil, "copyfile", copy_while_an_evaluation_ends),
+            self.assertRaisesRegex(snapshot.SnapshotError, "attack_state.npz went.*save again"),
+        ):
+            snapshot.save(self.workdir, self.snap)
+
     def test_bad_input(self):
         with self.assertRaisesRegex(snapshot.SnapshotError, "not a directory"):
             snapshot.save(os.path.join(self.workdir, "nothing"), self.snap)

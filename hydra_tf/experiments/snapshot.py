@@ -242,7 +242,12 @@ def save(workdir, snapshot, in_progress=True):
     for relative in kept:
         target = os.path.join(snapshot, relative)
         os.makedirs(os.path.dirname(target), exist_ok=True)
-        _copy_settled(os.path.join(workdir, relative), target)
+        try:
+            _copy_settled(os.path.join(workdir, relative), target)
+        except FileNotFoundError as error:
+            # A phase or an evaluation finished during the save (its backup
+            # or attack state went): the file list is stale.
+            raise SnapshotError(f"{error.filename} went while it was saved; save again.")
         entries[relative] = (os.path.getsize(target), _digest(target))
     # What the snapshot held and the workdir no longer keeps (a finished
     # phase's backup, a finished evaluation's state) goes.
