@@ -353,9 +353,8 @@ def settled(config, name, finetune, strategy=None):
         return False  # another run's: train() says so
     if cached_evaluation(config, name) is None:
         return False
-    out_dir = os.path.join(config.workdir, name)
-    return config.tflite_mode == "none" or (
-        _read_cache(_tflite_row_path(out_dir), _tflite_key(config)) is not None
+    return config.tflite_mode == "none" or _tflite_row_cached(
+        config, os.path.join(config.workdir, name)
     )
 
 
@@ -425,7 +424,7 @@ def evaluate_and_export(config, model_path, out_dir, name):
         cached is not None
         and _needs_examples(config)
         and not os.path.exists(os.path.join(out_dir, ADVERSARIAL_FILE))
-        and _read_cache(_tflite_row_path(out_dir), _tflite_key(config)) is None
+        and not _tflite_row_cached(config, out_dir)
     ):
         logging.info("%s has no %s; evaluating again.", out_dir, ADVERSARIAL_FILE)
         cached = None
@@ -464,6 +463,11 @@ def _tflite_row_path(out_dir):
 def _tflite_key(config):
     """The cache key of a network's TF Lite row: its evaluation's and the mode."""
     return {**evaluation_key(config), "tflite_mode": config.tflite_mode}
+
+
+def _tflite_row_cached(config, out_dir):
+    """Whether a network's TF Lite row is cached under today's settings."""
+    return _read_cache(_tflite_row_path(out_dir), _tflite_key(config)) is not None
 
 
 def _deploy(config, keras_path, out_dir, name):
