@@ -168,31 +168,42 @@ def replica_id():
     return tf.cast(context.replica_id_in_sync_group, tf.int64)
 
 
-def _stateless_seed():
+def _stateless_seed(salt):
     state = getattr(_STEP, "state", None)
     if state is None:
         return None
     state["calls"] += 1  # a new stream for every call site in the step
     step = tf.cast(state["step"], tf.int64)
-    return tf.stack(
+    seed = tf.stack(
         [
             tf.constant(state["seed"], tf.int64) * 65_537 + state["calls"],
             step * 1_048_576 + replica_id(),
         ]
     )
+    if salt is None:
+        return seed
+    return tf.random.experimental.stateless_fold_in(seed, tf.cast(salt, tf.int64))
 
 
-def uniform(shape, minval, maxval, dtype=tf.float32):
-    """`tf.random.uniform`, but stateless and per replica inside `step_randomness`."""
-    seed = _stateless_seed()
+def uniform(shape, minval, maxval, dtype=tf.float32, salt=None):
+    """`tf.random.uniform`, but stateless and per replica inside `step_randomness`.
+
+    `salt`: an integer (tensor) folded into the stateless seed. A call site
+    inside a `tf.while_loop` body is traced once, so it draws the same
+    numbers in every iteration unless it passes the iteration as `salt`.
+    """
+    seed = _stateless_seed(salt)
     if seed is None:
         return tf.random.uniform(shape, minval, maxval, dtype)
     return tf.random.stateless_uniform(shape, seed, minval, maxval, dtype)
 
 
-def normal(shape, dtype=tf.float32):
-    """`tf.random.normal`, but stateless and per replica inside `step_randomness`."""
-    seed = _stateless_seed()
+def normal(shape, dtype=tf.float32, salt=None):
+    """`tf.random.normal`, but stateless and per replica inside `step_randomness`.
+
+    `salt`: as `uniform`'s.
+    """
+    seed = _stateless_seed(salt)
     if seed is None:
         return tf.random.normal(shape, dtype=dtype)
     return tf.random.stateless_normal(shape, seed, dtype=dtype)

@@ -3,12 +3,16 @@
 import dataclasses
 import os
 from typing import ClassVar
+from unittest import mock
 
+import keras
 import numpy as np
 import tensorflow as tf
 
+from hydra_tf import evaluation
 from hydra_tf.evaluation import cascade
 from hydra_tf.objectives import attacks
+from hydra_tf.objectives.attacks import apgd
 from tests import helpers
 
 
@@ -141,6 +145,105 @@ class CascadeTest(tf.test.TestCase):
             f.write(b"not a state")
         with self.assertRaisesRegex(cascade.StateMismatchError, "Cannot read"):
             cascade.run(_mean_model, images, labels, Shift(0.1, 0.1), state_path=path)
+
+
+@dataclasses.dataclass(frozen=True)
+class Killable:
+    """APGD-CE that raises after `fail_after` batches (functions must run eagerly)."""
+
+    attack: apgd.APGDConfig
+    fail_after: int | None = None
+    calls: list = dataclasses.field(default_factory=list, compare=False)
+
+    @property
+    def eps(self):
+        return self.attack.eps
+
+    @property
+    def name(self):
+        return self.attack.name
+
+    def to_json(self):
+        return self.attack.to_json()
+
+    def perturb(self, model, x, y):
+        self.calls.append(int(x.shape[0]))
+        if self.fail_after is not None and len(self.calls) > self.fail_after:
+            raise KeyboardInterrupt("killed")
+        return self.attack.perturb(model, x, y)
+
+
+def _random_network_and_points(n=32):
+    """A random dense network on 4x4 images and points it classifies as labelled."""
+    keras.utils.set_random_seed(0)
+    network = keras.Sequential(
+        [keras.Input((4, 4, 1)), keras.layers.Flatten(), keras.layers.Dense(3)]
+    )
+    images = np.random.default_rng(0).random((n, 4, 4, 1)).astype(np.float32)
+    labels = np.argmax(network(images), axis=-1).astype(np.int64)
+    return network, images, labels
+
+
+class RandomnessTest(tf.test.TestCase):
+    """The attacks' random starts depend on where a batch is, not on the process's state."""
+
+    attack = apgd.APGDConfig(eps=0.05, loss="ce", steps=2, restarts=2)
+
+    def test_same_points_whatever_ran_before(self):
+        network, images, labels = _random_network_and_points()
+        tf.random.set_seed(1)
+        first = cascade.run(network, images, labels, self.attack, batch_size=8)
+        tf.random.set_seed(2)
+        tf.random.uniform([7])
+        second = cascade.run(network, images, labels, self.attack, batch_size=8)
+        self.assertAllEqual(first.adversarial, second.adversarial)
+        self.assertAllEqual(first.robust, second.robust)
+        # The seed does reach the starts: another seed moves the points.
+        with mock.patch.object(cascade, "SEED", 1):
+            other = cascade.run(network, images, labels, self.attack, batch_size=8)
+        self.assertNotAllClose(first.adversarial, other.adversarial)
+
+    def test_resumed_run_attacks_every_batch_as_an_uninterrupted_one(self):
+        tf.config.run_functions_eagerly(True)
+        self.addCleanup(tf.config.run_functions_eagerly, False)
+        network, images, labels = _random_network_and_points()
+        path = os.path.join(self.get_temp_dir(), "state.npz")
+        tf.random.set_seed(1)
+        whole = cascade.run(network, images, labels, Killable(self.attack), batch_size=8)
+        with self.assertRaises(KeyboardInterrupt):
+            cascade.run(
+                network,
+                images,
+                labels,
+                Killable(self.attack, fail_after=2),
+                batch_size=8,
+                state_path=path,
+                save_every=0,
+            )
+        tf.random.set_seed(5)  # a new process: another random state
+        resumed_attack = Killable(self.attack)
+        resumed = cascade.run(
+            network, images, labels, resumed_attack, batch_size=8, state_path=path
+        )
+        self.assertEqual(resumed_attack.calls, [8, 8])  # two of the four batches were left
+        self.assertAllEqual(resumed.adversarial, whole.adversarial)
+        self.assertAllEqual(resumed.robust, whole.robust)
+
+    def test_pgd_counts_whatever_ran_before(self):
+        network, images, labels = _random_network_and_points(64)
+        dataset = tf.data.Dataset.from_tensor_slices((images, labels)).batch(16)
+        pgd = attacks.PGDConfig(eps=0.05, steps=1, restarts=1, step_size=0.01)
+
+        def robust():
+            return evaluation.evaluate(network, dataset, pgd, log_every=0).robust_acc
+
+        tf.random.set_seed(1)
+        first = robust()
+        tf.random.set_seed(2)
+        tf.random.uniform([7])
+        self.assertEqual(robust(), first)
+        with mock.patch.object(cascade, "SEED", 1):
+            self.assertNotEqual(robust(), first)  # the seed reaches PGD's start
 
 
 class MaskingCheckTest(tf.test.TestCase):

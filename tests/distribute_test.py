@@ -204,6 +204,26 @@ class RandomnessTest(tf.test.TestCase):
         # Two call sites in one step draw different numbers.
         self.assertNotAllClose(first[0], first[1])
 
+    def test_salt_gives_each_loop_iteration_its_own_numbers(self):
+        @tf.function
+        def draws(salted):
+            def body(i, rows):
+                row = distribute.uniform([4], 0.0, 1.0, salt=i if salted else None)
+                return i + 1, rows.write(i, row)
+
+            with distribute.step_randomness(0, tf.constant(3, tf.int64)):
+                rows = tf.TensorArray(tf.float32, size=3)
+                _, rows = tf.while_loop(lambda i, _: i < 3, body, (tf.constant(0), rows))
+                return rows.stack()
+
+        # Traced once, an unsalted call site repeats its numbers in every iteration.
+        unsalted = draws(False).numpy()
+        self.assertAllEqual(unsalted[0], unsalted[1])
+        salted = draws(True).numpy()
+        self.assertNotAllClose(salted[0], salted[1])
+        self.assertNotAllClose(salted[1], salted[2])
+        self.assertAllEqual(salted, draws(True).numpy())  # and still reproducible
+
 
 class MixedPrecisionTest(tf.test.TestCase):
     def test_scores_masks_and_logits_stay_float32(self):

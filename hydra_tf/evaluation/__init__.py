@@ -9,6 +9,10 @@ of attack:
   after every restart.
 - Every other attack of `hydra_tf.objectives.attacks`, and the standard
   AutoAttack cascade, run by `cascade` on the points still robust, resumable.
+
+Both draw their random numbers from seeds keyed by the batch's place in the
+evaluation (`cascade.SEED`), so an evaluation gives the same figures whatever
+ran before it in the process.
 """
 
 import dataclasses
@@ -18,6 +22,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from hydra_tf import distribute
 from hydra_tf.evaluation import cascade
 from hydra_tf.models import layers
 from hydra_tf.models import precision
@@ -63,13 +68,16 @@ class EvalResult:
 
 
 def batch_counter(network, attack):
-    """A compiled function (x, y) -> (clean correct, robust correct) counts."""
+    """A compiled function (x, y, step) -> (clean correct, robust correct) counts.
+
+    `step`: the batch's index (an int64 scalar), which keys its random numbers.
+    """
 
     # reduce_retracing: the last, smaller batch does not trigger a new trace.
     @tf.function(reduce_retracing=True)
-    def batch_counts(x, y):
+    def batch_counts(x, y, step):
         # Scores do not change during the attack: select each mask once.
-        with layers.masks_fixed(network):
+        with layers.masks_fixed(network), distribute.step_randomness(cascade.SEED, step):
             clean, robust = attacks.robust_correct(network, x, y, attack)
         return tf.reduce_sum(tf.cast(clean, tf.int64)), tf.reduce_sum(tf.cast(robust, tf.int64))
 
@@ -79,13 +87,13 @@ def batch_counter(network, attack):
 def _distributed(batch_counts, strategy):
     """`batch_counts` run on every replica of `strategy`, summed (also the batch size)."""
 
-    def counts(x, y):
-        clean, robust = batch_counts(x, y)
+    def counts(x, y, step):
+        clean, robust = batch_counts(x, y, step)
         return clean, robust, tf.shape(y, out_type=tf.int64)[0]
 
     @tf.function
-    def run(batch):
-        per_replica = strategy.run(counts, args=batch)
+    def run(batch, step):
+        per_replica = strategy.run(counts, args=(*batch, step))
         return [strategy.reduce(tf.distribute.ReduceOp.SUM, v, axis=None) for v in per_replica]
 
     return run
@@ -121,11 +129,12 @@ def evaluate(network, dataset, attack, log_every=20, strategy=None, state_path=N
     start = time.time()
     clean_total = robust_total = seen = 0
     for index, batch in enumerate(dataset):
+        step = tf.constant(index, tf.int64)
         if batch_counts is None:
-            clean, robust, size = run(batch)
+            clean, robust, size = run(batch, step)
         else:
             x, y = batch
-            clean, robust = batch_counts(x, y)
+            clean, robust = batch_counts(x, y, step)
             size = tf.shape(y)[0]
         clean_total += int(clean)
         robust_total += int(robust)

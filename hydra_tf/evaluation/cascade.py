@@ -13,6 +13,12 @@ every `save_every` seconds and after each attack; run again with the same
 file, it resumes where it stopped. A state written for other settings (other
 attack, other examples) is refused with a clear error.
 
+The attacks' random numbers (starts, restarts, Square's windows) are keyed by
+`SEED`, the attack's place in the cascade and the batch's place in it
+(`batch_seed`), not drawn from the process's random state: a resumed
+evaluation attacks every batch exactly as an uninterrupted one, and two runs
+of an evaluation agree point for point.
+
 AutoAttack's own check ("Square Attack improves the robustness evaluation" in
 Croce & Hein's flags documentation) is `masking_warning`: a gradient-free
 attack that breaks more than `MASKING_THRESHOLD` of the examples after the
@@ -30,6 +36,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from hydra_tf import distribute
 from hydra_tf.models import layers
 from hydra_tf.objectives import attacks
 
@@ -37,6 +44,8 @@ from hydra_tf.objectives import attacks
 TOLERANCE = 1e-5
 # AutoAttack's threshold for its Square check: 0.2% of the examples.
 MASKING_THRESHOLD = 0.002
+# The seed of the attacks' random numbers (`batch_seed`).
+SEED = 0
 
 
 class AttackOutOfBoundsError(RuntimeError):
@@ -165,11 +174,17 @@ def _save_state(path, state):
     os.replace(tmp, path)
 
 
+def batch_seed(stage, offset):
+    """The step number (`distribute.step_randomness`) of the batch that starts at
+    `offset` of attack `stage`'s points: where it is, not when it runs."""
+    return tf.constant(stage * 2**24 + offset, tf.int64)
+
+
 def _compiled(network, attack):
     @tf.function(reduce_retracing=True)
-    def perturb(x, y):
+    def perturb(x, y, step):
         # Scores do not change during the attack: select each mask once.
-        with layers.masks_fixed(network):
+        with layers.masks_fixed(network), distribute.step_randomness(SEED, step):
             x_adv = attack.perturb(network, x, y)
             predicted = tf.argmax(network(x_adv, training=False), axis=-1)
         return x_adv, predicted
@@ -180,20 +195,21 @@ def _compiled(network, attack):
 def _distributed(perturb, strategy):
     """`perturb` with each replica attacking its share of the batch."""
 
-    def replica(x, y, index):
-        x_adv, predicted = perturb(x, y)
+    def replica(x, y, index, step):
+        # Each replica draws its own numbers (`distribute.replica_id` is in the seed).
+        x_adv, predicted = perturb(x, y, step)
         return x_adv, predicted, index
 
     @tf.function
-    def run(batch):
-        per_replica = strategy.run(replica, args=batch)
+    def run(batch, step):
+        per_replica = strategy.run(replica, args=(*batch, step))
         return [strategy.gather(value, axis=0) for value in per_replica]
 
-    def call(x, y):
+    def call(x, y, step):
         index = np.arange(len(y))
         dataset = tf.data.Dataset.from_tensor_slices((x, y, index)).batch(len(y))
         batch = next(iter(strategy.experimental_distribute_dataset(dataset)))
-        x_adv, predicted, order = (v.numpy() for v in run(batch))
+        x_adv, predicted, order = (v.numpy() for v in run(batch, step))
         inverse = np.empty_like(order)
         inverse[order] = np.arange(len(order))
         return x_adv[inverse], predicted[inverse]
@@ -283,7 +299,8 @@ def run(
             done = int(state["done"])
             index = targets[done : done + batch_size]
             x, y = images[index], labels[index]
-            x_adv, predicted = perturb(tf.constant(x), tf.constant(y))
+            step = batch_seed(int(state["stage"]), done)
+            x_adv, predicted = perturb(tf.constant(x), tf.constant(y), step)
             x_adv, predicted = np.asarray(x_adv), np.asarray(predicted)
             _check_bounds(x_adv, x, eps, current.name)
             broken = predicted != y

@@ -195,10 +195,10 @@ class APGDConfig:
             target_of = lambda r: order[:, 1 + r // self.restarts]
         else:
             runs, target_of = self.restarts, lambda r: None
-        best, fooled = self._run(model, x, y, target_of(0))
+        best, fooled = self._run(model, x, y, target_of(0), tf.constant(0))
 
         def more(r, best, fooled):
-            candidate, broken = self._run(model, x, y, target_of(r))
+            candidate, broken = self._run(model, x, y, target_of(r), r)
             # A broken example keeps its first adversarial point.
             best = tf.where(_expand(fooled, x), best, candidate)
             return r + 1, best, tf.logical_or(fooled, broken)
@@ -227,13 +227,14 @@ class APGDConfig:
         wrong = tf.not_equal(tf.argmax(logits, axis=-1), y)
         return loss, tf.cast(grad, x.dtype), wrong
 
-    def _run(self, model, x, y, target):
-        """One APGD run: (adversarial or highest-loss point, broken) per example."""
+    def _run(self, model, x, y, target, run):
+        """Run number `run`: (adversarial or highest-loss point, broken) per example."""
         eps = tf.constant(self.eps, x.dtype)
         lower, upper = tf.maximum(x - eps, 0.0), tf.minimum(x + eps, 1.0)
         project = lambda z: tf.clip_by_value(z, lower, upper)
         # A random start on the ball's surface (largest coordinate at eps).
-        noise = distribute.uniform(tf.shape(x), -1.0, 1.0, x.dtype)
+        # Salted by the run's index: each target and restart starts elsewhere.
+        noise = distribute.uniform(tf.shape(x), -1.0, 1.0, x.dtype, salt=run)
         scale = tf.reduce_max(tf.abs(noise), axis=[1, 2, 3], keepdims=True) + 1e-12
         x_adv = project(x + eps * noise / scale)
         loss, grad, wrong = self._loss_and_gradient(model, x_adv, y, target)

@@ -74,9 +74,11 @@ alpha_max 0.1, eta 1.05, beta 0.9):
   boundary offset is passed as the value c of the linearisation at the point
   rather than as a hyperplane offset b, which avoids cancellation in
   w.x - b.
-- Random numbers come from `distribute.uniform` (stateless per replica inside
-  a training step, else TensorFlow's global generator), not from a seed kept
-  by the attack.
+- Random numbers come from `distribute.uniform`, not from a seed kept by the
+  attack: stateless per replica inside `distribute.step_randomness` (a
+  training step; every batch of an evaluation, `evaluation.cascade.SEED`),
+  else TensorFlow's global generator. Each round salts its draw with the
+  round's index.
 
 Not XLA-compilable (`jit_compile=True`): the batch shrinks as points are
 broken. On 2 CPU cores a fixed-batch version of this attack ran 2x slower
@@ -293,7 +295,7 @@ def fab_t(model, x, y, config, minimize_norm=False):
         x0 = tf.gather(flat, todo)
         target = tf.gather(tf.gather(order, r // config.restarts, axis=1), todo)
         if config.restarts > 1:
-            u = distribute.uniform(tf.shape(x0), -1.0, 1.0)
+            u = distribute.uniform(tf.shape(x0), -1.0, 1.0, salt=r)  # a new draw per round
             scale = 0.5 * eps / tf.maximum(_linf(u), _TINY)
             jitter = tf.clip_by_value(x0 + scale[:, None] * u, 0.0, 1.0)
             start = tf.where(r % config.restarts > 0, jitter, x0)

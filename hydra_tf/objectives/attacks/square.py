@@ -61,10 +61,10 @@ the rescaled schedule; and the authors' original code, max-andr/square-attack):
   batch. Same results, more compute per query when many are fooled.
 - Restarts: an example no run fools gets the lowest-margin point of all runs;
   the reference returns the clean input for it.
-- Randomness: one draw from TF's random stream per run (`distribute.uniform`,
-  so `tf.random.set_seed` and `distribute.step_randomness` make it
-  reproducible), then stateless numbers folded with the iteration; the
-  reference seeds PyTorch with 0.
+- Randomness: one draw per run from `distribute.uniform` (stateless inside
+  `distribute.step_randomness`, which the evaluation enters for every batch,
+  see `evaluation.cascade.SEED`), then stateless numbers folded with the
+  iteration; the reference seeds PyTorch with 0.
 - s <= min(H, W) - 1 (the original code: H - 1; AutoAttack: min(H, W)); it
   matters only for p_init close to 1.
 """
