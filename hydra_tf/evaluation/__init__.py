@@ -22,9 +22,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from hydra_tf import distribute
 from hydra_tf.evaluation import cascade
-from hydra_tf.models import layers
 from hydra_tf.models import precision
 from hydra_tf.objectives import attacks
 
@@ -76,8 +74,7 @@ def batch_counter(network, attack):
     # reduce_retracing: the last, smaller batch does not trigger a new trace.
     @tf.function(reduce_retracing=True)
     def batch_counts(x, y, step):
-        # Scores do not change during the attack: select each mask once.
-        with layers.masks_fixed(network), distribute.step_randomness(cascade.SEED, step):
+        with cascade.attacking(network, step):
             clean, robust = attacks.robust_correct(network, x, y, attack)
         return tf.reduce_sum(tf.cast(clean, tf.int64)), tf.reduce_sum(tf.cast(robust, tf.int64))
 

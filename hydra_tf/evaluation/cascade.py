@@ -26,6 +26,7 @@ gradient attacks left them robust hints that the gradients mislead (gradient
 masking), so what the gradient attacks leave overstates robustness.
 """
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -180,11 +181,19 @@ def batch_seed(stage, offset):
     return tf.constant(stage * 2**24 + offset, tf.int64)
 
 
+@contextlib.contextmanager
+def attacking(network, step):
+    """How a batch is attacked (inside a traced function): each mask selected
+    once (scores do not change during the attack), random numbers keyed by
+    `SEED` and `step`, the batch's place in the evaluation."""
+    with layers.masks_fixed(network), distribute.step_randomness(SEED, step):
+        yield
+
+
 def _compiled(network, attack):
     @tf.function(reduce_retracing=True)
     def perturb(x, y, step):
-        # Scores do not change during the attack: select each mask once.
-        with layers.masks_fixed(network), distribute.step_randomness(SEED, step):
+        with attacking(network, step):
             x_adv = attack.perturb(network, x, y)
             predicted = tf.argmax(network(x_adv, training=False), axis=-1)
         return x_adv, predicted
