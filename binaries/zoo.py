@@ -3,6 +3,7 @@
   python -m binaries.zoo list
   python -m binaries.zoo show NAME
   python -m binaries.zoo evaluate NAME [--limit=500] [--attack=autoattack] [--verify=ibp]
+      [--record]
   python -m binaries.zoo publish NAME --run_dir=RUN --variant=hydra_0.01 \
       --family=verified --study=results/verified/cnn_verifiable --command="python -m ..."
 
@@ -13,12 +14,15 @@ accuracy (at the card's eps unless --eval_eps is given), with --verify its
 verified accuracy, with --certify_n (smoothed networks) its certified
 accuracy at the card's radius; it logs the card's figures beside them (and
 writes them to --output) and ends with an error if the clean accuracy on the
-card's check images is not the card's.
+card's check images is not the card's. With --record (and --attack) it
+writes the new robust accuracy, after each attack of a cascade, into the
+card beside the study's figures (`zoo.record`).
 `publish` adds network --variant of a pipeline run (one seed's workdir of a
 study) to the zoo. --zoo picks another zoo directory than the repository's.
 """
 
 import json
+import sys
 
 from absl import app
 from absl import flags
@@ -39,6 +43,9 @@ _VERIFY = flags.DEFINE_multi_enum(
     "verify", [], verified.METHODS, "evaluate: verified accuracy by these bounds (repeat)."
 )
 _OUTPUT = flags.DEFINE_string("output", None, "evaluate: also write the JSON here.")
+_RECORD = flags.DEFINE_boolean(
+    "record", False, "evaluate: write the attack's figures into the card (needs --attack)."
+)
 _RUN_DIR = flags.DEFINE_string("run_dir", None, "publish: the pipeline run's workdir.")
 _VARIANT = flags.DEFINE_string("variant", None, "publish: the network, e.g. hydra_0.01.")
 _FAMILY = flags.DEFINE_enum("family", None, zoo.FAMILIES, "publish: the network's family.")
@@ -68,6 +75,8 @@ def _evaluate(name):
     if eps is None:
         eps = model_card.evaluation.get("eps")
     attack = None
+    if _RECORD.value and not common.ATTACK.value:
+        raise ValueError("--record needs --attack: it records an attack's figures.")
     if common.ATTACK.value:
         if eps is None:
             raise ValueError(f"{name}'s card has no L-inf eps; pass --eval_eps.")
@@ -96,6 +105,9 @@ def _evaluate(name):
             f"{name}: clean accuracy {report['clean_acc']:.4f} on the card's "
             f"{report['num_examples']} check images, the card says {expected:.4f}."
         )
+    if _RECORD.value:
+        command = " ".join(["python -m binaries.zoo", *sys.argv[1:]])
+        zoo.record(name, report, command, _ZOO.value)
 
 
 def _publish(name):

@@ -19,10 +19,14 @@ A card holds two sets of figures. `evaluation` is what the study measured
 (its attack or bounds, on its test examples). `check` is the clean accuracy
 of the published file on the first `CHECK_EXAMPLES` test images, measured
 when it was published; `evaluate` and the tests compare a loaded network
-against it.
+against it. A card may hold a third, `remeasured`: an attack run again on
+the published file by `evaluate` and written by `record` (for cards whose
+study did not keep each attack's figures), beside the study's, never over
+them.
 """
 
 import dataclasses
+import datetime
 import os
 import re
 import shutil
@@ -55,6 +59,7 @@ CHECK_TOLERANCE = 1
 FAMILIES = ("adversarial", "certified", "verified", "structured")
 _VERIFY_ORDER = ("symbolic", "ibp", "crown_ibp", "crown")
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
+_OPTIONAL_FIELDS = {"remeasured"}
 
 
 class ZooError(ValueError):
@@ -93,6 +98,9 @@ class ModelCard:
       files: bytes of each published file.
       study: where the study's results are, relative to the repository.
       command: the command that made the network.
+      remeasured: None, or the published file attacked again (`record`):
+        num_examples, clean_acc, robust_acc, attack, stages, warnings, date
+        and the command that measured it.
     """
 
     name: str
@@ -118,20 +126,23 @@ class ModelCard:
     files: dict
     study: str
     command: str
+    remeasured: dict | None = None
 
     def to_json(self):
         values = dataclasses.asdict(self)
         values["input_shape"] = list(self.input_shape)
         values["training"] = list(self.training)
+        if self.remeasured is None:
+            values.pop("remeasured")
         return values
 
     @classmethod
     def from_json(cls, values):
         names = {field.name for field in dataclasses.fields(cls)}
-        missing = sorted(names - set(values))
+        missing = sorted(names - set(values) - _OPTIONAL_FIELDS)
         if missing:
             raise ZooError(f"The model card lacks {', '.join(missing)}.")
-        values = {key: values[key] for key in names}
+        values = {key: values[key] for key in names if key in values}
         values["input_shape"] = tuple(values["input_shape"])
         values["training"] = tuple(values["training"])
         return cls(**values)
@@ -258,7 +269,8 @@ def evaluate(
 
     Returns:
       A dict: name, num_examples, clean_acc, tflite_clean_acc, and with an
-      attack robust_acc, attack and the checks it failed (warnings, as in
+      attack robust_acc, attack, the robust accuracy after each attack of a
+      cascade (stages) and the checks it failed (warnings, as in
       `evaluation.EvalResult`); with `verify`, verified_accuracy; with
       `certify_n`, certified_accuracy ({radius: accuracy}). When `limit` is
       the card's check size, card_clean_acc is the card's figure.
@@ -282,6 +294,8 @@ def evaluate(
         )
         measured["robust_acc"] = result.robust_acc
         measured["attack"] = result.attack
+        if result.stages:
+            measured["stages"] = [stage.to_json() for stage in result.stages]
         if result.warnings:
             measured["warnings"] = list(result.warnings)
         adversarial = result.adversarial
@@ -296,6 +310,64 @@ def evaluate(
     if certify_n is not None:
         measured["certified_accuracy"] = _certify(model_card, network, test_ds, certify_n)
     return measured
+
+
+def record(name, measured, command, root=None, date=None):
+    """Writes an `evaluate` report with an attack into `name`'s card as `remeasured`.
+
+    For cards whose study did not keep the robust accuracy after each attack:
+    the published file attacked again gives them, beside the study's figures
+    (which stay). The card's README is written again with a line for them.
+
+    Args:
+      name: a network of the zoo.
+      measured: what `evaluate` returned for it, with an attack.
+      command: the command that measured it.
+      root: the zoo (default `DEFAULT_ROOT`).
+      date: the day it was measured (default today, ISO format).
+
+    Returns:
+      The new `ModelCard`.
+
+    Raises:
+      ZooError: the report is another network's, has no attack, or its clean
+        accuracy is not the card's on the same images (not the published file).
+    """
+    directory = _directory(name, root)
+    model_card = card(name, root)
+    if measured.get("name") != name:
+        raise ZooError(f"The report is {measured.get('name')!r}'s, not {name!r}'s.")
+    if "robust_acc" not in measured or "attack" not in measured:
+        raise ZooError(f"The report of {name} has no attack to record (evaluate it with one).")
+    count = measured["num_examples"]
+    for figures in (model_card.check, model_card.evaluation):
+        if figures["num_examples"] == count and not same_accuracy(
+            measured["clean_acc"], figures["clean_acc"], count
+        ):
+            raise ZooError(
+                f"{name}: clean accuracy {measured['clean_acc']:.4f} on the first {count} "
+                f"test images, its card says {figures['clean_acc']:.4f}; not recording it."
+            )
+    remeasured = {
+        "num_examples": count,
+        "clean_acc": measured["clean_acc"],
+        "robust_acc": measured["robust_acc"],
+        "attack": measured["attack"],
+        "stages": measured.get("stages", []),
+        "warnings": measured.get("warnings", []),
+        "date": date or datetime.date.today().isoformat(),
+        "command": command,
+    }
+    model_card = dataclasses.replace(model_card, remeasured=remeasured)
+    _write_card(directory, model_card)
+    logging.info("Recorded the new measurement in %s", os.path.join(directory, CARD_FILE))
+    return model_card
+
+
+def _write_card(directory, model_card):
+    files.write_json(os.path.join(directory, CARD_FILE), model_card.to_json())
+    with open(os.path.join(directory, "README.md"), "w") as f:
+        f.write(card_markdown(model_card))
 
 
 def _certify(model_card, network, test_ds, n):
@@ -528,9 +600,7 @@ def publish(run_dir, variant, name, family, study, command, root=None, data_dir=
             study=study,
             command=command,
         )
-        files.write_json(os.path.join(staging, CARD_FILE), model_card.to_json())
-        with open(os.path.join(staging, "README.md"), "w") as f:
-            f.write(card_markdown(model_card))
+        _write_card(staging, model_card)
         os.chmod(staging, 0o755)
         destination = os.path.join(root, name)
         if os.path.exists(destination):
@@ -602,6 +672,17 @@ def _stages_text(figures):
     return f"{text}; AutoAttack's Square check passed"
 
 
+def _remeasured_text(figures):
+    """The published file attacked again (`record`), with each attack's figure."""
+    text = (
+        f"{figures['date']}, the published file on the first {figures['num_examples']} test "
+        f"images: clean {_percent(figures['clean_acc'])}%, {_percent(figures['robust_acc'])}% "
+        f"under {report.describe_attack(figures['attack'])}"
+    )
+    stages = _stages_text(figures)
+    return f"{text}; after each attack: {stages}" if stages else text
+
+
 def _pruned_text(model_card):
     unit = "channels" if model_card.granularity == "channel" else "weights"
     return f"{100 * (1 - model_card.keep_ratio):g}% of {unit} pruned"
@@ -664,6 +745,7 @@ def card_markdown(model_card):
         ),
         f"| robustness | {_robust_text(figures)} |",
         *([f"| after each attack | {stages} |"] if (stages := _stages_text(figures)) else []),
+        *([f"| measured again | {_remeasured_text(c.remeasured)} |"] if c.remeasured else []),
         f"| TF Lite ({c.tflite['mode']}, LiteRT) | {_tflite_text(c.tflite)} |",
         f"| parameters | {c.params:,} ({c.nonzero_params:,} nonzero), {c.macs:,} multiply-adds |",
         (
@@ -682,6 +764,11 @@ def card_markdown(model_card):
         c.command,
         "```",
         "",
+        *(
+            ["Measured again by:", "", "```bash", c.remeasured["command"], "```", ""]
+            if c.remeasured
+            else []
+        ),
         "Use it:",
         "",
         "```python",

@@ -17,6 +17,7 @@ from hydra_tf import zoo
 from hydra_tf.experiments import pipeline
 from hydra_tf.experiments import records
 from hydra_tf.export import tflite
+from hydra_tf.objectives import attacks
 from tests import helpers
 
 VARIANT = "hydra_0.1"
@@ -255,6 +256,40 @@ class PublishTest(tf.test.TestCase):
         self.assertEqual(report["card_clean_acc"], self.clean)
         self.assertAlmostEqual(report["tflite_clean_acc"], self.clean, delta=0.004)
 
+    def test_record_adds_the_attack_again_beside_the_study(self):
+        root = os.path.join(self.tmp, "recorded")
+        shutil.copytree(self.root, root)
+        attack = attacks.make("apgd-ce", 0.3)
+        measured = zoo.evaluate("tiny-90", root, limit=500, attack=attack)
+        self.assertEqual([s["attack"] for s in measured["stages"]], ["apgd-ce"])
+        self.assertEqual(measured["stages"][0]["robust_acc"], measured["robust_acc"])
+        recorded = zoo.record("tiny-90", measured, "python -m y", root, date="2026-12-01")
+        self.assertEqual(zoo.card("tiny-90", root), recorded)
+        # The study's figures stay; the new ones sit beside them.
+        self.assertEqual(recorded.evaluation, self.card.evaluation)
+        self.assertEqual(recorded.remeasured["robust_acc"], measured["robust_acc"])
+        self.assertEqual(recorded.remeasured["attack"], measured["attack"])
+        with open(os.path.join(root, "tiny-90", "README.md")) as f:
+            text = f.read()
+        self.assertIn(
+            f"| measured again | 2026-12-01, the published file on the first 500 test images: "
+            f"clean {100 * self.clean:.1f}%, {100 * measured['robust_acc']:.1f}% under L-inf "
+            f"APGD-CE at eps 0.3; after each attack: APGD-CE "
+            f"{100 * measured['robust_acc']:.1f}%",
+            text,
+        )
+        self.assertIn("Measured again by:\n\n```bash\npython -m y\n```", text)
+        # Cards without the field still read (the published zoo's older cards).
+        self.assertNotIn("remeasured", self.card.to_json())
+        for report, message in (
+            ({**measured, "name": "other"}, "'other''s, not 'tiny-90''s"),
+            ({k: v for k, v in measured.items() if k != "attack"}, "no attack to record"),
+            ({**measured, "clean_acc": self.clean - 0.01}, "its card says"),
+        ):
+            with self.assertRaisesRegex(zoo.ZooError, message):
+                zoo.record("tiny-90", report, "c", root)
+        self.assertEqual(zoo.card("tiny-90", root), recorded)
+
     def test_certified_card_and_certification(self):
         run_dir = os.path.join(self.tmp, "smoothed")
         _write_run(run_dir, self.model, self.clean, certified=True)
@@ -360,15 +395,21 @@ class BinaryTest(tf.test.TestCase):
             "--attack=apgd-ce",
             "--eval_eps=0.05",
             f"--output={output}",
+            "--record",
         )
         self.assertEqual(evaluated.returncode, 0, evaluated.stderr[-2000:])
         report = files.read_json(output)
         self.assertEqual(report["clean_acc"], report["card_clean_acc"])
         self.assertBetween(report["robust_acc"], 0.0, report["clean_acc"])
+        remeasured = zoo.card("tiny", zoo_dir).remeasured
+        self.assertEqual(remeasured["robust_acc"], report["robust_acc"])
+        self.assertIn("evaluate tiny", remeasured["command"])
+        self.assertIn("--record", remeasured["command"])
         for args, message in (
             (["evaluate", "nope"], "No network named 'nope'"),
             (["frob"], "Give an action"),
             (["publish", "x"], "publish needs --run_dir"),
+            (["evaluate", "tiny", "--record"], "--record needs --attack"),
         ):
             result = helpers.run_module("binaries.zoo", *args, f"--zoo={zoo_dir}")
             self.assertNotEqual(result.returncode, 0)
