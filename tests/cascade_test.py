@@ -2,6 +2,7 @@
 
 import dataclasses
 import os
+import time
 from typing import ClassVar
 from unittest import mock
 
@@ -32,6 +33,7 @@ class Shift:
     label: str = "shift"
     calls: list = dataclasses.field(default_factory=list, compare=False)
     fail_after: int | None = None
+    delay: float = 0.0  # seconds each eager call takes
     kind: ClassVar[str] = "test"
 
     @property
@@ -46,6 +48,7 @@ class Shift:
         if not tf.executing_eagerly():  # traced: nothing to count
             return tf.clip_by_value(x + self.shift, 0.0, 1.0)
         self.calls.append(int(x.shape[0]))
+        time.sleep(self.delay)
         if self.fail_after is not None and len(self.calls) > self.fail_after:
             raise KeyboardInterrupt("killed")
         return tf.clip_by_value(x + self.shift, 0.0, 1.0)
@@ -134,6 +137,31 @@ class CascadeTest(tf.test.TestCase):
         self.assertEqual(
             [s.robust_acc for s in resumed.stages], [s.robust_acc for s in whole.stages]
         )
+
+    def test_resumed_attack_counts_the_time_of_the_run_it_resumes(self):
+        images, labels = _data()
+        path = os.path.join(self.get_temp_dir(), "state.npz")
+        delay = 0.2
+        killed = attacks.Cascade(
+            "c", (Shift(0.1, 0.1, "up"), Shift(0.1, -0.1, "down", fail_after=1, delay=delay))
+        )
+        with self.assertRaises(KeyboardInterrupt):
+            cascade.run(
+                _mean_model, images, labels, killed, batch_size=8, state_path=path, save_every=0
+            )
+        down = Shift(0.1, -0.1, "down", delay=delay)
+        resumed = cascade.run(
+            _mean_model,
+            images,
+            labels,
+            attacks.Cascade("c", (Shift(0.1, 0.1, "up"), down)),
+            batch_size=8,
+            state_path=path,
+        )
+        # The killed run's saved batch took `delay` as well as each batch of this run.
+        self.assertNotEmpty(down.calls)
+        self.assertGreaterEqual(resumed.stages[1].seconds, delay * (len(down.calls) + 1))
+        self.assertGreaterEqual(resumed.seconds, resumed.stages[1].seconds)
 
     def test_state_of_other_settings_is_refused(self):
         images, labels = _data()

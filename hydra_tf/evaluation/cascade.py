@@ -59,7 +59,8 @@ class StateMismatchError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class Stage:
-    """Robust accuracy after one attack of the cascade."""
+    """Robust accuracy after one attack of the cascade, and its wall time
+    (summed over resumed runs)."""
 
     attack: str
     robust_acc: float
@@ -292,6 +293,8 @@ def run(
             "done": np.array(0),
             "stages": np.array("[]"),
             "seconds": np.array(0.0),
+            # Spent on the current attack by the runs this one resumes.
+            "stage_seconds": np.array(0.0),
         }
     stages = json.loads(str(state["stages"]))
     earlier = float(state["seconds"])  # spent by the runs this one resumes
@@ -303,7 +306,9 @@ def run(
         if strategy is not None and strategy.num_replicas_in_sync > 1:
             perturb = _distributed(perturb, strategy)
         targets = state["targets"]
-        stage_start = time.time()
+        # Back-dated by what the resumed runs spent on this attack (states saved
+        # before that was kept lack it: their resumed attack counts this run only).
+        stage_start = time.time() - float(state.get("stage_seconds", 0.0))
         while int(state["done"]) < len(targets):
             done = int(state["done"])
             index = targets[done : done + batch_size]
@@ -330,6 +335,7 @@ def run(
                 )
             if state_path and now - last_save >= save_every:
                 last_save = now
+                state["stage_seconds"] = np.array(now - stage_start)
                 _save(state_path, state, stages, elapsed())
         robust = state["robust"]
         stages.append(
@@ -353,6 +359,7 @@ def run(
             stage=np.array(int(state["stage"]) + 1),
             targets=np.flatnonzero(robust),
             done=np.array(0),
+            stage_seconds=np.array(0.0),
         )
         if state_path:
             _save(state_path, state, stages, elapsed())
