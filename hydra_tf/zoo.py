@@ -99,8 +99,9 @@ class ModelCard:
       study: where the study's results are, relative to the repository.
       command: the command that made the network.
       remeasured: None, or the published file attacked again (`record`):
-        num_examples, clean_acc, robust_acc, attack, stages, warnings, date
-        and the command that measured it.
+        num_examples, clean_acc, robust_acc, attack, stages, warnings,
+        verified_accuracy (if it was verified too), date and the command
+        that measured it.
     """
 
     name: str
@@ -355,6 +356,7 @@ def record(name, measured, command, root=None, date=None):
         "attack": measured["attack"],
         "stages": measured.get("stages", []),
         "warnings": measured.get("warnings", []),
+        **({"verified_accuracy": v} if (v := measured.get("verified_accuracy")) else {}),
         "date": date or datetime.date.today().isoformat(),
         "command": command,
     }
@@ -679,6 +681,12 @@ def _remeasured_text(figures):
         f"images: clean {_percent(figures['clean_acc'])}%, {_percent(figures['robust_acc'])}% "
         f"under {report.describe_attack(figures['attack'])}"
     )
+    verified = figures.get("verified_accuracy") or {}
+    if verified:
+        text += "; verified " + ", ".join(
+            f"{method} {_percent(verified[method])}%"
+            for method in sorted(verified, key=_verify_rank)
+        )
     stages = _stages_text(figures)
     return f"{text}; after each attack: {stages}" if stages else text
 
