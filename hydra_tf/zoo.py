@@ -638,21 +638,28 @@ def _percent(value):
     return "-" if value is None else f"{100 * value:.1f}"
 
 
+def _verified_text(accuracy, examples=None, num_examples=None):
+    """Verified % by each method, strongest bound last; "(of N)" where a method
+    was run on fewer than `num_examples` examples."""
+    examples = examples or {}
+    return ", ".join(
+        f"{method} {_percent(accuracy[method])}%"
+        + (
+            f" (of {examples[method]})"
+            if examples.get(method, num_examples) != num_examples
+            else ""
+        )
+        for method in sorted(accuracy, key=_verify_rank)
+    )
+
+
 def _robust_text(figures):
     kind = figures["robust_kind"]
     if kind == "certified":
         return f"certified {_percent(figures['robust_acc'])}% at L2 radius {figures['radius']:g}"
     if kind == "verified":
         examples = figures.get("verified_examples") or {}
-        verified = ", ".join(
-            f"{method} {_percent(figures['verified_accuracy'][method])}%"
-            + (
-                f" (of {examples[method]})"
-                if examples.get(method) != figures["num_examples"]
-                else ""
-            )
-            for method in sorted(figures["verified_accuracy"], key=_verify_rank)
-        )
+        verified = _verified_text(figures["verified_accuracy"], examples, figures["num_examples"])
         return (
             f"verified at L-inf eps {figures['eps']:g}: {verified}; "
             f"{figures['attack']} {_percent(figures['attack_acc'])}%"
@@ -681,12 +688,8 @@ def _remeasured_text(figures):
         f"images: clean {_percent(figures['clean_acc'])}%, {_percent(figures['robust_acc'])}% "
         f"under {report.describe_attack(figures['attack'])}"
     )
-    verified = figures.get("verified_accuracy") or {}
-    if verified:
-        text += "; verified " + ", ".join(
-            f"{method} {_percent(verified[method])}%"
-            for method in sorted(verified, key=_verify_rank)
-        )
+    if figures.get("verified_accuracy"):
+        text += "; verified " + _verified_text(figures["verified_accuracy"])
     stages = _stages_text(figures)
     return f"{text}; after each attack: {stages}" if stages else text
 
