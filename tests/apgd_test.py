@@ -5,6 +5,8 @@ import tensorflow as tf
 from absl.testing import parameterized
 
 from hydra_tf import evaluation
+from hydra_tf.evaluation import cascade
+from hydra_tf.experiments import report
 from hydra_tf.objectives import attacks
 from hydra_tf.objectives.attacks import apgd
 from tests import helpers
@@ -141,6 +143,30 @@ class AttackTest(tf.test.TestCase, parameterized.TestCase):
             after = [stage.robust_acc for stage in auto.stages]
             self.assertEqual(after, sorted(after, reverse=True))
             self.assertEqual(after[-1], auto.robust_acc)
+
+    def test_extended_autoattack_begins_as_the_standard_one_and_only_adds(self):
+        model = helpers.natural_cnn_small()
+        x, y = helpers.fashion_arrays("test", 64)
+        options = {"steps": 10, "targets": 2, "fab_steps": 10, "queries": 200}
+        eps = 0.01
+        standard = cascade.run(model, x, y, attacks.make("autoattack", eps, **options))
+        extended_attack = attacks.make("autoattack-extended", eps, **options)
+        extended = cascade.run(model, x, y, extended_attack)
+        self.assertEqual(
+            [s.attack for s in extended.stages],
+            ["apgd-ce", "apgd-t", "fab-t", "square", "apgd-ce", "apgd-dlr", "square"],
+        )
+        self.assertEqual([a.restarts for a in extended_attack.attacks[4:]], [5, 5, 4])
+        self.assertGreater(standard.robust.sum(), 0)  # something left for the extension
+        # Draw for draw the standard cascade, then attacks on what it left robust only.
+        for ours, theirs in zip(extended.stages[:4], standard.stages):
+            self.assertEqual((ours.robust_acc, ours.broken), (theirs.robust_acc, theirs.broken))
+        self.assertEqual(extended.stages[4].attacked, int(standard.robust.sum()))
+        self.assertFalse(np.any(extended.robust & ~standard.robust))
+        self.assertIn(
+            "the first four are standard AutoAttack",
+            report.describe_attack(extended_attack.to_json()),
+        )
 
     def test_ce_gradient_survives_huge_margins(self):
         # Logits scaled up 1000x: the plain softmax gradient underflows, the

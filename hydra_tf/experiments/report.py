@@ -12,6 +12,7 @@ from hydra_tf.evaluation import cascade
 
 _ATTACK_NAMES = {
     "autoattack": "AutoAttack",
+    "autoattack-extended": "AutoAttack, extended",
     "apgd-ce": "APGD-CE",
     "apgd-dlr": "APGD-DLR",
     "apgd-t": "APGD-T",
@@ -44,6 +45,15 @@ def describe_attack(attack, restarts="restart(s)"):
         return (
             f"standard AutoAttack ({parts}, each on the points the earlier ones left robust) "
             f"at L-inf eps {attack_eps(attack):g}"
+        )
+    if attack.get("name") == "autoattack-extended":
+        parts = ", ".join(
+            attack_name(a) + (f" ({a['restarts']} restarts)" if a.get("restarts", 1) > 1 else "")
+            for a in attack["attacks"]
+        )
+        return (
+            f"AutoAttack extended ({parts}, each on the points the earlier ones left robust; "
+            f"the first four are standard AutoAttack) at L-inf eps {attack_eps(attack):g}"
         )
     return f"L-inf {attack_name(attack)} at eps {attack['eps']:g}"
 
