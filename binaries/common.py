@@ -195,7 +195,8 @@ ATTACK = flags.DEFINE_enum(
     "Evaluation attack: autoattack (standard AutoAttack: APGD-CE, APGD-T, FAB-T, Square, each "
     "on the points still robust; the default except in the tiny preset), autoattack-extended "
     "(standard AutoAttack, then APGD-CE and APGD-DLR with 5 restarts and Square with 4 more: "
-    "what the standard figure overstates), pgd (quick: PGD-50, 2 restarts) or one attack.",
+    "a lower bound on what the standard figure overstates), pgd (quick: PGD-50, 2 restarts) "
+    "or one attack.",
 )
 WEIGHT_DECAY_MODE = flags.DEFINE_enum(
     "weight_decay_mode",

@@ -97,7 +97,8 @@ def _autoattack_extended(eps, **options):
     Its first four stages are the standard cascade's, draw for draw (the
     cascade keys every draw by the stage and batch), so it never reports more
     robustness than standard AutoAttack, and what its later stages break is
-    what the standard figure overstates.
+    robustness the standard figure claimed wrongly: a lower bound on how much
+    it overstates.
     """
     extra = tuple(REGISTRY[name](eps, **{**options, **settings}) for name, settings in EXTENSION)
     return Cascade(name="autoattack-extended", attacks=_autoattack(eps, **options).attacks + extra)
