@@ -177,6 +177,30 @@ class TrainTest(tf.test.TestCase, parameterized.TestCase):
         for got, want in zip(keras.saving.load_model(result.model_path).get_weights(), expected):
             self.assertAllClose(got, want, atol=1e-6)
 
+    def test_run_without_its_backup_starts_again_with_a_clean_history(self):
+        # A killed run whose backup is gone (a snapshot saved without it) trains
+        # from epoch 0; the epochs it logged before are not appended to.
+        workdir = tempfile.mkdtemp()
+        config = _config(workdir, epochs=2)
+        original = training._LogProgress.on_epoch_end
+
+        def kill_after_first_epoch(callback, epoch, logs=None):
+            original(callback, epoch, logs)
+            raise _Killed()
+
+        with (
+            self.assertRaises(_Killed),
+            mock.patch.object(training._LogProgress, "on_epoch_end", kill_after_first_epoch),
+        ):
+            training.train(config, verbose=0)
+        history_path = os.path.join(workdir, "history.csv")
+        self.assertEqual(files.read_history(history_path)["epoch"], [0])
+        shutil.rmtree(os.path.join(workdir, "backup"))
+        result = training.train(config, verbose=0)
+        self.assertFalse(result.resumed)
+        self.assertEqual(result.history["epoch"], [0.0, 1.0])
+        self.assertEqual(files.read_history(history_path)["epoch"], [0, 1])
+
     def _stopped(self, kind, error, pattern, **overrides):
         """Trains until `_BadAfter` (after one epoch) stops the run; returns its config."""
         config = _config(tempfile.mkdtemp(), **overrides)

@@ -419,6 +419,10 @@ def train(config, verbose=None, strategy=None, jit_compile=False):
     if chief:
         files.write_json(config_path, config.to_json())
     resumed = os.path.isdir(backup_dir)
+    if not resumed and os.path.exists(history_path):
+        # Epochs of a run whose backup is gone (a snapshot saved without it, or
+        # deleted): this run starts again at epoch 0, so they are not its history.
+        os.remove(history_path)
 
     keras.utils.set_random_seed(config.seed)
     meta = data.info(config.dataset)
