@@ -2,7 +2,6 @@
 
 import os
 import tempfile
-from unittest import mock
 
 import keras
 import numpy as np
@@ -210,10 +209,6 @@ def _train_config(workdir, objective, **overrides):
     return training.TrainConfig(**values)
 
 
-class _Killed(Exception):
-    pass
-
-
 class TrainTest(tf.test.TestCase):
     def test_more_robust_than_natural_at_equal_gradient_computations(self):
         # 8 epochs of 16 updates each: natural makes 8 passes, free_at (m = 4) 2.
@@ -241,17 +236,7 @@ class TrainTest(tf.test.TestCase):
             return _train_config(workdir, objective, train_limit=256, epochs=4)
 
         workdir = tempfile.mkdtemp()
-        original = training._LogProgress.on_epoch_end
-
-        def kill_after_first_pass(callback, epoch, logs=None):
-            original(callback, epoch, logs)
-            raise _Killed()
-
-        with (
-            self.assertRaises(_Killed),
-            mock.patch.object(training._LogProgress, "on_epoch_end", kill_after_first_pass),
-        ):
-            training.train(config(workdir), verbose=0)
+        helpers.train_killed_after_first_epoch(self, config(workdir))
         self.assertFalse(os.path.exists(os.path.join(workdir, "model.keras")))
         resumed = training.train(config(workdir), verbose=0)
         self.assertTrue(resumed.resumed)

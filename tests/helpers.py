@@ -5,12 +5,14 @@ import os
 import subprocess
 import sys
 import tempfile
+from unittest import mock
 
 import keras
 import numpy as np
 
 from hydra_tf import data
 from hydra_tf import export
+from hydra_tf import training
 from hydra_tf.models import architectures
 from hydra_tf.models import masks
 
@@ -93,3 +95,22 @@ def run_module(module, *args):
         text=True,
         timeout=300,
     )
+
+
+class Killed(Exception):
+    """Stands for a training process killed between epochs."""
+
+
+def train_killed_after_first_epoch(test, config):
+    """Runs `training.train(config)`, killed (`Killed`) once its first epoch has ended."""
+    original = training._LogProgress.on_epoch_end
+
+    def kill(callback, epoch, logs=None):
+        original(callback, epoch, logs)
+        raise Killed()
+
+    with (
+        test.assertRaises(Killed),
+        mock.patch.object(training._LogProgress, "on_epoch_end", kill),
+    ):
+        training.train(config, verbose=0)

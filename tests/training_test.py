@@ -182,17 +182,7 @@ class TrainTest(tf.test.TestCase, parameterized.TestCase):
         # from epoch 0; the epochs it logged before are not appended to.
         workdir = tempfile.mkdtemp()
         config = _config(workdir, epochs=2)
-        original = training._LogProgress.on_epoch_end
-
-        def kill_after_first_epoch(callback, epoch, logs=None):
-            original(callback, epoch, logs)
-            raise _Killed()
-
-        with (
-            self.assertRaises(_Killed),
-            mock.patch.object(training._LogProgress, "on_epoch_end", kill_after_first_epoch),
-        ):
-            training.train(config, verbose=0)
+        helpers.train_killed_after_first_epoch(self, config)
         history_path = os.path.join(workdir, "history.csv")
         self.assertEqual(files.read_history(history_path)["epoch"], [0])
         shutil.rmtree(os.path.join(workdir, "backup"))
