@@ -40,20 +40,17 @@ def describe_attack(attack, restarts="restart(s)"):
             f"L-inf PGD-{attack['steps']} with {attack['restarts']} {restarts} at eps "
             f"{attack['eps']:g}"
         )
-    if attack.get("name") == "autoattack":
-        parts = ", ".join(attack_name(a) for a in attack["attacks"])
-        return (
-            f"standard AutoAttack ({parts}, each on the points the earlier ones left robust) "
-            f"at L-inf eps {attack_eps(attack):g}"
-        )
-    if attack.get("name") == "autoattack-extended":
+    if attack.get("name") in ("autoattack", "autoattack-extended"):
         parts = ", ".join(
             attack_name(a) + (f" ({a['restarts']} restarts)" if a.get("restarts", 1) > 1 else "")
             for a in attack["attacks"]
         )
+        standard = attack["name"] == "autoattack"
         return (
-            f"AutoAttack extended ({parts}, each on the points the earlier ones left robust; "
-            f"the first four are standard AutoAttack) at L-inf eps {attack_eps(attack):g}"
+            f"{'standard AutoAttack' if standard else 'AutoAttack extended'} ({parts}, each on "
+            "the points the earlier ones left robust"
+            f"{'' if standard else '; the first four are standard AutoAttack'}) "
+            f"at L-inf eps {attack_eps(attack):g}"
         )
     return f"L-inf {attack_name(attack)} at eps {attack['eps']:g}"
 
