@@ -53,16 +53,28 @@ def _network(name):
     return files.load_network(name) if name.endswith(".keras") else zoo.load(name)
 
 
-def margins(network, x, y, batch_size=500):
-    """z_y - max_{j != y} z_j per example."""
-    out = []
+def _margins_and_wrong(network, x, y, batch_size=500):
+    margin, wrong = [], []
     for start in range(0, len(x), batch_size):
         logits = network(tf.constant(x[start : start + batch_size]), training=False)
-        margin, _ = square.margin_and_wrong(
+        batch_margin, batch_wrong = square.margin_and_wrong(
             tf.cast(logits, tf.float32), tf.constant(y[start : start + batch_size], tf.int32)
         )
-        out.append(margin.numpy())
-    return np.concatenate(out) if out else np.zeros(0, np.float32)
+        margin.append(batch_margin.numpy())
+        wrong.append(batch_wrong.numpy())
+    if not margin:
+        return np.zeros(0, np.float32), np.zeros(0, bool)
+    return np.concatenate(margin), np.concatenate(wrong)
+
+
+def margins(network, x, y):
+    """z_y - max_{j != y} z_j per example."""
+    return _margins_and_wrong(network, x, y)[0]
+
+
+def wrong(network, x, y):
+    """Whether the network misclassifies each example (its argmax is not y)."""
+    return _margins_and_wrong(network, x, y)[1]
 
 
 def restarted_pgd(network, x, y, eps, start, restarts, steps, seed):
@@ -75,7 +87,7 @@ def restarted_pgd(network, x, y, eps, start, restarts, steps, seed):
     xt, yt = tf.constant(x), tf.constant(y, tf.int64)
     for _ in range(restarts):
         x_adv = attacks.pgd(network, xt, yt, config, start=begin(xt, eps))
-        broken |= margins(network, x_adv.numpy(), y) <= 0
+        broken |= wrong(network, x_adv.numpy(), y)
     return broken
 
 
@@ -110,8 +122,8 @@ def describe(network, x, y, eps, gradient_best, square_adv, restarts, steps, see
         "gradient_attacks_margin_median": _median(margins(network, gradient_best, y)),
         "square_margin_median": _median(segment[:, -1]),
         "square_at_ball_or_box_edge_median": _median(at_edge.reshape(len(x), -1).mean(axis=1)),
-        "wrong_with_square_on_background_only": _share(margins(network, only_background, y) <= 0),
-        "wrong_with_square_on_object_only": _share(margins(network, only_object, y) <= 0),
+        "wrong_with_square_on_background_only": _share(wrong(network, only_background, y)),
+        "wrong_with_square_on_object_only": _share(wrong(network, only_object, y)),
         "pgd_vertex_starts_break": _share(
             restarted_pgd(network, x, y, eps, "vertex", restarts, steps, seed)
         ),
@@ -136,10 +148,16 @@ def main():
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", help="Write the result JSON here too.")
     args = parser.parse_args()
-    if args.limit < 1:
-        parser.error(f"--limit must be >= 1, got {args.limit}")
+    for name in ("limit", "restarts", "steps"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
+    if args.controls < 0 or not args.eps > 0:
+        parser.error(f"--controls must be >= 0 and --eps > 0, got {args.controls}, {args.eps}")
 
-    network = _network(args.network)
+    try:
+        network = _network(args.network)
+    except (zoo.ZooError, OSError, ValueError) as error:
+        parser.error(str(error))
     images, labels = zoo.test_arrays("fashion_mnist", args.limit)
     images, labels = np.asarray(images, np.float32), np.asarray(labels, np.int64)
     began = time.time()
