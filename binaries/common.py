@@ -224,19 +224,27 @@ GRANULARITY = flags.DEFINE_enum(
 )
 
 
-def run_settings():
+def run_settings(phase=None):
     """The settings training, the pipeline and the study share, from the flags.
 
     The one place that turns the shared flags into config field values
     (`TrainConfig` and `PipelineConfig` have fields of these names): the data,
     the objective, the batch size, the seed and the training choices.
+
+    Args:
+      phase: "finetune" for one finetune run (`binaries.train`): its TRADES /
+        PGD-AT attack starts at `adversarial.FINETUNE_START` unless
+        --attack_start is given, as the pipeline's finetunes do.
     """
+    objective = objective_config()
+    if phase == "finetune" and not ATTACK_START.present:
+        objective = adversarial.finetune_objective(objective)
     return {
         "dataset": DATASET.value,
         "data_dir": DATA_DIR.value,
         "train_limit": TRAIN_LIMIT.value,
         "test_limit": TEST_LIMIT.value,
-        "objective": objective_config(),
+        "objective": objective,
         "batch_size": BATCH_SIZE.value,
         "seed": SEED.value,
         "sync_batch_norm": SYNC_BATCH_NORM.value,
@@ -259,8 +267,9 @@ FINETUNE_ATTACK_START = flags.DEFINE_enum(
     None,
     adversarial.STARTS,
     "Pipeline / study, trades / pgd_at: where the finetune phase's attack starts (default: "
-    "--attack_start, as in the other phases). --finetune_attack_start=vertex finetunes with "
-    "the vertex start from a study's dense and prune networks.",
+    "vertex, a random corner of the eps-ball, whatever --attack_start says; "
+    "results/adversarial/README.md). Give --attack_start's value to finetune from the "
+    "objective's own start (the reference's choice; this flag's default until 12-01).",
 )
 flags.DEFINE_alias("finetune_trades_start", "finetune_attack_start")
 ALSO_PGD = flags.DEFINE_boolean(
@@ -286,7 +295,8 @@ def pipeline_settings():
         **({"verify_methods": tuple(VERIFY_METHODS.value)} if VERIFY_METHODS.value else {}),
         "tflite_mode": TFLITE_MODE.value,
         "lwm_equal_budget": LWM_EQUAL_BUDGET.value,
-        "finetune_attack_start": FINETUNE_ATTACK_START.value,
+        # Not given: the pipeline's default (`adversarial.FINETUNE_START`).
+        "finetune_attack_start": FINETUNE_ATTACK_START.value or "default",
         "also_pgd": ALSO_PGD.value,
         **certify_settings(),
     }

@@ -4,7 +4,9 @@
   prune:    weights frozen; importance scores trained on the objective
             (needs --source_checkpoint, usually a pretrain model.keras).
   finetune: mask frozen; surviving weights trained (from a prune model:
-            HYDRA; from a pretrain model: the LWM baseline).
+            HYDRA; from a pretrain model: the LWM baseline). TRADES and
+            PGD-AT finetunes start their attack at a random corner of the
+            eps-ball unless --attack_start is given, as the pipeline's do.
 
 Example:
   python -m binaries.train --phase=pretrain --workdir=runs/dense --epochs=5
@@ -62,6 +64,7 @@ def _check_phase(values):
 
 def _train():
     strategy = common.strategy()
+    settings = common.run_settings(_PHASE.value)
     config = training.TrainConfig(
         workdir=_WORKDIR.value,
         phase=_PHASE.value,
@@ -73,7 +76,7 @@ def _train():
         learning_rate=_LR.value,
         momentum=_MOMENTUM.value,
         schedule=_SCHEDULE.value,
-        **common.run_settings(),
+        **settings,
     )
     training.train(config, strategy=strategy, jit_compile=common.JIT_COMPILE.value)
 

@@ -41,6 +41,19 @@ class CommonTest(tf.test.TestCase):
         with self.assertRaises(flags.IllegalFlagValueError):
             flags.FLAGS["attack_start"].parse("normal")
 
+    def test_finetune_starts_at_the_vertex_unless_told(self):
+        with flagsaver.flagsaver(objective="trades"):
+            self.assertEqual(common.run_settings()["objective"].start, "gaussian")
+            self.assertEqual(common.run_settings("prune")["objective"].start, "gaussian")
+            self.assertEqual(common.run_settings("finetune")["objective"].start, "vertex")
+            self.assertEqual(common.pipeline_settings()["finetune_attack_start"], "default")
+        with flagsaver.as_parsed(objective="pgd_at", attack_start="uniform"):
+            self.assertEqual(common.run_settings("finetune")["objective"].start, "uniform")
+        with flagsaver.as_parsed(objective="trades", trades_start="gaussian"):  # old name
+            self.assertEqual(common.run_settings("finetune")["objective"].start, "gaussian")
+        with flagsaver.flagsaver(objective="natural"):
+            self.assertEqual(common.run_settings("finetune")["objective"].name, "natural")
+
     def test_old_start_flag_names_still_parse(self):
         # --trades_start / --finetune_trades_start: the names in older commands.
         old_names = flagsaver.as_parsed(trades_start="uniform", finetune_trades_start="vertex")

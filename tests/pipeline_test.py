@@ -312,7 +312,11 @@ class PipelineTest(tf.test.TestCase):
             pipeline.PipelineConfig(workdir="/tmp/x", keep_ratios=())
 
     def test_finetunes_with_their_own_attack_start_reuse_the_dense_and_prune_networks(self):
-        gaussian = dataclasses.replace(_tiny(tempfile.mkdtemp()), keep_ratios=(0.01,))
+        # The reference's finetune: from the objective's own (Gaussian) start.
+        gaussian = dataclasses.replace(
+            _tiny(tempfile.mkdtemp()), keep_ratios=(0.01,), finetune_attack_start="gaussian"
+        )
+        self.assertIsNone(gaussian.finetune_attack_start)  # the objective's start
         pipeline.run(gaussian, train_only=True)
         # A second workdir holding copies of the Gaussian-start dense and prune phases.
         workdir = tempfile.mkdtemp()
@@ -341,6 +345,35 @@ class PipelineTest(tf.test.TestCase):
         written = uniform.to_json()
         written["finetune_trades_start"] = written.pop("finetune_attack_start")
         self.assertEqual(pipeline.PipelineConfig.from_json(written), uniform)
+
+    def test_finetunes_start_at_the_vertex_unless_told(self):
+        trades = pipeline.PipelineConfig(workdir="/tmp/x")
+        self.assertEqual(trades.finetune_attack_start, "vertex")
+        self.assertEqual(trades.to_json()["finetune_attack_start"], "vertex")
+        finetune = pipeline.phase_objective(trades.objective, "finetune", "vertex")
+        self.assertEqual((trades.objective.start, finetune.start), ("gaussian", "vertex"))
+        pgd_at = objectives.config("pgd_at", eps=0.1)
+        config = pipeline.PipelineConfig(workdir="/tmp/x", objective=pgd_at)
+        self.assertEqual(config.finetune_attack_start, "vertex")
+        # Every phase at the vertex, or the finetune pinned to the objective's
+        # start: the config says "the objective's start" (None).
+        at_vertex = dataclasses.replace(pgd_at, start="vertex")
+        config = pipeline.PipelineConfig(workdir="/tmp/x", objective=at_vertex)
+        self.assertIsNone(config.finetune_attack_start)
+        config = pipeline.PipelineConfig(workdir="/tmp/x", finetune_attack_start="gaussian")
+        self.assertIsNone(config.finetune_attack_start)
+        # Nothing to start for the other objectives.
+        others = ("natural", "smoothing", "ibp")
+        for objective in [objectives.config(name, eps=0.1) for name in others]:
+            config = pipeline.PipelineConfig(workdir="/tmp/x", objective=objective)
+            self.assertIsNone(config.finetune_attack_start)
+        # A run written before the default changed (null), or before the
+        # setting existed (absent), finetuned from the objective's start.
+        for written in ({"finetune_attack_start": None}, {}):
+            values = {**trades.to_json(), **written}
+            if not written:
+                del values["finetune_attack_start"]
+            self.assertIsNone(pipeline.PipelineConfig.from_json(values).finetune_attack_start)
 
     def test_finetune_attack_start_needs_an_adversarial_objective_and_a_known_start(self):
         with self.assertRaisesRegex(ValueError, "needs the trades or pgd_at objective, not 'ibp'"):

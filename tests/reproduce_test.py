@@ -98,11 +98,19 @@ class PgdBesideStudyTest(tf.test.TestCase):
         dense = next(r for r in rows if r.method == "dense")
         self.assertAlmostEqual(dense.pgd_acc, 0.5)
         self.assertAlmostEqual(dense.pgd_std, 0.1414213, places=5)
-        base = pipeline.PipelineConfig(workdir="/tmp/x", also_pgd=True)
+        base = pipeline.PipelineConfig(
+            workdir="/tmp/x", also_pgd=True, finetune_attack_start="gaussian"
+        )
         text = reproduce.markdown(_study(base, "cnn_small", _AUTOATTACK, 100, runs))
         self.assertIn("| model | clean | AutoAttack | PGD-50 (2 restarts) |", text)
         self.assertIn("| hydra 99% | 80.0 | 20.0 ± 14.1 | 30.0 ± 14.1 |", text)
         self.assertIn("10-step PGD inside training from x + 0.001 N(0, I)). Epochs", text)
+        # The default: the finetunes start at a corner.
+        default = pipeline.PipelineConfig(workdir="/tmp/x", also_pgd=True)
+        self.assertIn(
+            "from x + 0.001 N(0, I) (a random corner of the eps-ball in the finetunes))",
+            reproduce.markdown(_study(default, "cnn_small", _AUTOATTACK, 100, runs)),
+        )
         uniform = dataclasses.replace(base, finetune_attack_start="uniform")
         self.assertIn(
             "from x + 0.001 N(0, I) (a uniform point of the eps-ball in the finetunes))",

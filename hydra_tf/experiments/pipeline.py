@@ -68,12 +68,14 @@ class PipelineConfig:
     # LWM's finetuning gets HYDRA's whole training budget after pretraining
     # (prune_epochs + finetune_epochs), in stages named lwm_equal_<ratio>.
     lwm_equal_budget: bool = False
-    # TRADES / PGD-AT: where the finetune phase's attack starts (one of
-    # `objectives.adversarial.STARTS`), None: the objective's start, as in the
-    # other phases. Finetunes with the vertex start from a Gaussian-start
-    # study's own dense and prune networks (results/adversarial/README.md).
+    # TRADES / PGD-AT: where the finetune phase's attack starts, one of
+    # `objectives.adversarial.STARTS`; None: the objective's own start, as in
+    # pretrain and prune. Left out ("default"), it is the vertex for TRADES and
+    # PGD-AT (`adversarial.FINETUNE_START`). A config holds None whenever the finetune
+    # starts where the objective does, so a run written before the default
+    # changed (null: the objective's start) reads back as what it ran.
     # Written as finetune_trades_start before PGD-AT took it (`from_json`).
-    finetune_attack_start: str | None = None
+    finetune_attack_start: str | None = "default"
     optimizer: str = "sgd"
     pretrain_lr: float = 0.1
     prune_lr: float = 0.1
@@ -128,17 +130,25 @@ class PipelineConfig:
                 f"verify_methods must name some of {verified_lib.METHODS}. "
                 f"Received: {self.verify_methods}"
             )
-        if self.finetune_attack_start is not None:
+        finetune = self.finetune_attack_start
+        if finetune == "default":
+            finetune = getattr(
+                objectives.adversarial.finetune_objective(self.objective), "start", None
+            )
+        if finetune is not None:
             if not isinstance(self.objective, objectives.PGDATConfig):
                 raise ValueError(
                     "finetune_attack_start needs the trades or pgd_at objective, not "
                     f"{self.objective.name!r}."
                 )
-            if self.finetune_attack_start not in objectives.adversarial.STARTS:
+            if finetune not in objectives.adversarial.STARTS:
                 raise ValueError(
-                    f"Unknown finetune_attack_start {self.finetune_attack_start!r}. "
+                    f"Unknown finetune_attack_start {finetune!r}. "
                     f"Supported: {', '.join(objectives.adversarial.STARTS)}."
                 )
+            if finetune == self.objective.start:
+                finetune = None
+        object.__setattr__(self, "finetune_attack_start", finetune)
         if self.tflite_mode not in tflite.CHOICES:
             raise ValueError(
                 f"Unknown tflite_mode {self.tflite_mode!r}. Supported: {tflite.CHOICES}."
@@ -215,6 +225,9 @@ class PipelineConfig:
         values = dict(values)
         if "finetune_trades_start" in values:  # its name until PGD-AT took it
             values.setdefault("finetune_attack_start", values.pop("finetune_trades_start"))
+        # Written before the setting existed: the finetune started where the
+        # objective does (not today's default).
+        values.setdefault("finetune_attack_start", None)
         values = {key: value for key, value in values.items() if key in fields}
         values["objective"] = objectives.from_json(values["objective"])
         for key in ("keep_ratios", "verify_methods"):

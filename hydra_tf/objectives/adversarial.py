@@ -44,6 +44,22 @@ class PGDATConfig:
 # by +-eps). See `TradesConfig` for what each can see.
 STARTS = ("gaussian", "uniform", "vertex")
 
+# Where the finetune phase's attack starts unless told (the pipeline's and
+# `binaries.train --phase=finetune`'s default), whatever the objective's own
+# start: from the same dense and prune networks it gave each of the default
+# pipeline's six pruned networks 7.0-11.6 more AutoAttack points than the
+# reference's Gaussian start, at the same clean accuracy
+# (results/adversarial/README.md, "Which attack start").
+FINETUNE_START = "vertex"
+
+
+def finetune_objective(objective):
+    """`objective` with the finetune's default start (`FINETUNE_START`) if it is
+    TRADES or PGD-AT; any other objective as it is."""
+    if isinstance(objective, PGDATConfig):
+        return dataclasses.replace(objective, start=FINETUNE_START)
+    return objective
+
 
 def _check_start(start):
     if start not in STARTS:
