@@ -222,13 +222,46 @@ class TrainTest(tf.test.TestCase, parameterized.TestCase):
 
     def test_run_starting_at_chance_is_not_stopped(self):
         # From the first step on the network is dead: it never classified
-        # well in this run, so there is nothing it fell from.
+        # well in this run, so there is nothing it fell from; and this run is
+        # too short (8 steps) to say it never takes off.
         workdir = tempfile.mkdtemp()
         with mock.patch.object(
             training.objectives, "make", lambda *_, **__: _BadAfter(0, "collapse")
         ):
             result = training.train(_config(workdir, epochs=2), verbose=0)
-        self.assertLessEqual(result.history["val_accuracy"][-1], 0.2)
+            self.assertLessEqual(result.history["val_accuracy"][-1], 0.2)
+            # Nor is a finetune from such a network (an LWM mask that kills
+            # it), however long: only a run from scratch can fail to take off.
+            with mock.patch.object(training, "_STUCK_STEPS", 8):
+                finetune = training.train(
+                    _config(
+                        tempfile.mkdtemp(),
+                        phase="finetune",
+                        keep_ratio=0.5,
+                        source_checkpoint=result.model_path,
+                    ),
+                    verbose=0,
+                )
+        self.assertEqual(finetune.history["epoch"], [0.0, 1.0, 2.0])
+        self.assertLessEqual(finetune.history["val_accuracy"][-1], 0.2)
+
+    def test_run_from_scratch_that_never_takes_off_stops(self):
+        # Dead from the first step and still dead once the (here lowered)
+        # epoch and step counts are reached: the run stops with a clear error.
+        workdir = tempfile.mkdtemp()
+        with (
+            mock.patch.object(
+                training.objectives, "make", lambda *_, **__: _BadAfter(0, "collapse")
+            ),
+            mock.patch.object(training, "_STUCK_STEPS", 8),
+            self.assertRaisesRegex(
+                training.CollapsedRunError, "never took off: after epoch 2 \\(8 steps\\)"
+            ),
+        ):
+            training.train(_config(workdir, epochs=3), verbose=0)
+        self.assertFalse(os.path.exists(os.path.join(workdir, "model.keras")))
+        history = files.read_history(os.path.join(workdir, "history.csv"))
+        self.assertEqual(history["epoch"], [0])
 
     def test_workdir_that_is_a_file(self):
         path = os.path.join(tempfile.mkdtemp(), "file")

@@ -71,6 +71,13 @@ class CollapsedRunError(RuntimeError):
 # neither holds. A run stops when a healthy network collapses.
 _COLLAPSE_SHARE = 0.9
 _CHECK_IMAGES = 512
+# A run from scratch (no source checkpoint) still collapsed after this many
+# epochs and steps never took off, and stops. PGD-AT at eps 0.1 and lr 0.1
+# left cnn_large (no BatchNorm) at chance after 2 epochs (938 steps); lr 0.01
+# reached 75% clean validation accuracy within 200 steps
+# (results/adversarial/README.md, "cnn_large, PGD-AT").
+_STUCK_EPOCHS = 2
+_STUCK_STEPS = 500
 
 
 @dataclasses.dataclass(frozen=True)
@@ -232,25 +239,30 @@ class _StopOnNonFinite(keras.callbacks.Callback):
 
 
 class _StopOnCollapse(keras.callbacks.Callback):
-    """Raises when a network that classified well falls to a constant output.
+    """Raises when a network falls to a constant output, or never leaves it.
 
     A learning rate that is too high can drive a phase into a constant output
     (validation accuracy at chance level) without any NaN: one prune run of
     the reproduction did so at lr 0.1. Checked on a few test images after
     each epoch, against the network at the start of the run and after each
-    earlier epoch: a network that starts at chance level (a from-scratch
-    pretrain, or an LWM mask that already kills the network) is not stopped,
-    one that falls there is. Raising before BackupAndRestore saves keeps the
-    last good epoch, as `_StopOnNonFinite` does.
+    earlier epoch: a network that falls there stops the run. One that starts
+    there (an LWM mask that already kills the network) is not stopped, except
+    a run from scratch still there after `_STUCK_EPOCHS` epochs and
+    `_STUCK_STEPS` steps: it never took off. Raising before BackupAndRestore
+    saves keeps the last good epoch, as `_StopOnNonFinite` does.
     """
 
-    def __init__(self, images, labels, num_classes, backup_dir, name):
+    def __init__(
+        self, images, labels, num_classes, backup_dir, name, from_scratch=False, steps_per_epoch=0
+    ):
         super().__init__()
         self._images = images
         self._labels = np.asarray(labels)
         self._chance = 1.0 / num_classes
         self._backup_dir = backup_dir
         self._name = name
+        self._from_scratch = from_scratch
+        self._steps_per_epoch = steps_per_epoch
         self._was_healthy = False
 
     def _state(self):
@@ -281,6 +293,16 @@ class _StopOnCollapse(keras.callbacks.Callback):
                 f"The last good epoch is kept in {self._backup_dir}. Lower the learning rate "
                 "(a new --workdir for the new setting)."
             )
+        elif self._from_scratch and not self._was_healthy and self._collapsed(accuracy, share):
+            steps = (epoch + 1) * self._steps_per_epoch
+            if epoch + 1 >= _STUCK_EPOCHS and steps >= _STUCK_STEPS:
+                raise CollapsedRunError(
+                    f"{self._name} never took off: after epoch {epoch + 1} ({steps} steps) the "
+                    f"network trained from scratch still gives one class for {100 * share:.0f}% "
+                    f"of {len(self._labels)} test images (accuracy {100 * accuracy:.1f}%, chance "
+                    f"{100 * self._chance:.0f}%); training stopped. Lower the learning rate "
+                    "(a new --workdir for the new setting)."
+                )
 
 
 class _LogProgress(keras.callbacks.Callback):
@@ -472,7 +494,15 @@ def train(config, verbose=None, strategy=None, jit_compile=False):
     )
     callbacks = [
         _StopOnNonFinite(backup_dir),
-        _StopOnCollapse(check_images, check_labels, meta.num_classes, backup_dir, name),
+        _StopOnCollapse(
+            check_images,
+            check_labels,
+            meta.num_classes,
+            backup_dir,
+            name,
+            from_scratch=config.source_checkpoint is None,
+            steps_per_epoch=steps_per_epoch,
+        ),
         keras.callbacks.BackupAndRestore(backup_dir),
         keras.callbacks.CSVLogger(history_path, append=True),
         keras.callbacks.TensorBoard(os.path.join(own_dir, "tensorboard")),
