@@ -78,6 +78,7 @@ _CHECK_IMAGES = 512
 # (results/adversarial/README.md, "cnn_large, PGD-AT").
 _STUCK_EPOCHS = 2
 _STUCK_STEPS = 500
+_LOWER_LR = "Lower the learning rate (a new --workdir for the new setting)."
 
 
 @dataclasses.dataclass(frozen=True)
@@ -290,19 +291,26 @@ class _StopOnCollapse(keras.callbacks.Callback):
                 f"{self._name} collapsed at epoch {epoch + 1}: the network gives one class for "
                 f"{100 * share:.0f}% of {len(self._labels)} test images (accuracy "
                 f"{100 * accuracy:.1f}%, chance {100 * self._chance:.0f}%); training stopped. "
-                f"The last good epoch is kept in {self._backup_dir}. Lower the learning rate "
-                "(a new --workdir for the new setting)."
+                f"The last good epoch is kept in {self._backup_dir}. {_LOWER_LR}"
             )
-        elif self._from_scratch and not self._was_healthy and self._collapsed(accuracy, share):
-            steps = (epoch + 1) * self._steps_per_epoch
-            if epoch + 1 >= _STUCK_EPOCHS and steps >= _STUCK_STEPS:
-                raise CollapsedRunError(
-                    f"{self._name} never took off: after epoch {epoch + 1} ({steps} steps) the "
-                    f"network trained from scratch still gives one class for {100 * share:.0f}% "
-                    f"of {len(self._labels)} test images (accuracy {100 * accuracy:.1f}%, chance "
-                    f"{100 * self._chance:.0f}%); training stopped. Lower the learning rate "
-                    "(a new --workdir for the new setting)."
-                )
+        elif self._never_took_off(epoch, accuracy, share):
+            raise CollapsedRunError(
+                f"{self._name} never took off: after epoch {epoch + 1} "
+                f"({(epoch + 1) * self._steps_per_epoch} steps) the network trained from scratch "
+                f"still gives one class for {100 * share:.0f}% of {len(self._labels)} test images "
+                f"(accuracy {100 * accuracy:.1f}%, chance {100 * self._chance:.0f}%); training "
+                f"stopped. {_LOWER_LR}"
+            )
+
+    def _never_took_off(self, epoch, accuracy, share):
+        done = epoch + 1
+        return (
+            self._from_scratch
+            and not self._was_healthy
+            and self._collapsed(accuracy, share)
+            and done >= _STUCK_EPOCHS
+            and done * self._steps_per_epoch >= _STUCK_STEPS
+        )
 
 
 class _LogProgress(keras.callbacks.Callback):
