@@ -7,6 +7,7 @@ import sys
 import tempfile
 import zipfile
 
+import keras
 import numpy as np
 import tensorflow as tf
 from absl.testing import parameterized
@@ -82,6 +83,22 @@ class ExportFilesTest(tf.test.TestCase):
         loaded = tf.saved_model.load(saved_model_path)  # keep a reference: it owns the variables
         served = loaded.serve(tf.constant(x))
         self.assertAllClose(served, expected, atol=1e-5)
+
+    def test_export_keeps_a_keras_file_that_holds_the_same_network(self):
+        # A resumed evaluation exports again: an unchanged network keeps its
+        # file (a rewrite would give other zip bytes), a changed one is written.
+        model = _pruned_cnn(0.05)
+        out = tempfile.mkdtemp()
+        keras_path, _, _ = export.export(model, out, "net")
+        os.utime(keras_path, (0, 0))
+        export.export(model, out, "net")
+        self.assertEqual(os.stat(keras_path).st_mtime, 0)
+        layer = layers.scored_layers(model)[0]
+        layer.kernel.assign(layer.kernel * 2.0)
+        export.export(model, out, "net")
+        self.assertNotEqual(os.stat(keras_path).st_mtime, 0)
+        x = np.random.RandomState(2).rand(2, 28, 28, 1).astype(np.float32)
+        self.assertAllClose(keras.saving.load_model(keras_path)(x), model(x), atol=1e-5)
 
 
 if __name__ == "__main__":

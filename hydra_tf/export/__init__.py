@@ -96,6 +96,26 @@ def export(network, directory, name="model"):
     plain = strip_scores(network)
     keras_path = os.path.join(directory, f"{name}.keras")
     saved_model_path = os.path.join(directory, f"{name}_savedmodel")
-    plain.save(keras_path)
+    # A `.keras` zip has its own timestamps: rewriting an unchanged network
+    # (a resumed evaluation) would make a file with the same model and other
+    # bytes, which every saved study state would then hold again.
+    if not _holds(keras_path, plain):
+        plain.save(keras_path)
     plain.export(saved_model_path, verbose=False)
     return keras_path, saved_model_path, plain
+
+
+def _holds(keras_path, plain):
+    """Whether `keras_path` is a plain model with `plain`'s architecture and weights."""
+    if not os.path.exists(keras_path):
+        return False
+    try:
+        saved = keras.saving.load_model(keras_path, safe_mode=True)
+    except Exception:  # noqa: BLE001 -- a corrupt or foreign file is rewritten
+        return False
+    if saved.to_json() != plain.to_json():
+        return False
+    saved_weights, weights = saved.get_weights(), plain.get_weights()
+    return len(saved_weights) == len(weights) and all(
+        a.shape == b.shape and np.array_equal(a, b) for a, b in zip(saved_weights, weights)
+    )
