@@ -12,6 +12,7 @@ import os
 import keras
 import numpy as np
 
+from hydra_tf import files
 from hydra_tf.export import channels
 from hydra_tf.models import kinds
 from hydra_tf.models import layers as score_layers
@@ -106,16 +107,11 @@ def export(network, directory, name="model"):
 
 
 def _holds(keras_path, plain):
-    """Whether `keras_path` is a plain model with `plain`'s architecture and weights."""
-    if not os.path.exists(keras_path):
-        return False
+    """Whether `keras_path` is a model with `plain`'s architecture and weights."""
     try:
-        saved = keras.saving.load_model(keras_path, safe_mode=True)
-    except Exception:  # noqa: BLE001 -- a corrupt or foreign file is rewritten
+        saved = files.load_network(keras_path)
+    except (FileNotFoundError, ValueError):  # missing or unreadable: write it
         return False
-    if saved.to_json() != plain.to_json():
-        return False
-    saved_weights, weights = saved.get_weights(), plain.get_weights()
-    return len(saved_weights) == len(weights) and all(
-        a.shape == b.shape and np.array_equal(a, b) for a, b in zip(saved_weights, weights)
+    return saved.to_json() == plain.to_json() and all(
+        np.array_equal(a, b) for a, b in zip(saved.get_weights(), plain.get_weights())
     )
