@@ -1,6 +1,7 @@
 """Tests for hydra_tf.training: resume after a kill, NaN handling, bad input."""
 
 import os
+import re
 import shutil
 import tempfile
 from unittest import mock
@@ -244,6 +245,33 @@ class TrainTest(tf.test.TestCase, parameterized.TestCase):
                 )
         self.assertEqual(finetune.history["epoch"], [0.0, 1.0, 2.0])
         self.assertLessEqual(finetune.history["val_accuracy"][-1], 0.2)
+
+    def test_start_whose_output_ignores_the_input_is_logged(self):
+        # A finetune from a network whose fc1 units are all dead (every image
+        # gives fc2's bias) is warned about at its start; one from the live
+        # network is not.
+        dense = training.train(_config(tempfile.mkdtemp(), epochs=1), verbose=0)
+        network = files.load_network(dense.model_path)
+        fc1 = network.get_layer("fc1")
+        fc1.bias.assign(np.full(fc1.bias.shape, -1e4, np.float32))
+        dead_path = os.path.join(tempfile.mkdtemp(), "dead.keras")
+        network.save(dead_path)
+
+        def warnings_of(source):
+            config = _config(
+                tempfile.mkdtemp(),
+                phase="finetune",
+                keep_ratio=0.5,
+                epochs=1,
+                source_checkpoint=source,
+            )
+            with mock.patch.object(training.logging, "warning") as warning:
+                training.train(config, verbose=0)
+            return [call.args[0] % call.args[1:] for call in warning.call_args_list]
+
+        pattern = "finetune.* output is the same for all 64 test images"
+        self.assertTrue(any(re.search(pattern, m) for m in warnings_of(dead_path)))
+        self.assertFalse(any("output is the same" in m for m in warnings_of(dense.model_path)))
 
     def test_run_from_scratch_that_never_takes_off_stops(self):
         # Dead from the first step and still dead once the (here lowered)

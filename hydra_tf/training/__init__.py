@@ -249,7 +249,11 @@ class _StopOnCollapse(keras.callbacks.Callback):
     earlier epoch: a network that falls there stops the run. One that starts
     there (an LWM mask that already kills the network) is not stopped, except
     a run from scratch still there after `_STUCK_EPOCHS` epochs and
-    `_STUCK_STEPS` steps: it never took off. Raising before BackupAndRestore
+    `_STUCK_STEPS` steps: it never took off. A start whose output does not
+    depend on the input is logged as a warning: no gradient reaches what lies
+    in front of the layer that passes nothing (cnn_large's PGD-AT network at
+    keep 0.01, whose first layer keeps 3 weights and lets no image through,
+    stayed at chance through its prune and finetune). Raising before BackupAndRestore
     saves keeps the last good epoch, as `_StopOnNonFinite` does.
     """
 
@@ -266,9 +270,12 @@ class _StopOnCollapse(keras.callbacks.Callback):
         self._steps_per_epoch = steps_per_epoch
         self._was_healthy = False
 
-    def _state(self):
-        logits = self.model(self._images, training=False)
-        predicted = np.argmax(np.asarray(logits), axis=-1)
+    def _logits(self):
+        return np.asarray(self.model(self._images, training=False))
+
+    def _state(self, logits=None):
+        logits = self._logits() if logits is None else logits
+        predicted = np.argmax(logits, axis=-1)
         accuracy = float(np.mean(predicted == self._labels))
         share = float(np.max(np.bincount(predicted)) / len(predicted))
         return accuracy, share
@@ -280,7 +287,18 @@ class _StopOnCollapse(keras.callbacks.Callback):
         return accuracy < 2 * self._chance and share >= _COLLAPSE_SHARE
 
     def on_train_begin(self, logs=None):
-        self._was_healthy = self._healthy(*self._state())
+        logits = self._logits()
+        self._was_healthy = self._healthy(*self._state(logits))
+        if _input_independent(logits):
+            logging.warning(
+                "%s starts from a network whose output is the same for all %d test images "
+                "it is checked on: some layer passes no signal (at a high pruning ratio a "
+                "layer can keep too few weights, or only dead ones), and no gradient reaches "
+                "the weights or scores in front of it, so this run is unlikely to leave "
+                "chance. A lower pruning ratio or another dense network avoids it.",
+                self._name,
+                len(self._labels),
+            )
 
     def on_epoch_end(self, epoch, logs=None):
         accuracy, share = self._state()
@@ -311,6 +329,12 @@ class _StopOnCollapse(keras.callbacks.Callback):
             and done >= _STUCK_EPOCHS
             and done * self._steps_per_epoch >= _STUCK_STEPS
         )
+
+
+def _input_independent(logits):
+    """Whether every row of `logits` is the same (to float32 rounding)."""
+    spread = np.max(np.ptp(logits, axis=0))
+    return bool(spread <= 1e-6 * max(1.0, float(np.max(np.abs(logits)))))
 
 
 class _LogProgress(keras.callbacks.Callback):
