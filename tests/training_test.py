@@ -246,6 +246,14 @@ class TrainTest(tf.test.TestCase, parameterized.TestCase):
         self.assertEqual(finetune.history["epoch"], [0.0, 1.0, 2.0])
         self.assertLessEqual(finetune.history["val_accuracy"][-1], 0.2)
 
+    def test_input_independent_needs_two_equal_rows(self):
+        row = np.array([[1.0, -2.0, 3.0]], np.float32)
+        self.assertTrue(training._input_independent(np.repeat(row, 4, axis=0)))
+        self.assertFalse(training._input_independent(row))  # one image shows nothing
+        varied = np.repeat(row, 4, axis=0)
+        varied[2, 1] += 1e-3
+        self.assertFalse(training._input_independent(varied))
+
     def test_start_whose_output_ignores_the_input_is_logged(self):
         # A finetune from a network whose fc1 units are all dead (every image
         # gives fc2's bias) is warned about at its start; one from the live

@@ -253,8 +253,9 @@ class _StopOnCollapse(keras.callbacks.Callback):
     depend on the input is logged as a warning: no gradient reaches what lies
     in front of the layer that passes nothing (cnn_large's PGD-AT network at
     keep 0.01, whose first layer keeps 3 weights and lets no image through,
-    stayed at chance through its prune and finetune). Raising before BackupAndRestore
-    saves keeps the last good epoch, as `_StopOnNonFinite` does.
+    stayed at chance through its prune and finetune). Raising before
+    BackupAndRestore saves keeps the last good epoch, as `_StopOnNonFinite`
+    does.
     """
 
     def __init__(
@@ -332,7 +333,9 @@ class _StopOnCollapse(keras.callbacks.Callback):
 
 
 def _input_independent(logits):
-    """Whether every row of `logits` is the same (to float32 rounding)."""
+    """Whether the rows of `logits` (two or more) are all the same (to float32 rounding)."""
+    if len(logits) < 2:
+        return False
     spread = np.max(np.ptp(logits, axis=0))
     return bool(spread <= 1e-6 * max(1.0, float(np.max(np.abs(logits)))))
 
